@@ -1,0 +1,34 @@
+# The README's two commands: `make test` and `make demo`. Both work on a fresh,
+# offline-except-for-PyPI machine: they create .venv and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONHASHSEED ?= 0
+
+.PHONY: test lint demo install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): setup.py pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check keras_preact recipes export tests benchmarks
+	$(BIN)/ruff format --check keras_preact recipes export tests benchmarks
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/python recipes/cifar.py --dataset=digits --model_dir=demo_run --depth=20 --epochs=15
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache demo_run

@@ -1,0 +1,44 @@
+"""keras-preact: pre-activation residual networks (ResNet-v2, He et al. 2016) for Keras 3.
+
+>>> import keras_preact
+>>> model = keras_preact.ResNet50V2(weights=None)            # the paper's layout
+>>> cifar = keras_preact.ResNet164V2(classes=100)            # CIFAR bottleneck net
+"""
+
+from keras_preact.layers import (
+    SHORTCUTS,
+    UNIT_VARIANTS,
+    PreActBlock,
+    PreActBottleneck,
+    SymmetricMaxPooling2D,
+)
+from keras_preact.models import (
+    CIFAR_DEPTHS,
+    IMAGENET_DEPTHS,
+    LAYOUTS,
+    CIFARResNetV2,
+    ImageNetResNetV2,
+    Layout,
+    ResNet18V2,
+    ResNet20V2,
+    ResNet32V2,
+    ResNet34V2,
+    ResNet44V2,
+    ResNet50V2,
+    ResNet56V2,
+    ResNet101V2,
+    ResNet110V2,
+    ResNet152V2,
+    ResNet164V2,
+    ResNet200V2,
+    ResNet1001V2,
+)
+from keras_preact.preprocessing import (
+    NORMALIZATIONS,
+    decode_predictions,
+    imagenet_classes,
+    preprocess_input,
+)
+from keras_preact.weights import load_weights
+
+__version__ = "0.1.0"

@@ -1,0 +1,76 @@
+"""Evaluation crops on decoded images, shared by the data pipelines and the export signatures.
+
+The paper evaluates a 224x224 centre crop of the image resized so its shorter
+side is 256, and a single 320x320 crop of the image resized so its shorter side
+is 320. Both are `eval_crop(image, crop_size)`; other sizes keep the 224/256
+ratio unless `resize_size` is given.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+# crop size -> shorter side it is cut from (the paper's two test crops).
+EVAL_RESIZE = {224: 256, 320: 320}
+
+
+def default_resize_size(crop_size):
+    """Shorter side to resize to before a `crop_size` centre crop.
+
+    >>> default_resize_size(224), default_resize_size(320), default_resize_size(288)
+    (256, 320, 329)
+    """
+    crop_size = int(crop_size)
+    return EVAL_RESIZE.get(crop_size, int(round(crop_size * 256 / 224)))
+
+
+def decode_image(encoded, channels=3):
+    """Decodes JPEG, PNG, GIF (first frame) or BMP bytes to a uint8 `[H, W, 3]` tensor.
+
+    Grayscale and CMYK JPEGs come out as RGB. Undecodable bytes raise
+    `InvalidArgumentError` when the op runs.
+    """
+    image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+    image.set_shape([None, None, channels])
+    return image
+
+
+def resize_shorter_side(image, size):
+    """Resizes `[H, W, C]` so that min(H, W) == size, keeping the aspect ratio (bilinear, antialiased)."""
+    shape = tf.shape(image)
+    height = tf.cast(shape[0], tf.float32)
+    width = tf.cast(shape[1], tf.float32)
+    scale = tf.cast(size, tf.float32) / tf.minimum(height, width)
+    new_height = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), size)
+    new_width = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), size)
+    resized = tf.image.resize(
+        tf.cast(image, tf.float32), [new_height, new_width], method="bilinear", antialias=True
+    )
+    return resized
+
+
+def center_crop(image, crop_size):
+    """The central `crop_size x crop_size` window of `[H, W, C]` (H, W >= crop_size)."""
+    shape = tf.shape(image)
+    top = (shape[0] - crop_size) // 2
+    left = (shape[1] - crop_size) // 2
+    return tf.image.crop_to_bounding_box(image, top, left, crop_size, crop_size)
+
+
+def eval_crop(image, crop_size=224, resize_size=None):
+    """Resize shorter side, then centre crop: float32 `[crop, crop, 3]` in [0, 255].
+
+    Example:
+
+    >>> import numpy as np
+    >>> eval_crop(np.zeros((300, 400, 3), np.uint8), 224).shape
+    TensorShape([224, 224, 3])
+    """
+    resize_size = default_resize_size(crop_size) if resize_size is None else int(resize_size)
+    if resize_size < crop_size:
+        raise ValueError(f"resize_size ({resize_size}) must be >= crop_size ({crop_size}).")
+    image = resize_shorter_side(image, resize_size)
+    image = center_crop(image, crop_size)
+    image = tf.clip_by_value(image, 0.0, 255.0)
+    image.set_shape([crop_size, crop_size, None])
+    return image

@@ -1,0 +1,491 @@
+"""Residual units of "Identity Mappings in Deep Residual Networks" (He et al., 2016).
+
+`PreActBlock` (3x3 convolutions) and `PreActBottleneck` (1x1 -> 3x3 -> 1x1, 4x
+expansion) are one unit class with the paper's variants as arguments:
+
+* `unit_variant` is where BN and ReLU sit (the paper's Fig. 4 / Table 2):
+  `"original"` (a), `"bn_after_addition"` (b), `"relu_before_addition"` (c),
+  `"relu_only_preact"` (d) and `"full_preact"` (e, the proposal; default).
+* `shortcut` is what the skip connection computes (Fig. 2 / Table 1):
+  `"identity"` (a projection only where shapes change; default),
+  `"constant_scaling"`, `"exclusive_gating"`, `"shortcut_only_gating"`,
+  `"conv1x1"` (a 1x1 convolution on every unit) and `"dropout"`.
+
+Where a unit changes dimensions, the pre-activation (BN -> ReLU for
+`full_preact`, ReLU for `relu_only_preact`) runs once before the split and the
+1x1 projection takes the pre-activated tensor (the paper's appendix); units
+that keep dimensions feed the raw input to the shortcut.
+
+The units are channels-last Keras 3 layers written with `keras.ops`, so they
+run on any backend and serialize with `get_config`.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+UNIT_VARIANTS = (
+    "original",
+    "bn_after_addition",
+    "relu_before_addition",
+    "relu_only_preact",
+    "full_preact",
+)
+SHORTCUTS = (
+    "identity",
+    "constant_scaling",
+    "exclusive_gating",
+    "shortcut_only_gating",
+    "conv1x1",
+    "dropout",
+)
+PADDINGS = ("same", "symmetric")
+
+# Variants whose residual branch ends in a BN (zero_init_last zeroes that BN's gamma).
+_ENDS_WITH_NORM = ("original", "relu_before_addition", "relu_only_preact")
+# Variants whose shortcut input is not normalised: projections get a BN, as in ResNet-v1.
+_POST_ACTIVATION = ("original", "bn_after_addition", "relu_before_addition")
+
+# Per-shortcut options and their defaults (the paper's settings).
+_SHORTCUT_OPTIONS = {
+    "shortcut_scale": ("constant_scaling", 0.5),
+    "residual_scale": ("constant_scaling", 1.0),
+    "gate_bias_init": (("exclusive_gating", "shortcut_only_gating"), 0.0),
+    "shortcut_dropout_rate": ("dropout", 0.5),
+}
+
+
+def he_normal_fan_out():
+    """The authors' conv init: normal(0, sqrt(2 / (k * k * c_out))), untruncated."""
+    return keras.initializers.VarianceScaling(
+        scale=2.0, mode="fan_out", distribution="untruncated_normal"
+    )
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(
+            f"Unknown {name} {value!r}. Allowed values: {', '.join(repr(a) for a in allowed)}."
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_preact")
+class SymmetricMaxPooling2D(keras.layers.Layer):
+    """Max pooling with PyTorch's symmetric padding, padded values ignored.
+
+    Keras' `"same"` pooling pads 0 before and 1 after on even sizes; PyTorch's
+    `MaxPool2d(3, 2, padding=1)` pads one pixel on every side with -inf. This
+    layer reproduces the latter, which converted timm weights need.
+
+    Example:
+
+    >>> pool = SymmetricMaxPooling2D(pool_size=3, strides=2, padding=1)
+    >>> pool(keras.ops.ones((1, 112, 112, 64))).shape
+    (1, 56, 56, 64)
+    """
+
+    def __init__(self, pool_size=3, strides=2, padding=1, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = pool_size
+        self.strides = strides
+        self.padding = padding
+
+    def call(self, inputs):
+        p = self.padding
+        padded = ops.pad(
+            inputs, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=float("-inf")
+        )
+        return ops.max_pool(padded, self.pool_size, self.strides, padding="valid")
+
+    def compute_output_shape(self, input_shape):
+        def out(size):
+            if size is None:
+                return None
+            return (size + 2 * self.padding - self.pool_size) // self.strides + 1
+
+        return (input_shape[0], out(input_shape[1]), out(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(pool_size=self.pool_size, strides=self.strides, padding=self.padding)
+        return config
+
+
+class _ResidualUnit(keras.layers.Layer):
+    """Shared implementation of `PreActBlock` and `PreActBottleneck`."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        filters,
+        strides=1,
+        unit_variant="full_preact",
+        shortcut="identity",
+        projection=None,
+        shortcut_scale=None,
+        residual_scale=None,
+        gate_bias_init=None,
+        shortcut_dropout_rate=None,
+        drop_path_rate=0.0,
+        zero_init_last=False,
+        padding="same",
+        output_bias=False,
+        norm_epsilon=1e-5,
+        norm_momentum=0.9,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_choice("unit_variant", unit_variant, UNIT_VARIANTS)
+        _check_choice("shortcut", shortcut, SHORTCUTS)
+        _check_choice("padding", padding, PADDINGS)
+        if int(filters) < 1:
+            raise ValueError(f"filters must be a positive integer, got {filters!r}.")
+        if int(strides) < 1:
+            raise ValueError(f"strides must be a positive integer, got {strides!r}.")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
+        given = {
+            "shortcut_scale": shortcut_scale,
+            "residual_scale": residual_scale,
+            "gate_bias_init": gate_bias_init,
+            "shortcut_dropout_rate": shortcut_dropout_rate,
+        }
+        for option, value in given.items():
+            owners, default = _SHORTCUT_OPTIONS[option]
+            owners = (owners,) if isinstance(owners, str) else owners
+            if shortcut in owners:
+                setattr(self, option, float(default if value is None else value))
+            elif value is not None:
+                raise ValueError(
+                    f"{option} applies only to shortcut={' or '.join(map(repr, owners))}, "
+                    f"but shortcut={shortcut!r}."
+                )
+            else:
+                setattr(self, option, None)
+        if shortcut == "dropout" and not 0.0 <= self.shortcut_dropout_rate < 1.0:
+            raise ValueError(
+                f"shortcut_dropout_rate must be in [0, 1), got {self.shortcut_dropout_rate}."
+            )
+        if shortcut == "conv1x1" and projection is False:
+            raise ValueError("shortcut='conv1x1' puts a projection on every unit; projection=False contradicts it.")
+
+        self.filters = int(filters)
+        self.strides = int(strides)
+        self.unit_variant = unit_variant
+        self.shortcut = shortcut
+        self.projection = projection
+        self.drop_path_rate = float(drop_path_rate)
+        self.zero_init_last = bool(zero_init_last)
+        self.padding = padding
+        self.output_bias = bool(output_bias)
+        self.norm_epsilon = float(norm_epsilon)
+        self.norm_momentum = float(norm_momentum)
+        self.seed = seed
+        if self.drop_path_rate > 0.0:
+            self.seed_generator = keras.random.SeedGenerator(seed)
+
+    # Subclasses state their residual branch as (kernel size, filters multiplier, strided).
+    def _conv_specs(self):
+        raise NotImplementedError  # abstract: PreActBlock and PreActBottleneck define it
+
+    @property
+    def output_filters(self):
+        return self.filters * self.expansion
+
+    # ----------------------------------------------------------------- building
+    def _norm(self, name, zero_gamma=False):
+        return keras.layers.BatchNormalization(
+            epsilon=self.norm_epsilon,
+            momentum=self.norm_momentum,
+            gamma_initializer="zeros" if zero_gamma else "ones",
+            name=name,
+            dtype=self.dtype_policy,
+        )
+
+    def _conv(self, name, filters, kernel_size, strides, use_bias, zero=False):
+        padding = "same"
+        pad = None
+        if kernel_size > 1 and (self.padding == "symmetric" and strides > 1):
+            # PyTorch pads k//2 on every side; Keras "same" pads 0 before / 1 after
+            # on even sizes when strided. Explicit padding + "valid" matches PyTorch.
+            pad = keras.layers.ZeroPadding2D(kernel_size // 2, name=name + "_pad", dtype=self.dtype_policy)
+            padding = "valid"
+        conv = keras.layers.Conv2D(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            use_bias=use_bias,
+            kernel_initializer="zeros" if zero else he_normal_fan_out(),
+            name=name,
+            dtype=self.dtype_policy,
+        )
+        return pad, conv
+
+    def build(self, input_shape):
+        in_channels = input_shape[-1]
+        if in_channels is None:
+            raise ValueError(f"{type(self).__name__} needs a known channel count, got {input_shape}.")
+        out_channels = self.output_filters
+        variant = self.unit_variant
+        if self.shortcut == "conv1x1":
+            project = True
+        elif self.projection is None:
+            project = in_channels != out_channels or self.strides != 1
+        else:
+            project = bool(self.projection)
+        if not project and in_channels != out_channels:
+            raise ValueError(
+                f"{self.name}: the identity shortcut cannot map {in_channels} to {out_channels} "
+                "channels; use projection=True (or None to decide automatically)."
+            )
+        self._project = project
+        # The ops of the unit in order of application, by attribute name; each is
+        # built here with the shape it will see, so weights load before any call.
+        shape = tuple(input_shape)
+
+        def add(attr, layer, in_shape):
+            setattr(self, attr, layer)
+            layer.build(in_shape)
+            return tuple(layer.compute_output_shape(in_shape))
+
+        self._branch = []  # ("norm"|"relu"|"pad"|"conv", attr)
+        norm_index = 1
+        if variant == "full_preact":
+            shape = add("norm1", self._norm("norm1"), shape)
+            norm_index = 2
+        specs = self._conv_specs()
+        last = len(specs) - 1
+        ends_with_norm = variant in _ENDS_WITH_NORM
+        for i, (kernel_size, multiplier, strided) in enumerate(specs):
+            if i > 0:
+                attr = f"norm{norm_index}"
+                shape = add(attr, self._norm(attr), shape)
+                self._branch += [("norm", attr), ("relu", None)]
+                norm_index += 1
+            strides = self.strides if strided else 1
+            zero = self.zero_init_last and i == last and not ends_with_norm
+            use_bias = self.output_bias and i == last
+            pad, conv = self._conv(
+                f"conv{i + 1}", self.filters * multiplier, kernel_size, strides, use_bias, zero
+            )
+            if pad is not None:
+                shape = add(f"conv{i + 1}_pad", pad, shape)
+                self._branch.append(("pad", f"conv{i + 1}_pad"))
+            shape = add(f"conv{i + 1}", conv, shape)
+            self._branch.append(("conv", f"conv{i + 1}"))
+        if ends_with_norm:
+            attr = f"norm{norm_index}"
+            shape = add(attr, self._norm(attr, zero_gamma=self.zero_init_last), shape)
+            self._branch.append(("norm", attr))
+            if variant == "relu_before_addition":
+                self._branch.append(("relu", None))
+
+        shortcut_in = tuple(input_shape)
+        if project:
+            pad, conv = self._conv("downsample", out_channels, 1, self.strides, self.output_bias)
+            add("downsample", conv, shortcut_in)
+            if variant in _POST_ACTIVATION:
+                add("downsample_norm", self._norm("downsample_norm"), shape)
+        if self.shortcut in ("exclusive_gating", "shortcut_only_gating"):
+            gate = keras.layers.Conv2D(
+                out_channels,
+                1,
+                strides=self.strides,
+                use_bias=True,
+                kernel_initializer=he_normal_fan_out(),
+                bias_initializer=keras.initializers.Constant(self.gate_bias_init),
+                name="gate",
+                dtype=self.dtype_policy,
+            )
+            add("gate", gate, shortcut_in)
+        if self.shortcut == "dropout":
+            self.shortcut_dropout = keras.layers.Dropout(
+                self.shortcut_dropout_rate, seed=self.seed, name="shortcut_dropout"
+            )
+        if variant == "bn_after_addition":
+            add("output_norm", self._norm("output_norm"), shape)
+        self.built = True
+
+    # ------------------------------------------------------------------ calling
+    def _drop_path(self, residual, training):
+        if not training or self.drop_path_rate == 0.0:
+            return residual
+        keep = 1.0 - self.drop_path_rate
+        batch = ops.shape(residual)[0]
+        noise = keras.random.uniform((batch, 1, 1, 1), seed=self.seed_generator, dtype=residual.dtype)
+        mask = ops.cast(noise < keep, residual.dtype)
+        return residual * mask / keep
+
+    def call(self, inputs, training=None):
+        variant = self.unit_variant
+        if variant == "full_preact":
+            preact = ops.relu(self.norm1(inputs, training=training))
+        elif variant == "relu_only_preact":
+            preact = ops.relu(inputs)
+        else:
+            preact = inputs
+        # Identity units feed the raw input to the shortcut; a projection takes
+        # the pre-activated tensor (the shared BN-ReLU of the paper's appendix).
+        shortcut_in = preact if self._project else inputs
+
+        residual = preact
+        for kind, attr in self._branch:
+            if kind == "relu":
+                residual = ops.relu(residual)
+            elif kind == "norm":
+                residual = getattr(self, attr)(residual, training=training)
+            else:
+                residual = getattr(self, attr)(residual)
+
+        if self._project:
+            shortcut = self.downsample(shortcut_in)
+            if variant in _POST_ACTIVATION:
+                shortcut = self.downsample_norm(shortcut, training=training)
+        elif self.strides > 1:
+            # A 1x1 max-pool with stride: subsampling (keras.applications' layout).
+            shortcut = shortcut_in[:, :: self.strides, :: self.strides, :]
+        else:
+            shortcut = shortcut_in
+
+        if self.shortcut == "constant_scaling":
+            shortcut = shortcut * self.shortcut_scale
+            residual = residual * self.residual_scale
+        elif self.shortcut in ("exclusive_gating", "shortcut_only_gating"):
+            gate = ops.sigmoid(self.gate(shortcut_in))
+            shortcut = (1.0 - gate) * shortcut
+            if self.shortcut == "exclusive_gating":
+                residual = gate * residual
+        elif self.shortcut == "dropout":
+            shortcut = self.shortcut_dropout(shortcut, training=training)
+
+        outputs = shortcut + self._drop_path(residual, training)
+        if variant == "bn_after_addition":
+            outputs = ops.relu(self.output_norm(outputs, training=training))
+        elif variant == "original":
+            outputs = ops.relu(outputs)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        def out(size):
+            return None if size is None else -(-size // self.strides)
+
+        return (input_shape[0], out(input_shape[1]), out(input_shape[2]), self.output_filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            strides=self.strides,
+            unit_variant=self.unit_variant,
+            shortcut=self.shortcut,
+            projection=self.projection,
+            shortcut_scale=self.shortcut_scale,
+            residual_scale=self.residual_scale,
+            gate_bias_init=self.gate_bias_init,
+            shortcut_dropout_rate=self.shortcut_dropout_rate,
+            drop_path_rate=self.drop_path_rate,
+            zero_init_last=self.zero_init_last,
+            padding=self.padding,
+            output_bias=self.output_bias,
+            norm_epsilon=self.norm_epsilon,
+            norm_momentum=self.norm_momentum,
+            seed=self.seed,
+        )
+        return config
+
+
+_COMMON_ARGS_DOC = """
+    Args:
+        filters: width of the unit's convolutions ({filters_doc}).
+        strides: stride of the unit; it sits on the {stride_doc}.
+        unit_variant: where BN and ReLU sit, one of {variants}. `"full_preact"`
+            (default) is the paper's proposal, `"original"` the ResNet-v1 unit.
+        shortcut: the skip connection, one of {shortcuts}.
+        projection: `None` (default) projects with a 1x1 convolution exactly where
+            the channel count or resolution changes; `False` keeps an identity
+            shortcut on a strided unit (subsampling, as keras.applications does).
+        shortcut_scale: lambda on the shortcut for `"constant_scaling"` (0.5).
+        residual_scale: factor on the residual branch F for `"constant_scaling"`
+            (1.0; 0.5 is the paper's "frozen gating" row).
+        gate_bias_init: initial bias b_g of the 1x1 gate conv for the gating
+            shortcuts (0.0; the paper's best is -6).
+        shortcut_dropout_rate: rate for `shortcut="dropout"` (0.5).
+        drop_path_rate: stochastic-depth probability of dropping F per sample.
+        zero_init_last: initialise the last op of F (the last BN's gamma, or the
+            last conv when F ends with a conv) to zero, so the unit starts as
+            its shortcut.
+        padding: `"same"` (TensorFlow) or `"symmetric"` (PyTorch: explicit
+            k//2 zero padding on strided convs, for converted weights).
+        output_bias: biases on the last conv and the projection
+            (keras.applications' layout).
+        norm_epsilon, norm_momentum: BatchNormalization settings.
+        seed: seed for stochastic depth and shortcut dropout.
+"""
+
+
+@keras.saving.register_keras_serializable(package="keras_preact")
+class PreActBlock(_ResidualUnit):
+    __doc__ = (
+        """Pre-activation basic unit: BN -> ReLU -> 3x3 conv -> BN -> ReLU -> 3x3 conv, plus shortcut.
+
+    `num_convs=1` gives the paper's 1-layer unit (BN -> ReLU -> 3x3 conv).
+
+    Example:
+
+    >>> x = keras.Input((32, 32, 16))
+    >>> y = PreActBlock(32, strides=2)(x)         # projection shortcut
+    >>> y = PreActBlock(32, unit_variant="original")(y)
+    >>> y.shape
+    (None, 16, 16, 32)
+    """
+        + _COMMON_ARGS_DOC.format(
+            filters_doc="the unit outputs this many channels",
+            stride_doc="first 3x3 convolution",
+            variants=", ".join(UNIT_VARIANTS),
+            shortcuts=", ".join(SHORTCUTS),
+        )
+        + "        num_convs: 2 (default) or 1 3x3 convolutions in the residual branch.\n"
+    )
+
+    expansion = 1
+
+    def __init__(self, filters, strides=1, num_convs=2, **kwargs):
+        if num_convs not in (1, 2):
+            raise ValueError(f"num_convs must be 1 or 2, got {num_convs!r}.")
+        self.num_convs = num_convs
+        super().__init__(filters, strides=strides, **kwargs)
+
+    def _conv_specs(self):
+        return [(3, 1, i == 0) for i in range(self.num_convs)]
+
+    def get_config(self):
+        return {**super().get_config(), "num_convs": self.num_convs}
+
+
+@keras.saving.register_keras_serializable(package="keras_preact")
+class PreActBottleneck(_ResidualUnit):
+    __doc__ = (
+        """Pre-activation bottleneck unit: BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1 (4x), plus shortcut.
+
+    Example:
+
+    >>> x = keras.Input((56, 56, 64))
+    >>> PreActBottleneck(64)(x).shape            # 64 -> 256 channels, projected
+    (None, 56, 56, 256)
+    """
+        + _COMMON_ARGS_DOC.format(
+            filters_doc="bottleneck width; the unit outputs 4 x filters channels",
+            stride_doc="3x3 convolution, as in fb.resnet.torch and timm",
+            variants=", ".join(UNIT_VARIANTS),
+            shortcuts=", ".join(SHORTCUTS),
+        )
+    )
+
+    expansion = 4
+
+    def _conv_specs(self):
+        return [(1, 1, False), (3, 1, True), (1, self.expansion, False)]

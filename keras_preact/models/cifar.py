@@ -1,0 +1,196 @@
+"""CIFAR pre-activation ResNets (the paper's Sec. 4 and Tables 1-3).
+
+A 3x3, 16-channel stem conv, three stages at 32x32, 16x16 and 8x8 (stride 2
+on the first unit of stages 2 and 3), a final BN-ReLU, global pooling and the
+classifier. Depth is `6n + 2` with basic units, `9n + 2` with bottlenecks and
+`3n + 2` with the paper's 1-layer units.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from keras_preact.layers import he_normal_fan_out
+from keras_preact.models import common
+
+# Named CIFAR nets: depth -> unit type (as fb.resnet.torch's resnet-pre-act.lua).
+CIFAR_DEPTHS = {
+    20: "basic",
+    32: "basic",
+    44: "basic",
+    56: "basic",
+    110: "basic",
+    164: "bottleneck",
+    1001: "bottleneck",
+}
+
+
+def cifar_units_per_stage(depth, unit):
+    """Units per stage for a CIFAR net: depth = 3 * convs_per_unit * n + 2.
+
+    >>> cifar_units_per_stage(164, "bottleneck")
+    18
+    """
+    if unit not in common.CONVS_PER_UNIT:
+        raise ValueError(
+            f"Unknown unit {unit!r}. Allowed values: {', '.join(map(repr, common.CONVS_PER_UNIT))}."
+        )
+    per_unit = common.CONVS_PER_UNIT[unit]
+    step = 3 * per_unit
+    if not isinstance(depth, int) or depth < step + 2 or (depth - 2) % step:
+        examples = ", ".join(str(step * n + 2) for n in (1, 2, 3, 18))
+        raise ValueError(
+            f"Invalid depth {depth!r} for {unit!r} units: CIFAR depth must be {step}n+2 "
+            f"with n >= 1 (e.g. {examples})."
+        )
+    return (depth - 2) // step
+
+
+def CIFARResNetV2(
+    depth,
+    unit=None,
+    *,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=10,
+    classifier_activation="softmax",
+    include_preprocessing=True,
+    normalization="cifar10",
+    width=16,
+    unit_variant="full_preact",
+    shortcut="identity",
+    drop_path_rate=0.0,
+    zero_init_last=False,
+    norm_momentum=0.9,
+    seed=None,
+    name=None,
+    **unit_options,
+):
+    """Builds a CIFAR pre-activation ResNet of any valid depth.
+
+    Args:
+        depth: total weighted layers: `6n+2` (basic), `9n+2` (bottleneck) or
+            `3n+2` (one_layer).
+        unit: `"basic"`, `"bottleneck"` or `"one_layer"` (the paper's 1-layer
+            units); defaults to the paper's choice for named depths (bottleneck
+            for 164 and 1001, basic otherwise).
+        include_top, weights, input_tensor, input_shape, pooling, classes,
+        classifier_activation: as in keras.applications. `input_shape`
+            defaults to `(32, 32, 3)`; `(None, None, 3)` accepts any size >= 8.
+        include_preprocessing: the model takes raw RGB in [0, 255] and
+            normalises inside with `normalization`.
+        normalization: a name in `keras_preact.preprocessing.NORMALIZATIONS`
+            (`"cifar10"`, `"cifar100"`, ...) or a `(mean, std)` pair.
+        width: channels of the stem and first stage (16 in the paper); stages
+            use width, 2x width and 4x width (x4 outputs for bottlenecks).
+        unit_variant, shortcut, drop_path_rate, zero_init_last: passed to every
+            unit (see `PreActBlock`); drop_path_rate grows linearly to the
+            last unit. **unit_options: `shortcut_scale`, `residual_scale`,
+            `gate_bias_init`, `shortcut_dropout_rate`.
+
+    Example:
+
+    >>> model = CIFARResNetV2(164, classes=100)
+    >>> model.count_params() > 1_700_000
+    True
+    >>> table2_row = CIFARResNetV2(110, unit_variant="relu_before_addition")
+    """
+    if unit is None:
+        unit = CIFAR_DEPTHS.get(depth, "basic")
+    units = cifar_units_per_stage(depth, unit)
+    common.validate_unit_variant(unit_variant, shortcut)
+    common.check_head_args(include_top, pooling, classes)
+    kwargs = common.unit_kwargs(unit_options, unit_variant, shortcut)
+    inputs, x = common.model_input(
+        input_tensor,
+        input_shape,
+        default_shape=(32, 32, 3),
+        min_size=8,
+        needs_rgb=include_preprocessing or weights is not None,
+    )
+    x = common.maybe_preprocess(x, include_preprocessing, normalization)
+    x = keras.layers.Conv2D(
+        width,
+        3,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=he_normal_fan_out(),
+        name="stem_conv",
+    )(x)
+    if unit_variant != "full_preact":
+        # Units that do not start with BN-ReLU follow a conv-BN-ReLU stem (ResNet-v1).
+        x = keras.layers.BatchNormalization(momentum=norm_momentum, name="stem_bn")(x)
+        x = keras.layers.Activation("relu", name="stem_relu")(x)
+    x = common.add_stages(
+        x,
+        unit,
+        stage_widths=(width, 2 * width, 4 * width),
+        stage_units=(units, units, units),
+        stage_strides=(1, 2, 2),
+        drop_path_rate=drop_path_rate,
+        zero_init_last=zero_init_last,
+        norm_momentum=norm_momentum,
+        seed=seed,
+        **kwargs,
+    )
+    x = common.add_head(
+        x,
+        final_norm=unit_variant in ("relu_before_addition", "relu_only_preact", "full_preact"),
+        include_top=include_top,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        norm_epsilon=1e-5,
+        norm_momentum=norm_momentum,
+    )
+    if name is None:
+        name = f"resnet{depth}v2" + ("" if unit == CIFAR_DEPTHS.get(depth) else f"_{unit}")
+    return common.finish(inputs, x, name, weights)
+
+
+def _named(depth):
+    def builder(
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=10,
+        classifier_activation="softmax",
+        name=f"resnet{depth}v2",
+        **kwargs,
+    ):
+        return CIFARResNetV2(
+            depth,
+            CIFAR_DEPTHS[depth],
+            include_top=include_top,
+            weights=weights,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            name=name,
+            **kwargs,
+        )
+
+    builder.__name__ = f"ResNet{depth}V2"
+    builder.__qualname__ = builder.__name__
+    builder.__doc__ = (
+        f"Pre-activation ResNet-{depth} for CIFAR ({CIFAR_DEPTHS[depth]} units).\n\n"
+        f"Same arguments as `CIFARResNetV2` (depth and unit fixed).\n\n"
+        f"Example:\n\n>>> model = ResNet{depth}V2(classes=100)\n"
+    )
+    return builder
+
+
+ResNet20V2 = _named(20)
+ResNet32V2 = _named(32)
+ResNet44V2 = _named(44)
+ResNet56V2 = _named(56)
+ResNet110V2 = _named(110)
+ResNet164V2 = _named(164)
+ResNet1001V2 = _named(1001)

@@ -1,0 +1,179 @@
+"""Pieces the CIFAR and ImageNet builders share: units per stage, input, stages, head, weights."""
+
+from __future__ import annotations
+
+import keras
+
+from keras_preact import layers as preact_layers
+from keras_preact import preprocessing
+
+UNIT_CLASSES = {
+    "basic": preact_layers.PreActBlock,
+    "one_layer": preact_layers.PreActBlock,
+    "bottleneck": preact_layers.PreActBottleneck,
+}
+# Convolutions per unit, to turn a depth into units per stage.
+CONVS_PER_UNIT = {"basic": 2, "one_layer": 1, "bottleneck": 3}
+
+# Unit options the builders pass through to every unit.
+UNIT_OPTIONS = (
+    "shortcut_scale",
+    "residual_scale",
+    "gate_bias_init",
+    "shortcut_dropout_rate",
+)
+
+
+def validate_unit_variant(unit_variant, shortcut):
+    preact_layers._check_choice("unit_variant", unit_variant, preact_layers.UNIT_VARIANTS)
+    preact_layers._check_choice("shortcut", shortcut, preact_layers.SHORTCUTS)
+
+
+def model_input(input_tensor, input_shape, default_shape, min_size, needs_rgb):
+    """Validates `input_shape` and returns `(inputs, x)` like keras.applications."""
+    if input_shape is None:
+        if input_tensor is not None and hasattr(input_tensor, "shape"):
+            input_shape = tuple(input_tensor.shape[1:])
+        else:
+            input_shape = default_shape
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"input_shape must be (height, width, channels) with channels last, got {input_shape}."
+        )
+    height, width, channels = input_shape
+    if needs_rgb and channels != 3:
+        raise ValueError(
+            f"input_shape {input_shape} has {channels} channels; this model takes RGB images "
+            "(3 channels) when include_preprocessing=True or weights are given."
+        )
+    if channels is None or channels < 1:
+        raise ValueError(f"input_shape {input_shape} needs a known, positive channel count.")
+    for side in (height, width):
+        if side is not None and side < min_size:
+            raise ValueError(
+                f"input_shape {input_shape} is too small: height and width must be >= {min_size} "
+                "(or None for any size)."
+            )
+    if input_tensor is None:
+        inputs = keras.Input(shape=input_shape, name="image")
+        return inputs, inputs
+    if not keras.backend.is_keras_tensor(input_tensor):
+        inputs = keras.Input(tensor=input_tensor, shape=input_shape, name="image")
+        return inputs, inputs
+    return input_tensor, input_tensor
+
+
+def unit_kwargs(options, unit_variant, shortcut):
+    """The pass-through unit options, validated against the chosen shortcut."""
+    unknown = set(options) - set(UNIT_OPTIONS)
+    if unknown:
+        raise TypeError(f"Unexpected keyword arguments: {sorted(unknown)}.")
+    kwargs = {k: v for k, v in options.items() if v is not None}
+    kwargs.update(unit_variant=unit_variant, shortcut=shortcut)
+    return kwargs
+
+
+def add_stages(
+    x,
+    unit,
+    stage_widths,
+    stage_units,
+    stage_strides,
+    *,
+    stride_on_last_unit=False,
+    drop_path_rate=0.0,
+    seed=None,
+    **unit_options,
+):
+    """Stacks the residual stages; returns the output tensor.
+
+    Stride sits on the first unit of a stage (the paper), or, with
+    `stride_on_last_unit`, on the last unit of the previous stage with an
+    identity (subsampling) shortcut (keras.applications).
+    """
+    unit_class = UNIT_CLASSES[unit]
+    extra = {"num_convs": 1} if unit == "one_layer" else {}
+    total_units = sum(stage_units)
+    placements = []  # (stage, unit index, strides, projection)
+    for stage, (count, stride) in enumerate(zip(stage_units, stage_strides)):
+        for index in range(count):
+            placements.append([stage, index, 1, None])
+        if stride_on_last_unit:
+            if stage > 0 and stride != 1:
+                prev_last = sum(stage_units[:stage]) - 1
+                placements[prev_last][2] = stride
+                placements[prev_last][3] = False
+        else:
+            placements[sum(stage_units[:stage])][2] = stride
+    for position, (stage, index, strides, projection) in enumerate(placements):
+        rate = drop_path_rate * position / max(total_units - 1, 1)
+        x = unit_class(
+            stage_widths[stage],
+            strides=strides,
+            projection=projection,
+            drop_path_rate=rate,
+            seed=None if seed is None else seed + position,
+            name=f"stage{stage + 1}_unit{index + 1}",
+            **extra,
+            **unit_options,
+        )(x)
+    return x
+
+
+def add_head(
+    x,
+    *,
+    final_norm,
+    include_top,
+    pooling,
+    classes,
+    classifier_activation,
+    norm_epsilon,
+    norm_momentum,
+):
+    """Final BN-ReLU (pre-activation nets), pooling and the classifier."""
+    if final_norm:
+        x = keras.layers.BatchNormalization(
+            epsilon=norm_epsilon, momentum=norm_momentum, name="post_bn"
+        )(x)
+        x = keras.layers.Activation("relu", name="post_relu")(x)
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.Dense(
+            classes,
+            activation=classifier_activation,
+            name="predictions",
+            dtype="float32" if classifier_activation else None,
+        )(x)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return x
+
+
+def check_head_args(include_top, pooling, classes):
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(f"Unknown pooling {pooling!r}. Allowed values: None, 'avg', 'max'.")
+    if include_top and (not isinstance(classes, int) or classes < 1):
+        raise ValueError(f"classes must be a positive integer with include_top=True, got {classes!r}.")
+
+
+def maybe_preprocess(x, include_preprocessing, normalization):
+    if include_preprocessing:
+        x = preprocessing.normalization_layer(normalization, name="preprocessing")(x)
+    return x
+
+
+def finish(inputs, outputs, name, weights):
+    """Wraps the graph in a functional Model and loads `weights`."""
+    if isinstance(inputs, keras.KerasTensor) and inputs._keras_history.operation is not None:
+        source = keras.utils.get_source_inputs(inputs)
+        inputs = source[0] if len(source) == 1 else source
+    model = keras.Model(inputs, outputs, name=name)
+    if weights is not None:
+        from keras_preact.weights import load_weights
+
+        load_weights(model, weights)
+    return model

@@ -1,0 +1,144 @@
+"""Input normalisation per weights source, `preprocess_input` and `decode_predictions`.
+
+Every normalisation is defined once here, on raw RGB pixels in [0, 255], and
+used by the models (`include_preprocessing=True`), the data pipelines' eval
+crops and the export signatures alike.
+
+* `"torch"`: ImageNet mean/std (fb.resnet.torch, the paper's layout).
+* `"tf"`: scale to [-1, 1] (timm's `resnetv2_*` and keras.applications).
+* `"cifar10"`, `"cifar100"`: the datasets' per-channel mean/std.
+* `"digits"`: scikit-learn's digits upsampled to 32x32 RGB (the demo data).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+
+import keras
+import numpy as np
+
+# (mean, std) per RGB channel, in [0, 255] pixel units.
+NORMALIZATIONS = {
+    "torch": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
+    "tf": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
+    "cifar10": ((125.307, 122.950, 113.865), (62.993, 62.089, 66.705)),
+    "cifar100": ((129.304, 124.070, 112.434), (68.170, 65.392, 70.418)),
+    "digits": ((39.5, 39.5, 39.5), (75.0, 75.0, 75.0)),
+}
+
+
+def normalization_stats(normalization):
+    """Returns `(mean, std)` as float32 arrays of shape (3,) in [0, 255] pixel units.
+
+    `normalization` is a name from `NORMALIZATIONS` or an explicit `(mean, std)` pair.
+
+    >>> mean, std = normalization_stats("tf")
+    >>> float(mean[0]), float(std[0])
+    (127.5, 127.5)
+    """
+    if isinstance(normalization, str):
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"Unknown normalization {normalization!r}. Allowed values: "
+                f"{', '.join(map(repr, NORMALIZATIONS))}, or a (mean, std) pair in [0, 255] units."
+            )
+        mean, std = NORMALIZATIONS[normalization]
+    else:
+        try:
+            mean, std = normalization
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"normalization must be a name or a (mean, std) pair, got {normalization!r}."
+            ) from None
+    mean = np.broadcast_to(np.asarray(mean, "float32"), (3,)).copy()
+    std = np.broadcast_to(np.asarray(std, "float32"), (3,)).copy()
+    if np.any(std <= 0):
+        raise ValueError(f"normalization std must be positive, got {std.tolist()}.")
+    return mean, std
+
+
+def normalization_layer(normalization, name="preprocessing"):
+    """A Keras layer mapping raw RGB in [0, 255] to `(x - mean) / std`.
+
+    Uses the stock `keras.layers.Normalization` with fixed statistics, so it
+    serializes with the model and needs no `adapt()`.
+    """
+    mean, std = normalization_stats(normalization)
+    return keras.layers.Normalization(mean=mean, variance=std**2, name=name)
+
+
+def preprocess_input(x, normalization="torch"):
+    """Normalises raw RGB pixels in [0, 255] (channels last) the way a model expects.
+
+    Use it when a model is built with `include_preprocessing=False`; models
+    built with the default `True` do this themselves. Pass the normalization
+    of the weights' layout: `"torch"` for `layout="paper"`, `"tf"` for
+    `"timm"` and `"keras"` (see `LAYOUTS`).
+
+    Example:
+
+    >>> import numpy as np
+    >>> preprocess_input(np.full((1, 2, 2, 3), 255.0), "tf").max()
+    1.0
+    """
+    mean, std = normalization_stats(normalization)
+    if isinstance(x, np.ndarray) or np.isscalar(x):
+        return (np.asarray(x, "float32") - mean) / std
+    x = keras.ops.cast(x, "float32")
+    return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_classes():
+    """The 1,000 ImageNet classes as `(wnid, name)` pairs in the tfds `imagenet2012` label order.
+
+    The list ships inside the package; nothing is downloaded.
+
+    >>> imagenet_classes()[1]
+    ('n01443537', 'goldfish')
+    """
+    text = (
+        importlib.resources.files("keras_preact")
+        .joinpath("imagenet_classes.tsv")
+        .read_text(encoding="utf-8")
+    )
+    classes = []
+    for line in text.splitlines()[1:]:
+        if not line.strip():
+            continue
+        index, wnid, names = line.split("\t")
+        if int(index) != len(classes):
+            raise RuntimeError(f"imagenet_classes.tsv is out of order at index {index}.")
+        classes.append((wnid, names.split(",")[0].strip()))
+    return tuple(classes)
+
+
+def decode_predictions(preds, top=5):
+    """Turns ImageNet predictions into `(wnid, name, score)` triples, best first.
+
+    Like `keras.applications.imagenet_utils.decode_predictions`, without a download.
+
+    Args:
+        preds: array of shape `(batch, 1000)` (probabilities or logits).
+        top: how many classes to return per sample.
+
+    Example:
+
+    >>> import numpy as np
+    >>> p = np.zeros((1, 1000)); p[0, 1] = 1.0
+    >>> decode_predictions(p, top=1)[0][0][:2]
+    ('n01443537', 'goldfish')
+    """
+    preds = np.asarray(preds)
+    classes = imagenet_classes()
+    if preds.ndim != 2 or preds.shape[1] != len(classes):
+        raise ValueError(
+            f"decode_predictions expects a batch of ImageNet predictions with shape "
+            f"(samples, {len(classes)}); got shape {preds.shape}."
+        )
+    results = []
+    for row in preds:
+        best = np.argsort(row)[::-1][:top]
+        results.append([(*classes[i], float(row[i])) for i in best])
+    return results

@@ -1,0 +1,45 @@
+"""Packaging for keras-preact (tool configuration lives in pyproject.toml)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="keras-preact",
+    version="0.1.0",
+    description=(
+        "Pre-activation residual networks (ResNet-v2, He et al. 2016) for Keras 3: "
+        "layers, CIFAR and ImageNet model zoo, tf.data pipelines, tf.distribute "
+        "recipes, SavedModel and TFLite export."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["keras_preact", "keras_preact.*"]),
+    package_data={"keras_preact": ["imagenet_classes.tsv"]},
+    install_requires=[
+        # Tested upper bounds; TF >= 2.16 is the first release on Keras 3.
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.3,<3.16",
+        "tensorflow-datasets>=4.9,<4.10",
+        "absl-py>=2.0,<2.6",
+        "scikit-learn>=1.3,<1.10",
+        "numpy>=1.26,<2.5",
+        "h5py>=3.10,<3.15",
+    ],
+    extras_require={
+        "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
+        "tflite": ["ai-edge-litert>=1.2,<2.4"],
+        "serving": ["tensorflow-serving-api>=2.16,<2.22"],
+        "test": [
+            "pytest>=8,<10",
+            "ruff>=0.6,<0.18",
+            "ai-edge-litert>=1.2,<2.4",
+            "tensorflow-serving-api>=2.16,<2.22",
+            "scikit-image>=0.22,<0.27",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Framework :: Keras",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
