@@ -93,9 +93,7 @@ class SymmetricMaxPooling2D(keras.layers.Layer):
 
     def call(self, inputs):
         p = self.padding
-        padded = ops.pad(
-            inputs, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=float("-inf")
-        )
+        padded = ops.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=float("-inf"))
         return ops.max_pool(padded, self.pool_size, self.strides, padding="valid")
 
     def compute_output_shape(self, input_shape):
@@ -170,7 +168,9 @@ class _ResidualUnit(keras.layers.Layer):
                 f"shortcut_dropout_rate must be in [0, 1), got {self.shortcut_dropout_rate}."
             )
         if shortcut == "conv1x1" and projection is False:
-            raise ValueError("shortcut='conv1x1' puts a projection on every unit; projection=False contradicts it.")
+            raise ValueError(
+                "shortcut='conv1x1' puts a projection on every unit; projection=False contradicts it."
+            )
 
         self.filters = int(filters)
         self.strides = int(strides)
@@ -211,7 +211,9 @@ class _ResidualUnit(keras.layers.Layer):
         if kernel_size > 1 and (self.padding == "symmetric" and strides > 1):
             # PyTorch pads k//2 on every side; Keras "same" pads 0 before / 1 after
             # on even sizes when strided. Explicit padding + "valid" matches PyTorch.
-            pad = keras.layers.ZeroPadding2D(kernel_size // 2, name=name + "_pad", dtype=self.dtype_policy)
+            pad = keras.layers.ZeroPadding2D(
+                kernel_size // 2, name=name + "_pad", dtype=self.dtype_policy
+            )
             padding = "valid"
         conv = keras.layers.Conv2D(
             filters,
@@ -228,7 +230,9 @@ class _ResidualUnit(keras.layers.Layer):
     def build(self, input_shape):
         in_channels = input_shape[-1]
         if in_channels is None:
-            raise ValueError(f"{type(self).__name__} needs a known channel count, got {input_shape}.")
+            raise ValueError(
+                f"{type(self).__name__} needs a known channel count, got {input_shape}."
+            )
         out_channels = self.output_filters
         variant = self.unit_variant
         if self.shortcut == "conv1x1":
@@ -316,7 +320,9 @@ class _ResidualUnit(keras.layers.Layer):
             return residual
         keep = 1.0 - self.drop_path_rate
         batch = ops.shape(residual)[0]
-        noise = keras.random.uniform((batch, 1, 1, 1), seed=self.seed_generator, dtype=residual.dtype)
+        noise = keras.random.uniform(
+            (batch, 1, 1, 1), seed=self.seed_generator, dtype=residual.dtype
+        )
         mask = ops.cast(noise < keep, residual.dtype)
         return residual * mask / keep
 
@@ -468,21 +474,18 @@ class PreActBlock(_ResidualUnit):
 
 @keras.saving.register_keras_serializable(package="keras_preact")
 class PreActBottleneck(_ResidualUnit):
-    __doc__ = (
-        """Pre-activation bottleneck unit: BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1 (4x), plus shortcut.
+    __doc__ = """Pre-activation bottleneck unit: BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1 (4x), plus shortcut.
 
     Example:
 
     >>> x = keras.Input((56, 56, 64))
     >>> PreActBottleneck(64)(x).shape            # 64 -> 256 channels, projected
     (None, 56, 56, 256)
-    """
-        + _COMMON_ARGS_DOC.format(
-            filters_doc="bottleneck width; the unit outputs 4 x filters channels",
-            stride_doc="3x3 convolution, as in fb.resnet.torch and timm",
-            variants=", ".join(UNIT_VARIANTS),
-            shortcuts=", ".join(SHORTCUTS),
-        )
+    """ + _COMMON_ARGS_DOC.format(
+        filters_doc="bottleneck width; the unit outputs 4 x filters channels",
+        stride_doc="3x3 convolution, as in fb.resnet.torch and timm",
+        variants=", ".join(UNIT_VARIANTS),
+        shortcuts=", ".join(SHORTCUTS),
     )
 
     expansion = 4

@@ -157,7 +157,9 @@ def check_head_args(include_top, pooling, classes):
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"Unknown pooling {pooling!r}. Allowed values: None, 'avg', 'max'.")
     if include_top and (not isinstance(classes, int) or classes < 1):
-        raise ValueError(f"classes must be a positive integer with include_top=True, got {classes!r}.")
+        raise ValueError(
+            f"classes must be a positive integer with include_top=True, got {classes!r}."
+        )
 
 
 def maybe_preprocess(x, include_preprocessing, normalization):

@@ -14,7 +14,6 @@ import tempfile
 import zipfile
 
 import h5py
-import keras
 
 _WEIGHTS_IN_ARCHIVE = "model.weights.h5"
 

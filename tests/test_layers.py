@@ -1,0 +1,217 @@
+"""The residual units against stock-Keras references and the paper's propagation equations."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_preact import PreActBlock, PreActBottleneck, SymmetricMaxPooling2D
+
+
+def _copy(dst, src):
+    dst.set_weights(src.get_weights())
+
+
+def _built(layer, source):
+    """A stock Keras layer built like `source` and holding its weights."""
+    layer.build(_in_shape(source))
+    _copy(layer, source)
+    return layer
+
+
+def _in_shape(source):
+    weights = source.get_weights()
+    if isinstance(source, keras.layers.Conv2D):
+        return (None, None, None, weights[0].shape[2])
+    return (None, None, None, weights[0].shape[0])
+
+
+def _bn(x, layer):
+    return layer(x, training=False)
+
+
+@pytest.mark.parametrize("strides,in_ch,out_ch", [(1, 8, 8), (2, 8, 16)])
+def test_original_unit_is_resnet_v1(strides, in_ch, out_ch, rng, randomize_batchnorm):
+    """unit_variant='original' is He et al. 2015's unit: conv-BN-ReLU-conv-BN, add, ReLU."""
+    x = keras.Input((12, 12, in_ch))
+    unit = PreActBlock(out_ch, strides=strides, unit_variant="original")
+    model = randomize_batchnorm(keras.Model(x, unit(x)), seed=1)
+
+    inputs = rng.normal(size=(2, 12, 12, in_ch)).astype("float32")
+    conv1 = _built(
+        keras.layers.Conv2D(out_ch, 3, strides=strides, padding="same", use_bias=False), unit.conv1
+    )
+    bn1 = _built(keras.layers.BatchNormalization(epsilon=1e-5), unit.norm1)
+    conv2 = _built(keras.layers.Conv2D(out_ch, 3, padding="same", use_bias=False), unit.conv2)
+    bn2 = _built(keras.layers.BatchNormalization(epsilon=1e-5), unit.norm2)
+    r = _bn(conv2(keras.ops.relu(_bn(conv1(inputs), bn1))), bn2)
+    if strides == 1:
+        shortcut = inputs
+    else:  # option B: 1x1 conv + BN projection
+        proj = _built(
+            keras.layers.Conv2D(out_ch, 1, strides=strides, use_bias=False), unit.downsample
+        )
+        proj_bn = _built(keras.layers.BatchNormalization(epsilon=1e-5), unit.downsample_norm)
+        shortcut = _bn(proj(inputs), proj_bn)
+    expected = keras.ops.relu(shortcut + r)
+    np.testing.assert_allclose(model(inputs, training=False), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_full_preact_bottleneck_matches_stock_layers(rng, randomize_batchnorm):
+    """Full pre-activation bottleneck with stride: shared BN-ReLU, projection on the pre-activated tensor."""
+    x = keras.Input((10, 10, 16))
+    unit = PreActBottleneck(8, strides=2)
+    model = randomize_batchnorm(keras.Model(x, unit(x)), seed=2)
+    inputs = rng.normal(size=(2, 10, 10, 16)).astype("float32")
+
+    def bn(src):
+        layer = keras.layers.BatchNormalization(epsilon=1e-5)
+        layer.build((None, None, None, src.get_weights()[0].shape[0]))
+        _copy(layer, src)
+        return lambda t: layer(t, training=False)
+
+    def conv(src, k, s):
+        kernel = src.get_weights()[0]
+        layer = keras.layers.Conv2D(kernel.shape[-1], k, strides=s, padding="same", use_bias=False)
+        layer.build((None, None, None, kernel.shape[2]))
+        _copy(layer, src)
+        return layer
+
+    relu = keras.ops.relu
+    preact = relu(bn(unit.norm1)(inputs))
+    r = conv(unit.conv1, 1, 1)(preact)
+    r = conv(unit.conv2, 3, 2)(relu(bn(unit.norm2)(r)))
+    r = conv(unit.conv3, 1, 1)(relu(bn(unit.norm3)(r)))
+    shortcut = conv(unit.downsample, 1, 2)(preact)
+    np.testing.assert_allclose(model(inputs, training=False), shortcut + r, rtol=1e-5, atol=1e-5)
+    assert model.output.shape == (None, 5, 5, 32)
+
+
+def _stack(num_units, channels=8, **unit_kwargs):
+    x = keras.Input((6, 6, channels))
+    y = x
+    for i in range(num_units):
+        y = PreActBlock(channels, zero_init_last=True, name=f"unit{i}", **unit_kwargs)(y)
+    return keras.Model(x, y)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_propagation_equations(training, rng):
+    """Eqs. (6), (7), (9) with every F = 0 at initialisation (zero_init_last)."""
+    num_units = 5
+    x_l = rng.normal(size=(3, 6, 6, 8)).astype("float32")
+    # Eq. (6)/(7): full pre-activation units pass x_l through unchanged.
+    full = _stack(num_units)
+    np.testing.assert_array_equal(full(x_l, training=training), x_l)
+    # Original units: x_{l+1} = ReLU(x_l + F) = ReLU(x_l), idempotent.
+    original = _stack(num_units, unit_variant="original")
+    np.testing.assert_array_equal(original(x_l, training=training), np.maximum(x_l, 0))
+    # Eq. (9)-style scaling: x_L = lambda^(L-l) x_l with constant_scaling lambda = 0.5.
+    scaled = _stack(num_units, shortcut="constant_scaling", shortcut_scale=0.5)
+    np.testing.assert_allclose(
+        scaled(x_l, training=training), 0.5**num_units * x_l, rtol=1e-6, atol=0
+    )
+
+
+def test_identity_gradient_of_full_preact_stack(rng):
+    """dx_L/dx_l is the identity for full pre-activation units (Eq. 5 with F = 0)."""
+    model = _stack(4, channels=2)
+    x_l = tf.constant(rng.normal(size=(1, 6, 6, 2)).astype("float32"))
+    with tf.GradientTape() as tape:
+        tape.watch(x_l)
+        x_L = model(x_l, training=False)
+    jacobian = tape.jacobian(x_L, x_l).numpy().reshape(72, 72)
+    np.testing.assert_array_equal(jacobian, np.eye(72, dtype="float32"))
+    # A control that can fail: without zero_init_last the Jacobian is not the identity.
+    x = keras.Input((6, 6, 2))
+    plain = keras.Model(x, PreActBlock(2)(x))
+    with tf.GradientTape() as tape:
+        tape.watch(x_l)
+        y = plain(x_l, training=False)
+    assert np.abs(tape.jacobian(y, x_l).numpy().reshape(72, 72) - np.eye(72)).max() > 1e-3
+
+
+def test_exclusive_gating_formula(rng):
+    """(1 - g) * x + g * F with g = sigmoid(conv1x1(x) + b_g)."""
+    x = keras.Input((5, 5, 4))
+    unit = PreActBlock(4, shortcut="exclusive_gating", gate_bias_init=-6.0)
+    model = keras.Model(x, unit(x))
+    np.testing.assert_array_equal(unit.gate.bias.numpy(), np.full(4, -6.0, "float32"))
+    inputs = rng.normal(size=(2, 5, 5, 4)).astype("float32")
+    gate = keras.ops.sigmoid(unit.gate(inputs))
+    preact = keras.ops.relu(unit.norm1(inputs, training=False))
+    f = unit.conv2(keras.ops.relu(unit.norm2(unit.conv1(preact), training=False)))
+    expected = (1.0 - gate) * inputs + gate * f
+    np.testing.assert_allclose(model(inputs, training=False), expected, rtol=1e-5, atol=1e-6)
+    assert float(np.median(gate)) < 0.05  # b_g = -6 keeps the gate mostly closed
+
+
+def test_drop_path_drops_whole_samples(rng):
+    x = keras.Input((4, 4, 3))
+    unit = PreActBlock(3, drop_path_rate=0.5, seed=7)
+    model = keras.Model(x, unit(x))
+    inputs = rng.normal(size=(64, 4, 4, 3)).astype("float32")
+    preact = keras.ops.relu(unit.norm1(inputs, training=True))
+    f = unit.conv2(keras.ops.relu(unit.norm2(unit.conv1(preact), training=True)))
+    out = model(inputs, training=True).numpy()
+    kept = np.all(np.isclose(out, inputs + 2.0 * f.numpy(), atol=1e-4), axis=(1, 2, 3))
+    dropped = np.all(np.isclose(out, inputs, atol=1e-6), axis=(1, 2, 3))
+    assert np.all(kept ^ dropped)
+    assert 10 < dropped.sum() < 54  # about half of 64
+    np.testing.assert_allclose(
+        model(inputs, training=False),
+        inputs
+        + unit.conv2(keras.ops.relu(unit.norm2(unit.conv1(keras.ops.relu(unit.norm1(inputs)))))),
+        atol=1e-5,
+    )
+
+
+def test_symmetric_max_pool_matches_numpy(rng):
+    inputs = rng.normal(size=(1, 7, 8, 2)).astype("float32")
+    out = SymmetricMaxPooling2D(3, 2, 1)(inputs).numpy()
+    padded = np.pad(inputs, [(0, 0), (1, 1), (1, 1), (0, 0)], constant_values=-np.inf)
+    expected = np.stack(
+        [
+            np.stack(
+                [padded[0, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max(axis=(0, 1)) for j in range(4)]
+            )
+            for i in range(4)
+        ]
+    )[None]
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_units_serialize_and_work_in_sequential(rng):
+    unit = PreActBottleneck(
+        4,
+        strides=2,
+        unit_variant="relu_only_preact",
+        shortcut="shortcut_only_gating",
+        gate_bias_init=-6.0,
+    )
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(unit))
+    assert clone.get_config() == unit.get_config()
+    model = keras.Sequential(
+        [keras.Input((8, 8, 3)), PreActBlock(4), PreActBottleneck(2, strides=2)]
+    )
+    assert model.output_shape == (None, 4, 4, 8)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"unit_variant": "preact"}, "unit_variant.*'full_preact'"),
+        ({"shortcut": "gated"}, "shortcut.*'exclusive_gating'"),
+        ({"shortcut_scale": 0.5}, "shortcut_scale applies only to shortcut='constant_scaling'"),
+        ({"padding": "reflect"}, "padding"),
+        ({"drop_path_rate": 1.0}, "drop_path_rate"),
+    ],
+)
+def test_bad_unit_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PreActBlock(8, **kwargs)
+
+
+def test_identity_shortcut_cannot_change_channels():
+    with pytest.raises(ValueError, match="cannot map 8 to 16 channels"):
+        PreActBlock(16, projection=False)(keras.Input((4, 4, 8)))

@@ -1,0 +1,241 @@
+"""The model zoo against SPEC.md's exact sizes, keras.applications and the paper's variants."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_preact as kp
+from keras_preact import preprocessing
+
+
+def trainable_params(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+# SPEC.md section 2: trainable parameters (BN gamma/beta counted, moving statistics not).
+CIFAR_SIZES = [
+    (kp.ResNet20V2, 10, 272_282),
+    (kp.ResNet56V2, 10, 855_578),
+    (kp.ResNet110V2, 10, 1_730_522),
+    (kp.ResNet164V2, 10, 1_703_258),
+    (kp.ResNet164V2, 100, 1_726_388),
+    (kp.ResNet1001V2, 10, 10_327_706),
+    (kp.ResNet1001V2, 100, 10_350_836),
+]
+IMAGENET_SIZES = [  # (builder, paper layout with stem BN, timm layout)
+    (kp.ResNet18V2, 11_687_848, 11_687_720),
+    (kp.ResNet34V2, 21_796_008, 21_795_880),
+    (kp.ResNet50V2, 25_549_480, 25_549_352),
+    (kp.ResNet101V2, 44_541_608, 44_541_480),
+    (kp.ResNet152V2, 60_185_256, 60_185_128),
+    (kp.ResNet200V2, 64_666_280, 64_666_152),
+]
+# keras.applications' documented model sizes (all parameters, BN statistics included).
+KERAS_APPLICATIONS_SIZES = [
+    (kp.ResNet50V2, 25_613_800),
+    (kp.ResNet101V2, 44_675_560),
+    (kp.ResNet152V2, 60_380_648),
+]
+
+
+@pytest.mark.parametrize("builder,classes,expected", CIFAR_SIZES)
+def test_cifar_parameter_counts(builder, classes, expected):
+    assert trainable_params(builder(classes=classes)) == expected
+
+
+@pytest.mark.parametrize("builder,paper,timm", IMAGENET_SIZES)
+def test_imagenet_parameter_counts(builder, paper, timm):
+    assert trainable_params(builder(layout="paper")) == paper
+    assert trainable_params(builder(layout="timm")) == timm
+
+
+@pytest.mark.parametrize("builder,expected", KERAS_APPLICATIONS_SIZES)
+def test_keras_layout_sizes_equal_keras_applications(builder, expected):
+    assert builder(layout="keras").count_params() == expected
+
+
+def test_keras_layout_reproduces_keras_applications(randomize_batchnorm, rng):
+    """Weights copied from keras.applications give the same logits at 224 and 320."""
+    reference = keras.applications.ResNet50V2(weights=None, classifier_activation=None)
+    randomize_batchnorm(reference, seed=3)
+    ours = kp.ResNet50V2(layout="keras", classifier_activation=None)
+    assert kp.weights.copy_keras_applications_weights(reference, ours) == 103
+    for size in (224, 320):
+        images = rng.uniform(0, 255, (2, size, size, 3)).astype("float32")
+        expected = reference.predict(
+            keras.applications.resnet_v2.preprocess_input(images.copy()), verbose=0
+        )
+        got = ours.predict(images, verbose=0)
+        assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+        assert np.array_equal(got.argmax(-1), expected.argmax(-1))
+
+
+def test_paper_and_timm_layouts_place_stride_on_first_unit():
+    model = kp.ResNet50V2(layout="paper", input_shape=(64, 64, 3), include_top=False)
+    assert model.get_layer("stage2_unit1").strides == 2
+    assert model.get_layer("stage2_unit1").conv2.strides == (2, 2)  # on the 3x3
+    assert model.get_layer("stem_bn") is not None
+    keras_layout = kp.ResNet50V2(layout="keras", input_shape=(64, 64, 3), include_top=False)
+    assert keras_layout.get_layer("stage1_unit3").strides == 2
+    assert keras_layout.get_layer("stage1_unit3").projection is False
+    assert keras_layout.output.shape == model.output.shape == (None, 2, 2, 2048)
+
+
+# Each row of the paper's Tables 1 and 2 as (unit_variant, shortcut, options), plus the
+# modern options, on a tiny CIFAR net.
+VARIANTS = [
+    ("original", "identity", {}),
+    ("bn_after_addition", "identity", {}),
+    ("relu_before_addition", "identity", {}),
+    ("relu_only_preact", "identity", {}),
+    ("full_preact", "identity", {}),
+    ("original", "constant_scaling", {"shortcut_scale": 0.5, "residual_scale": 0.5}),
+    ("original", "exclusive_gating", {"gate_bias_init": -6.0}),
+    ("original", "shortcut_only_gating", {"gate_bias_init": -6.0}),
+    ("original", "conv1x1", {}),
+    ("original", "dropout", {"shortcut_dropout_rate": 0.5}),
+    ("full_preact", "constant_scaling", {}),
+    ("full_preact", "exclusive_gating", {}),
+    ("full_preact", "conv1x1", {}),
+    ("full_preact", "identity", {"zero_init_last": True, "drop_path_rate": 0.2}),
+]
+
+
+# Every variant on basic units; bottleneck and 1-layer units on two representative ones.
+UNIT_CASES = [("basic", *v) for v in VARIANTS] + [
+    (unit, *VARIANTS[i]) for unit in ("bottleneck", "one_layer") for i in (4, 6)
+]
+
+
+@pytest.mark.parametrize("unit,unit_variant,shortcut,options", UNIT_CASES)
+def test_variant_trains_and_round_trips(unit, unit_variant, shortcut, options, tmp_path, rng):
+    depth = {"basic": 8, "bottleneck": 11, "one_layer": 5}[unit]
+    model = kp.CIFARResNetV2(
+        depth,
+        unit,
+        width=4,
+        input_shape=(16, 16, 3),
+        unit_variant=unit_variant,
+        shortcut=shortcut,
+        seed=5,
+        **options,
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    images = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    labels = rng.integers(0, 10, 8)
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    loss = model.train_on_batch(images, labels)
+    assert np.isfinite(loss)
+    changed = {
+        w.path: not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights)
+    }
+    if options.get("zero_init_last"):
+        # F's last conv starts at zero, so only it (and what bypasses F) moves on step one.
+        assert all(moved for path, moved in changed.items() if path.endswith("conv2/kernel"))
+    else:
+        assert sum(changed.values()) >= len(changed) * 0.9  # nearly every weight stepped
+
+    path = tmp_path / "model.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)
+    np.testing.assert_array_equal(
+        restored.predict(images, verbose=0), model.predict(images, verbose=0)
+    )
+    assert (
+        restored.get_layer("stage2_unit1").get_config()
+        == model.get_layer("stage2_unit1").get_config()
+    )
+
+
+def test_one_layer_resnet110_has_36_units_per_stage():
+    model = kp.CIFARResNetV2(110, "one_layer")
+    units = [layer for layer in model.layers if isinstance(layer, kp.PreActBlock)]
+    assert len(units) == 108 and all(u.num_convs == 1 for u in units)
+    convs = [w for w in model.trainable_weights if w.path.endswith("kernel") and len(w.shape) == 4]
+    # 110 weighted layers = stem conv + 108 unit convs + FC; plus 2 projections.
+    assert len(convs) == 1 + 108 + 2
+
+
+@pytest.mark.parametrize("layout", ["paper", "timm", "keras"])
+def test_include_preprocessing_equals_preprocess_input(layout, rng):
+    raw = rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    with_pre = kp.ResNet18V2(layout=layout, classes=7)
+    without = kp.ResNet18V2(layout=layout, classes=7, include_preprocessing=False)
+    without.set_weights(with_pre.get_weights())
+    normalization = kp.LAYOUTS[layout].normalization
+    np.testing.assert_allclose(
+        with_pre.predict(raw, verbose=0),
+        without.predict(kp.preprocess_input(raw, normalization), verbose=0),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_preprocess_input_values():
+    pixel = np.array([[[[0.0, 127.5, 255.0]]]], "float32")
+    np.testing.assert_allclose(kp.preprocess_input(pixel, "tf"), [[[[-1.0, 0.0, 1.0]]]])
+    torch = kp.preprocess_input(pixel, "torch")
+    expected = (pixel / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    np.testing.assert_allclose(torch, expected, rtol=1e-5)
+
+
+def test_fully_convolutional_any_size(rng):
+    model = kp.ResNet18V2(classes=5)
+    for height, width in [(32, 32), (57, 91), (320, 320)]:
+        out = model.predict(rng.uniform(0, 255, (1, height, width, 3)), verbose=0)
+        assert out.shape == (1, 5)
+        np.testing.assert_allclose(out.sum(), 1.0, rtol=1e-5)
+
+
+def test_pooling_and_feature_outputs():
+    assert kp.ResNet18V2(include_top=False, pooling="avg").output.shape == (None, 512)
+    assert kp.ResNet20V2(include_top=False, pooling="max").output.shape == (None, 64)
+    assert kp.ResNet50V2(include_top=False, input_shape=(224, 224, 3)).output.shape == (
+        None,
+        7,
+        7,
+        2048,
+    )
+
+
+def test_decode_predictions_and_class_list():
+    classes = kp.imagenet_classes()
+    assert len(classes) == 1000
+    wnids = [wnid for wnid, _ in classes]
+    assert wnids == sorted(wnids) and len(set(wnids)) == 1000  # tfds order: sorted synsets
+    assert classes[0] == ("n01440764", "tench") and classes[999][0] == "n15075141"
+    preds = np.zeros((2, 1000), "float32")
+    preds[0, [3, 7]] = [0.9, 0.1]
+    preds[1, 999] = 1.0
+    decoded = kp.decode_predictions(preds, top=2)
+    assert decoded[0][0] == ("n01491361", "tiger shark", pytest.approx(0.9))
+    assert decoded[0][1][:2] == classes[7]
+    assert decoded[1][0][:2] == classes[999]
+    with pytest.raises(ValueError, match=r"\(samples, 1000\)"):
+        kp.decode_predictions(np.zeros((1, 10)))
+    assert preprocessing.normalization_stats("cifar10")[0].shape == (3,)
+
+
+@pytest.mark.parametrize(
+    "build,match",
+    [
+        (lambda: kp.CIFARResNetV2(165, "bottleneck"), r"9n\+2.*164"),
+        (lambda: kp.CIFARResNetV2(21), r"6n\+2"),
+        (lambda: kp.CIFARResNetV2(20, "wide"), "'basic', 'one_layer'|'basic'"),
+        (lambda: kp.ImageNetResNetV2(42), "18, 34, 50, 101, 152, 200"),
+        (lambda: kp.ResNet20V2(unit_variant="preact_full"), "'full_preact'"),
+        (lambda: kp.ResNet18V2(shortcut="gating"), "'exclusive_gating'"),
+        (lambda: kp.ResNet18V2(layout="torchvision"), "'paper', 'timm', 'keras'"),
+        (lambda: kp.ResNet18V2(input_shape=(16, 16, 3)), ">= 32"),
+        (lambda: kp.ResNet18V2(input_shape=(224, 224, 1)), "3 channels"),
+        (lambda: kp.ResNet20V2(input_shape=(32, 32)), r"\(height, width, channels\)"),
+        (lambda: kp.ResNet50V2(weights="imagenet"), "not available yet"),
+        (lambda: kp.ResNet20V2(weights="missing.weights.h5"), "not found"),
+        (lambda: kp.ResNet20V2(weights="model.h5"), "'.weights.h5'"),
+        (lambda: kp.ResNet18V2(pooling="mean", include_top=False), "pooling"),
+        (lambda: kp.ResNet20V2(shortcut_scale=0.5), "constant_scaling"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
