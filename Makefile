@@ -20,9 +20,11 @@ $(STAMP): setup.py pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+SOURCES := $(wildcard keras_preact recipes export tests benchmarks)
+
 lint: $(STAMP)
-	$(BIN)/ruff check keras_preact recipes export tests benchmarks
-	$(BIN)/ruff format --check keras_preact recipes export tests benchmarks
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
 
 test: lint
 	$(BIN)/python -m pytest -q
