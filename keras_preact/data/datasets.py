@@ -38,13 +38,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import zlib
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from keras_preact import preprocessing
-from keras_preact.data import augment, pipeline
+from keras_preact.data import augment, crops, pipeline
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -162,7 +164,9 @@ def dataset_info(name, data_dir=None):
     # folder
     class_names = _folder_classes(data_dir)
     splits = tuple(
-        s for s in ("train", "val", "validation", "test") if _folder_split_dir(data_dir, s)
+        s
+        for s in ("train", "val", "validation", "test")
+        if tf.io.gfile.isdir(os.path.join(data_dir, s))
     )
     num_examples = {s: len(_folder_files(data_dir, s, class_names)[0]) for s in splits}
     eval_split = next((s for s in splits if s != "train"), "val")
@@ -460,23 +464,434 @@ def _synthetic(
     return pipeline.batch_and_prefetch(ds, per_replica_batch, drop_remainder)
 
 
-# ---------------------------------------------------------------- photo datasets (in progress)
+# ---------------------------------------------------------------- photo datasets
 
 
-def _not_yet(*args, **kwargs):
-    raise NotImplementedError("This dataset lands in the next commit.")
+def _photo_pipeline(
+    ds,
+    *,
+    read_fn,
+    finite,
+    training,
+    image_size,
+    eval_crop_size,
+    seed,
+    color_augment,
+    per_replica_batch,
+    drop_remainder,
+    num_classes,
+):
+    """Decodes `(source, label)` elements into training crops or eval crops, then batches.
+
+    `read_fn(source, label) -> (encoded bytes, label)`: a file read, a TFRecord
+    parse, or nothing. Elements that fail to read or decode, and labels outside
+    `[0, num_classes)`, are skipped and counted (`skipped_images()`).
+    """
+    image_size = 224 if image_size is None else int(image_size)
+    crop_size = image_size if eval_crop_size is None else int(eval_crop_size)
+
+    def read(source, label):
+        encoded, label = read_fn(source, label)
+        label = tf.cast(label, tf.int32)
+        in_range = tf.logical_and(label >= 0, label < num_classes)
+        with tf.control_dependencies(
+            [tf.debugging.Assert(in_range, ["Label out of range:", label])]
+        ):
+            return augment.check_encoded_image(encoded), tf.identity(label)
+
+    if training:
+
+        def decode(source, label, seed_pair):
+            crop_seed, flip_seed, color_seed = augment.split_seed(seed_pair, 3)
+            encoded, label = read(source, label)
+            image = augment.random_resized_crop(encoded, crop_seed, image_size)
+            if color_augment:
+                image = augment.color_augment(image, color_seed)
+            image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+            return image, label
+
+        shape = [image_size, image_size, 3]
+    else:
+
+        def decode(source, label):
+            encoded, label = read(source, label)
+            return crops.eval_crop(crops.decode_image(encoded), crop_size), label
+
+        shape = [crop_size, crop_size, 3]
+    ds = pipeline.decode_and_count(
+        ds,
+        decode,
+        image_shape=shape,
+        finite=finite,
+        seeds=_element_seeds(seed) if training else None,
+    )
+    return pipeline.batch_and_prefetch(ds, per_replica_batch, drop_remainder)
 
 
-_cifar = _imagenet2012 = _folder = _tfrecord = _not_yet
+def _shuffle_and_repeat(ds, *, training, repeat, buffer_size, seed, input_context):
+    if training:
+        ds = ds.shuffle(
+            buffer_size, seed=_shuffle_seed(seed, input_context), reshuffle_each_iteration=True
+        )
+    return ds.repeat() if repeat else ds
 
 
-def _folder_classes(data_dir):
-    _not_yet()
+def _photo_options(options):
+    return {
+        key: options[key]
+        for key in (
+            "training",
+            "image_size",
+            "eval_crop_size",
+            "seed",
+            "color_augment",
+            "per_replica_batch",
+            "drop_remainder",
+        )
+    }
+
+
+# ---------------------------------------------------------------- tensorflow-datasets
+
+
+def _tfds_missing_message(name, builder, split):
+    where = builder.data_dir_root
+    if name == "imagenet2012":
+        manual = os.path.join(where, "downloads", "manual")
+        return (
+            f"imagenet2012 ({split}) is not prepared in the tfds data_dir {where!r} "
+            f"(looked for {str(builder.data_path)!r}). tfds cannot download ImageNet: get "
+            f"{' and '.join(IMAGENET_TARS)} from image-net.org, put them in {manual!r}, and "
+            f"call make_dataset(..., download=True) once (or run `tfds build imagenet2012 "
+            f"--data_dir={where} --manual_dir={manual}`). Or use name='folder' "
+            f"(train/<wnid>/*.JPEG) or name='tfrecord' (TF-official TFRecords)."
+        )
+    return (
+        f"{name} ({split}) is not prepared in the tfds data_dir {where!r} (looked for "
+        f"{str(builder.data_path)!r}). Pass download=True to let tensorflow-datasets download "
+        f"and prepare it (needs the internet), or prepare it elsewhere with `tfds build {name} "
+        f"--data_dir=DIR` and pass data_dir=DIR."
+    )
+
+
+def _tfds_dataset(name, split, *, data_dir, download, decoders, shuffle_files, seed, input_context):
+    """`builder.as_dataset(split)` sharded over `input_context`, or a `MissingDataError`."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    if download:
+        if name == "imagenet2012":
+            manual = os.path.join(builder.data_dir_root, "downloads", "manual")
+            missing = [
+                tar for tar in IMAGENET_TARS if not tf.io.gfile.exists(os.path.join(manual, tar))
+            ]
+            if missing and not builder.is_prepared():
+                raise MissingDataError(
+                    f"download=True for imagenet2012 needs the ILSVRC-2012 tars in the manual "
+                    f"directory {manual!r}; missing: {', '.join(missing)}. Download them from "
+                    f"image-net.org (they cannot be fetched automatically)."
+                )
+        builder.download_and_prepare()
+    pipelines = input_context.num_input_pipelines if input_context is not None else 1
+    try:
+        num_shards = builder.info.splits[split].num_shards
+    except (KeyError, ValueError, TypeError):
+        num_shards = 0  # unknown (for example under tfds.testing.mock_data)
+    tfds_shards = pipelines > 1 and num_shards >= pipelines
+    read_config = tfds.ReadConfig(
+        shuffle_seed=seed, input_context=input_context if tfds_shards else None
+    )
+    try:
+        ds = builder.as_dataset(
+            split=split, shuffle_files=shuffle_files, decoders=decoders, read_config=read_config
+        )
+    except AssertionError as error:  # tfds' "could not find data in ..."
+        raise MissingDataError(_tfds_missing_message(name, builder, split)) from error
+    if pipelines > 1 and not tfds_shards:
+        ds = _shard(ds, input_context)
+    return ds
+
+
+def _cifar(name, *, split, data_dir, download, image_size, input_context, **options):
+    _check_split(name, split, ("train", "test"))
+    _fixed_size(name, image_size)
+    ds = _tfds_dataset(
+        name,
+        split,
+        data_dir=data_dir,
+        download=download,
+        decoders=None,
+        shuffle_files=False,
+        seed=None,
+        input_context=input_context,
+    )
+    ds = ds.map(lambda ex: (ex["image"], ex["label"]), num_parallel_calls=AUTOTUNE).cache()
+    fill = preprocessing.NORMALIZATIONS[name][0]  # pads become 0 after normalisation
+    size = dataset_info(name).num_examples[split]
+    if input_context is not None:
+        size = -(-size // input_context.num_input_pipelines)
+    return _in_memory_pipeline(
+        ds,
+        size=size,
+        augment_fn=lambda image, s: augment.pad_crop_flip(image, s, pad=4, fill=fill),
+        per_replica_batch=options["per_replica_batch"],
+        training=options["training"],
+        seed=options["seed"],
+        input_context=input_context,
+        drop_remainder=options["drop_remainder"],
+        repeat=options["repeat"],
+    )
+
+
+def _imagenet2012(*, split, data_dir, download, input_context, shuffle_buffer, **options):
+    import tensorflow_datasets as tfds
+
+    _check_split("imagenet2012", split, ("train", "validation"))
+    ds = _tfds_dataset(
+        "imagenet2012",
+        split,
+        data_dir=data_dir,
+        download=download,
+        decoders={"image": tfds.decode.SkipDecoding()},
+        shuffle_files=options["training"],
+        seed=options["seed"],
+        input_context=input_context,
+    )
+    ds = ds.map(lambda ex: (ex["image"], ex["label"]))
+    ds = _shuffle_and_repeat(
+        ds,
+        training=options["training"],
+        repeat=options["repeat"],
+        buffer_size=shuffle_buffer or RECORD_SHUFFLE_BUFFER,
+        seed=options["seed"],
+        input_context=input_context,
+    )
+    return _photo_pipeline(
+        ds,
+        read_fn=lambda encoded, label: (encoded, label),
+        finite=not options["repeat"],
+        num_classes=1000,
+        **_photo_options(options),
+    )
+
+
+# ---------------------------------------------------------------- folder
+
+
+def _folder_layout(data_dir):
+    return (
+        f"expected an image folder {data_dir!r} laid out as <data_dir>/train/<class>/<image> "
+        f"(and <data_dir>/val/<class>/<image> for evaluation), with JPEG, PNG, GIF or BMP "
+        f"images; labels are the sorted class folder names of train/ (ImageNet: "
+        f"train/<wnid>/*.JPEG)"
+    )
 
 
 def _folder_split_dir(data_dir, split):
-    _not_yet()
+    """The directory of `split` ("val" and "validation" stand for each other), or None."""
+    if data_dir is None:
+        return None
+    aliases = {"val": ("val", "validation"), "validation": ("validation", "val")}
+    for candidate in aliases.get(split, (split,)):
+        path = os.path.join(data_dir, candidate)
+        if tf.io.gfile.isdir(path):
+            return path
+    return None
+
+
+def _subdirs(path):
+    return sorted(
+        entry.rstrip("/")
+        for entry in tf.io.gfile.listdir(path)
+        if tf.io.gfile.isdir(os.path.join(path, entry.rstrip("/")))
+    )
+
+
+def _folder_classes(data_dir):
+    """Sorted class folder names of `<data_dir>/train` (or of the only split present)."""
+    if data_dir is None:
+        raise MissingDataError(f"name='folder' needs data_dir: {_folder_layout('<data_dir>')}.")
+    root = _folder_split_dir(data_dir, "train")
+    if root is None:
+        root = next(
+            (d for d in (_folder_split_dir(data_dir, s) for s in ("val", "test")) if d), None
+        )
+    if root is None:
+        raise MissingDataError(f"No train/ or val/ folder found: {_folder_layout(data_dir)}.")
+    classes = _subdirs(root)
+    if not classes:
+        raise MissingDataError(f"{root!r} has no class folders: {_folder_layout(data_dir)}.")
+    return tuple(classes)
 
 
 def _folder_files(data_dir, split, class_names):
-    _not_yet()
+    """Sorted `(paths, labels)` of the images of one split; other files are ignored."""
+    split_dir = _folder_split_dir(data_dir, split)
+    if split_dir is None:
+        raise MissingDataError(f"No {split}/ folder found: {_folder_layout(data_dir)}.")
+    present = _subdirs(split_dir)
+    unknown = sorted(set(present) - set(class_names))
+    if unknown:
+        raise ValueError(
+            f"{split_dir!r} has class folders that train/ lacks: {', '.join(unknown[:10])}"
+            f"{' ...' if len(unknown) > 10 else ''}. Every split must use train/'s classes."
+        )
+    paths, labels, ignored = [], [], 0
+    for label, class_name in enumerate(class_names):
+        class_dir = os.path.join(split_dir, class_name)
+        if class_name not in present:
+            continue
+        for entry in sorted(tf.io.gfile.listdir(class_dir)):
+            if entry.lower().endswith(IMAGE_EXTENSIONS):
+                paths.append(os.path.join(class_dir, entry))
+                labels.append(label)
+            else:
+                ignored += 1
+    if not paths:
+        loose = [e for e in tf.io.gfile.listdir(split_dir) if e.lower().endswith(IMAGE_EXTENSIONS)]
+        hint = (
+            f" It holds {len(loose)} image(s) directly: sort them into <class>/ folders."
+            if loose
+            else ""
+        )
+        raise MissingDataError(f"No images in {split_dir!r}.{hint} {_folder_layout(data_dir)}.")
+    if ignored:
+        logging.info("Ignored %d non-image file(s) under %s.", ignored, split_dir)
+    return paths, labels
+
+
+def _folder(*, split, data_dir, input_context, **options):
+    class_names = _folder_classes(data_dir)
+    paths, labels = _folder_files(data_dir, split, class_names)
+    ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int32)))
+    ds = _shard(ds, input_context)
+    ds = _shuffle_and_repeat(
+        ds,
+        training=options["training"],
+        repeat=options["repeat"],
+        buffer_size=len(paths),
+        seed=options["seed"],
+        input_context=input_context,
+    )
+    return _photo_pipeline(
+        ds,
+        read_fn=lambda path, label: (tf.io.read_file(path), label),
+        finite=not options["repeat"],
+        num_classes=len(class_names),
+        **_photo_options(options),
+    )
+
+
+# ---------------------------------------------------------------- TF-official TFRecords
+
+TFRECORD_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+}
+TFRECORD_LABEL_OFFSET = 1  # TF-official / TF-slim ImageNet: labels 1..1000, 0 = background
+
+
+def tfrecord_files(data_dir, split):
+    """Sorted TF-official shard files of `split`: `<data_dir>/<split>-*-of-*` ("val" = "validation")."""
+    split = {"val": "validation"}.get(split, split)
+    if data_dir is None:
+        raise MissingDataError(
+            "name='tfrecord' needs data_dir: a directory of TF-official ImageNet TFRecords "
+            "(train-00000-of-01024 ..., validation-00000-of-00128 ...)."
+        )
+    pattern = os.path.join(data_dir, f"{split}-*")
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise MissingDataError(
+            f"No TFRecord files match {pattern!r}. Expected TF-official ImageNet TFRecords "
+            f"(features image/encoded, image/class/label) named {split}-00000-of-NNNNN, as "
+            f"written by the TensorFlow models' imagenet_to_gcs.py / build_imagenet_data.py."
+        )
+    return files
+
+
+def tfrecord_label_offset(files, num_records=32):
+    """The value to subtract from `image/class/label` to get 0-based labels (the rule of "tfrecord").
+
+    Reads the first `num_records` records. When they carry `image/class/synset`
+    (the TF-official writer stores the WordNet id), the offset is `label -
+    index of the synset in the sorted ImageNet classes` and must agree over the
+    records. Otherwise the TF-official/TF-slim convention applies: labels
+    1..1000 with 0 = background, offset 1. Pass `label_offset=0` to
+    `make_dataset` for records written with 0-based labels.
+    """
+    wnid_index = {wnid: i for i, (wnid, _) in enumerate(preprocessing.imagenet_classes())}
+    spec = {
+        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+        "image/class/synset": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    }
+    offsets = set()
+    for record in tf.data.TFRecordDataset(files[:1]).take(num_records):
+        example = tf.io.parse_single_example(record, spec)
+        synset = example["image/class/synset"].numpy().decode("utf-8", "replace")
+        if synset in wnid_index:
+            offsets.add(int(example["image/class/label"]) - wnid_index[synset])
+    if len(offsets) > 1:
+        raise ValueError(
+            f"Inconsistent image/class/label vs image/class/synset in {files[0]!r} "
+            f"(offsets {sorted(offsets)}); pass label_offset explicitly."
+        )
+    return offsets.pop() if offsets else TFRECORD_LABEL_OFFSET
+
+
+def _check_tfrecord_labels(files, label_offset, num_classes, num_records=32):
+    """Fails before training when the first records' labels fall outside the classes."""
+    for record in tf.data.TFRecordDataset(files[:1]).take(num_records):
+        label = int(tf.io.parse_single_example(record, TFRECORD_FEATURES)["image/class/label"])
+        if not 0 <= label - label_offset < num_classes:
+            raise ValueError(
+                f"image/class/label {label} in {files[0]!r} minus label_offset={label_offset} "
+                f"is outside 0..{num_classes - 1}. TF-official ImageNet records are 1-based "
+                f"(label_offset=1); 0-based records need label_offset=0."
+            )
+
+
+def _tfrecord(*, split, data_dir, input_context, shuffle_buffer, label_offset, **options):
+    _check_split("tfrecord", split, ("train", "validation", "val"))
+    files = tfrecord_files(data_dir, split)
+    if label_offset is None:
+        label_offset = tfrecord_label_offset(files)
+    label_offset = int(label_offset)
+    _check_tfrecord_labels(files, label_offset, 1000)
+    pipelines = input_context.num_input_pipelines if input_context is not None else 1
+    training = options["training"]
+    seed = options["seed"]
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if pipelines > 1 and len(files) >= pipelines:
+        ds = _shard(ds, input_context)
+    if training:
+        ds = ds.shuffle(len(files), seed=_shuffle_seed(seed, input_context))
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(16, len(files)),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    if pipelines > 1 and len(files) < pipelines:
+        ds = _shard(ds, input_context)
+    ds = ds.map(lambda record: (record, tf.constant(0, tf.int64)))
+    ds = _shuffle_and_repeat(
+        ds,
+        training=training,
+        repeat=options["repeat"],
+        buffer_size=shuffle_buffer or RECORD_SHUFFLE_BUFFER,
+        seed=seed,
+        input_context=input_context,
+    )
+
+    def parse(record, _):
+        example = tf.io.parse_single_example(record, TFRECORD_FEATURES)
+        return example["image/encoded"], example["image/class/label"] - label_offset
+
+    return _photo_pipeline(
+        ds,
+        read_fn=parse,
+        finite=not options["repeat"],
+        num_classes=1000,
+        **_photo_options(options),
+    )

@@ -83,8 +83,9 @@ def decode_and_count(ds, decode_fn, *, image_shape, finite, seeds=None):
 
     `ds` yields `(source, label)` (a string and an integer label);
     `decode_fn(source, label)`, or `decode_fn(source, label, seed)` when a
-    `seeds` dataset of shape-[2] seeds is given, returns a float32 image of
-    `image_shape`. Returns a dataset of `(image, int32 label)` in input order.
+    `seeds` dataset of shape-[2] seeds is given, returns `(image, label)` with
+    a float32 image of `image_shape` (sources such as TFRecords carry their
+    label inside). Returns a dataset of `(image, int32 label)` in input order.
     `finite` says whether `ds` ends (then a sentinel closes it, so failures at
     its very end are counted too).
     """
@@ -96,12 +97,15 @@ def decode_and_count(ds, decode_fn, *, image_shape, finite, seeds=None):
     ds = ds.enumerate()
 
     def decode(index, element):
-        label = tf.cast(element[1], tf.int32)
-        image = tf.cond(
-            label < 0,
-            lambda: tf.zeros(image_shape, tf.float32),
-            lambda: tf.ensure_shape(tf.cast(decode_fn(*element), tf.float32), image_shape),
-        )
+        def real():
+            image, label = decode_fn(*element)
+            image = tf.ensure_shape(tf.cast(image, tf.float32), image_shape)
+            return image, tf.cast(label, tf.int32)
+
+        def sentinel():
+            return tf.zeros(image_shape, tf.float32), tf.constant(-1, tf.int32)
+
+        image, label = tf.cond(element[1] < 0, sentinel, real)
         return index, image, label
 
     ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)

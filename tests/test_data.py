@@ -1,0 +1,516 @@
+"""Input pipelines (keras_preact.data) on real photos, tfds mock data and TF-official TFRecords.
+
+The photos are scikit-learn's and scikit-image's bundled sample images,
+re-encoded at ImageNet-like sizes; references are numpy/PIL computations and
+exact counts.
+"""
+
+import io
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from scipy import stats
+
+from keras_preact import preprocessing
+from keras_preact.data import (
+    DATASETS,
+    augment,
+    crops,
+    dataset_info,
+    digits_arrays,
+    make_dataset,
+    reset_skipped_images,
+    skipped_images,
+)
+
+# (source, size) per class; sizes are (width, height) like ImageNet photos.
+PHOTOS = {
+    "animal": [("chelsea", (500, 375)), ("astronaut", (375, 500)), ("coffee", (500, 333))],
+    "scene": [("china", (500, 375)), ("flower", (375, 500)), ("hubble", (480, 360))],
+    "thing": [("rocket", (500, 400)), ("camera", (400, 400)), ("retina", (420, 500))],
+}
+# Files in train/ that cannot be used: garbage bytes and a truncated JPEG.
+NUM_BAD_TRAIN = 2
+
+
+def _sample_photos():
+    from skimage import data as skdata
+    from sklearn.datasets import load_sample_images
+
+    china, flower = load_sample_images().images
+    photos = {"china": china, "flower": flower}
+    for name in ("chelsea", "astronaut", "coffee", "rocket", "camera", "retina"):
+        photos[name] = getattr(skdata, name)()
+    photos["hubble"] = skdata.hubble_deep_field()
+    return photos
+
+
+def _encode(array, fmt, mode=None, **kwargs):
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _resized(array, size):
+    image = Image.fromarray(array)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image.resize(size, Image.BICUBIC))
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    """folder/train/<class>/*, folder/val/<class>/* of real photos in several formats.
+
+    Returns (root, {relative path: (label, RGB array as written or None if bad)}).
+    """
+    root = tmp_path_factory.mktemp("photos")
+    photos = _sample_photos()
+    classes = sorted(PHOTOS)
+    files = {}
+
+    def write(rel, payload, label, array):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(payload)
+        files[rel] = (label, array)
+
+    for label, class_name in enumerate(classes):
+        for i, (source, size) in enumerate(PHOTOS[class_name]):
+            array = _resized(photos[source], size)
+            split = "val" if i == 2 else "train"
+            write(
+                f"{split}/{class_name}/{source}.jpg",
+                _encode(array, "JPEG", quality=92),
+                label,
+                None,
+            )
+    # Other encodings of real photos, all in train/.
+    chelsea = _resized(photos["chelsea"], (500, 375))
+    china = _resized(photos["china"], (375, 500))
+    write("train/animal/chelsea.png", _encode(chelsea, "PNG"), 0, chelsea)
+    write("train/scene/china_gray.jpeg", _encode(china, "JPEG", "L"), 1, None)
+    write("train/scene/china_cmyk.JPEG", _encode(china, "JPEG", "CMYK"), 1, None)
+    write("train/thing/chelsea.bmp", _encode(chelsea[:300, :400], "BMP"), 2, None)
+    write("train/thing/chelsea.gif", _encode(chelsea[:200, :300], "GIF"), 2, None)
+    # Bad files: skipped and counted. A text file: ignored (not an image name).
+    write("train/thing/garbage.jpg", os.urandom(3000), -1, None)
+    write("train/animal/truncated.jpg", _encode(china, "JPEG")[:20000], -1, None)
+    write("train/animal/notes.txt", b"not an image", -2, None)
+    return root, files
+
+
+def _one_pass(ds):
+    images, labels = [], []
+    for x, y in ds:
+        images.append(x.numpy())
+        labels.append(y.numpy())
+    return np.concatenate(images), np.concatenate(labels)
+
+
+# ---------------------------------------------------------------- API
+
+
+def test_unknown_names_and_options_are_clear_errors():
+    with pytest.raises(ValueError, match="Allowed names: digits, synthetic, cifar10"):
+        make_dataset("mnist", "train", batch_size=8)
+    with pytest.raises(ValueError, match="Allowed names"):
+        dataset_info("imagenet")
+    with pytest.raises(ValueError, match="Allowed splits: train, test"):
+        make_dataset("digits", "validation", batch_size=8)
+    with pytest.raises(ValueError, match="32x32"):
+        make_dataset("digits", "train", batch_size=8, image_size=64)
+    with pytest.raises(ValueError, match="batch_size"):
+        make_dataset("digits", "train", batch_size=0)
+    assert set(DATASETS) == {
+        "digits",
+        "synthetic",
+        "cifar10",
+        "cifar100",
+        "imagenet2012",
+        "folder",
+        "tfrecord",
+    }
+
+
+def test_dataset_info_facts():
+    cifar100 = dataset_info("cifar100")
+    assert (cifar100.num_classes, cifar100.image_size, cifar100.normalization) == (
+        100,
+        32,
+        "cifar100",
+    )
+    assert len(cifar100.class_names) == 100 and cifar100.class_names == tuple(
+        sorted(cifar100.class_names)
+    )
+    imagenet = dataset_info("imagenet2012")
+    assert imagenet.class_names[1] == preprocessing.imagenet_classes()[1][0] == "n01443537"
+    assert imagenet.num_examples == {"train": 1_281_167, "validation": 50_000}
+    assert imagenet.normalization in preprocessing.NORMALIZATIONS
+    with pytest.raises(dataclasses_frozen_error()):
+        imagenet.num_classes = 3
+
+
+def dataclasses_frozen_error():
+    import dataclasses
+
+    return dataclasses.FrozenInstanceError
+
+
+# ---------------------------------------------------------------- digits / synthetic
+
+
+def test_digits_split_statistics_and_order():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    train_x, train_y = digits_arrays("train")
+    test_x, test_y = digits_arrays("test")
+    assert (len(train_y), len(test_y)) == (1437, 360)
+    # Stratified: every class is 20% +- 1 image of its total in the test split.
+    totals = np.bincount(digits.target)
+    assert np.all(np.abs(np.bincount(test_y) - 0.2 * totals) <= 1)
+    # Pixels: 0..16 scaled to 0..255, upsampled, identical RGB channels.
+    assert train_x.shape[1:] == (32, 32, 3) and 0 <= train_x.min() and train_x.max() <= 255
+    np.testing.assert_array_equal(train_x[..., 0], train_x[..., 2])
+    x64 = train_x.astype(np.float64)
+    assert abs(x64.mean() - 77.873) < 0.01 and abs(x64.std() - 82.531) < 0.01
+    # Eval pipeline = the arrays in order.
+    images, labels = _one_pass(make_dataset("digits", "test", batch_size=64))
+    np.testing.assert_array_equal(labels, test_y)
+    np.testing.assert_allclose(images, test_x)
+
+
+def test_digits_training_is_shifted_not_flipped_and_seeded():
+    image = digits_arrays("train")[0][7]
+    padded = np.pad(image, [(2, 2), (2, 2), (0, 0)])
+    candidates = [padded[dy : dy + 32, dx : dx + 32] for dy in range(5) for dx in range(5)]
+    seen = set()
+    for s in range(60):
+        out = augment.pad_crop_flip(image, [s, 3], pad=2, fill=0.0, flip=False).numpy()
+        match = [k for k, c in enumerate(candidates) if np.array_equal(out, c)]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert len(seen) >= 20  # the 25 shifts are all reachable
+
+    def first_batches(seed):
+        ds = make_dataset("digits", "train", batch_size=64, seed=seed)
+        return [x.numpy() for x, _ in ds.take(2)]
+
+    a, b, c = first_batches(5), first_batches(5), first_batches(6)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+    # A second pass over the same dataset is reshuffled, reproducibly.
+    ds = make_dataset("digits", "train", batch_size=1437, seed=5)
+    ds2 = make_dataset("digits", "train", batch_size=1437, seed=5)
+    e1, e2 = [y.numpy() for _, y in ds], [y.numpy() for _, y in ds]
+    f1, f2 = [y.numpy() for _, y in ds2], [y.numpy() for _, y in ds2]
+    assert not np.array_equal(e1[0], e2[0])
+    np.testing.assert_array_equal(e1[0], f1[0])
+    np.testing.assert_array_equal(e2[0], f2[0])
+    assert sorted(e1[0]) == sorted(digits_arrays("train")[1])
+
+
+def test_synthetic_is_seeded_and_shaped():
+    def take(seed, **kw):
+        ds = make_dataset(
+            "synthetic",
+            "train",
+            batch_size=4,
+            image_size=40,
+            num_classes=7,
+            num_examples=12,
+            seed=seed,
+            **kw,
+        )
+        return _one_pass(ds)
+
+    (x1, y1), (x2, y2), (x3, _) = take(3), take(3), take(4)
+    assert x1.shape == (12, 40, 40, 3) and x1.dtype == np.float32
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+    assert not np.array_equal(x1, x3)
+    assert 0 <= y1.min() and y1.max() < 7 and 0 <= x1.min() and x1.max() <= 255
+    repeated = make_dataset("synthetic", "train", batch_size=5, num_examples=12, repeat=True)
+    assert len(list(repeated.take(7))) == 7
+
+
+# ---------------------------------------------------------------- sharding
+
+
+def test_input_context_shards_are_disjoint_and_cover_the_data(photo_folder):
+    root, _ = photo_folder
+    shards = []
+    for pipeline_id in range(2):
+        context = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=pipeline_id, num_replicas_in_sync=2
+        )
+        ds = make_dataset("digits", "test", batch_size=20, input_context=context)
+        batches = list(ds)
+        assert all(x.shape[0] == 10 for x, _ in batches)  # global 20 -> 10 per replica
+        shards.append(np.concatenate([x.numpy() for x, _ in batches]))
+    keys = [{row.tobytes() for row in shard.reshape(len(shard), -1)} for shard in shards]
+    assert not keys[0] & keys[1]
+    assert len(keys[0] | keys[1]) == len(
+        {r.tobytes() for r in digits_arrays("test")[0].reshape(360, -1)}
+    )
+    # Photo folder: the two pipelines decode disjoint files.
+    counts = []
+    for pipeline_id in range(2):
+        context = tf.distribute.InputContext(2, pipeline_id, 2)
+        ds = make_dataset(
+            "folder",
+            "val",
+            data_dir=str(root),
+            batch_size=2,
+            eval_crop_size=32,
+            input_context=context,
+        )
+        counts.append(_one_pass(ds)[0])
+    assert len(counts[0]) + len(counts[1]) == 3
+    assert not np.any([np.array_equal(a, b) for a in counts[0] for b in counts[1]])
+
+
+# ---------------------------------------------------------------- photo folder
+
+
+def test_folder_info_and_training_crops_skip_bad_files(photo_folder):
+    root, files = photo_folder
+    info = dataset_info("folder", data_dir=str(root))
+    assert info.class_names == ("animal", "scene", "thing") and info.num_classes == 3
+    train_files = [
+        rel for rel, (label, _) in files.items() if rel.startswith("train/") and label >= -1
+    ]
+    assert info.num_examples == {"train": len(train_files), "val": 3}
+    good_labels = sorted(
+        label for rel, (label, _) in files.items() if rel.startswith("train/") and label >= 0
+    )
+    reset_skipped_images()
+    ds = make_dataset(
+        "folder",
+        "train",
+        data_dir=str(root),
+        batch_size=4,
+        image_size=48,
+        seed=1,
+        drop_remainder=False,
+    )
+    images, labels = _one_pass(ds)
+    assert images.shape == (len(good_labels), 48, 48, 3) and images.dtype == np.float32
+    assert 0 <= images.min() and images.max() <= 255 and images.std() > 10
+    assert sorted(labels.tolist()) == good_labels
+    assert skipped_images() == NUM_BAD_TRAIN
+    again, _ = _one_pass(ds)  # a second pass: new crops, bad files skipped again
+    assert skipped_images() == 2 * NUM_BAD_TRAIN
+    same, _ = _one_pass(
+        make_dataset(
+            "folder",
+            "train",
+            data_dir=str(root),
+            batch_size=4,
+            image_size=48,
+            seed=1,
+            drop_remainder=False,
+        )
+    )
+    np.testing.assert_array_equal(images, same)
+    assert not np.array_equal(images, again)
+    # Repeating stream: the bad files are counted as the stream moves past them.
+    reset_skipped_images()
+    n = len(good_labels)
+    stream = make_dataset(
+        "folder",
+        "train",
+        data_dir=str(root),
+        batch_size=n,
+        image_size=16,
+        seed=2,
+        repeat=True,
+        color_augment=True,
+    )
+    for x, _ in stream.take(3):
+        assert x.shape == (n, 16, 16, 3)
+    assert 2 * NUM_BAD_TRAIN <= skipped_images() <= 3 * NUM_BAD_TRAIN
+
+
+def _crop_error(reference, crop, top, left):
+    size = crop.shape[0]
+    window = reference[top : top + size, left : left + size]
+    return np.abs(window - crop).mean() if window.shape == crop.shape else np.inf
+
+
+def test_eval_crops_are_centred_and_deterministic(photo_folder):
+    root, files = photo_folder
+    val = sorted(rel for rel in files if rel.startswith("val/"))
+    ds = make_dataset("folder", "val", data_dir=str(root), batch_size=2, eval_crop_size=224)
+    images, labels = _one_pass(ds)
+    images2, _ = _one_pass(ds)
+    np.testing.assert_array_equal(images, images2)
+    assert images.shape == (3, 224, 224, 3)
+    assert labels.tolist() == [files[rel][0] for rel in val]
+    for image, rel in zip(images, val):
+        # PIL reference: shorter side to 256 (antialiased bilinear), then the centre 224.
+        photo = Image.open(root / rel).convert("RGB")
+        w, h = photo.size
+        scale = 256 / min(w, h)
+        size = (max(256, round(w * scale)), max(256, round(h * scale)))
+        resized = np.asarray(photo.resize(size, Image.BILINEAR), np.float32)
+        top, left = (size[1] - 224) // 2, (size[0] - 224) // 2
+        errors = {
+            (dy, dx): _crop_error(resized, image, top + dy, left + dx)
+            for dy, dx in [(0, 0), (0, 4), (4, 0), (0, -4), (-4, 0)]
+        }
+        centred = errors.pop((0, 0))
+        assert centred < 3.0, (rel, centred)
+        assert all(centred < other for other in errors.values()), (rel, centred, errors)
+    big = make_dataset("folder", "val", data_dir=str(root), batch_size=3, eval_crop_size=320)
+    assert next(iter(big))[0].shape == (3, 320, 320, 3)
+
+
+def _tf_crop_windows(shape, seeds):
+    ds = tf.data.Dataset.from_tensor_slices(seeds).map(
+        lambda s: augment.sample_crop_window(shape, s)
+    )
+    return np.stack(list(ds.as_numpy_iterator()))
+
+
+def _numpy_crop_windows(
+    height, width, n, rng, area=(0.08, 1.0), aspect=(3 / 4, 4 / 3), attempts=10
+):
+    """A numpy restatement of TF's SampleDistortedBoundingBox sampling (whole-image box)."""
+    out = []
+    for _ in range(n):
+        for _ in range(attempts):
+            ratio = rng.uniform(*aspect)
+            min_area, max_area = area[0] * height * width, area[1] * height * width
+            h = int(np.rint(np.sqrt(min_area / ratio)))
+            max_h = int(np.rint(np.sqrt(max_area / ratio)))
+            if np.rint(max_h * ratio) > width:
+                max_h = int((width + 0.5 - 1e-7) / ratio)
+            max_h = min(max_h, height)
+            h = min(h, max_h)
+            h += rng.integers(0, max_h - h + 1)
+            w = int(np.rint(h * ratio))
+            if w * h < min_area:
+                h += 1
+                w = int(np.rint(h * ratio))
+            if w * h > max_area:
+                h -= 1
+                w = int(np.rint(h * ratio))
+            if min_area <= w * h <= max_area and w <= width and h <= height and w * h >= 1:
+                out.append((h, w))
+                break
+        else:
+            side = int(min(height, width) * 224 / 256)
+            out.append((side, side))
+    return np.asarray(out)
+
+
+def test_random_crop_area_and_aspect_distribution():
+    height, width, n = 375, 500, 3000
+    seeds = np.stack([np.arange(n), np.full(n, 11)], axis=1)
+    windows = _tf_crop_windows([height, width, 3], seeds)
+    top, left, h, w = windows.T
+    assert np.all(top >= 0) and np.all(left >= 0)
+    assert np.all(top + h <= height) and np.all(left + w <= width)
+    area = h * w / (height * width)
+    log_aspect = np.log(w / h)
+    # Within the requested ranges (rounding to whole pixels aside) ...
+    assert area.min() >= 0.08 - 1e-3 and area.max() <= 1.0
+    assert np.all(np.abs(log_aspect) <= np.log(4 / 3) + 0.02)
+    # ... and spanning them.
+    assert np.quantile(area, 0.01) < 0.1 and area.max() > 0.95 and np.quantile(area, 0.99) > 0.8
+    assert log_aspect.min() < np.log(0.78) and log_aspect.max() > np.log(1.28)
+    # Same distribution as an independent numpy sampler of the documented algorithm.
+    ref = _numpy_crop_windows(height, width, n, np.random.default_rng(0))
+    ref_area = ref[:, 0] * ref[:, 1] / (height * width)
+    ref_log_aspect = np.log(ref[:, 1] / ref[:, 0])
+    assert stats.ks_2samp(area, ref_area).pvalue > 1e-3
+    assert stats.ks_2samp(log_aspect, ref_log_aspect).pvalue > 1e-3
+    # Centre offsets are uniform over the free space: mean relative offset ~ 0.5.
+    free = height - h
+    rel = top[free > 20] / free[free > 20]
+    assert abs(rel.mean() - 0.5) < 0.03
+
+
+def test_fused_crop_equals_decode_then_crop(photo_folder):
+    root, files = photo_folder
+    for rel in [
+        "train/animal/chelsea.jpg",
+        "train/animal/chelsea.png",
+        "train/scene/china_cmyk.JPEG",
+        "train/thing/chelsea.gif",
+    ]:
+        encoded = (root / rel).read_bytes()
+        full = tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
+        for s in range(3):
+            window = augment.sample_crop_window(full.shape, [s, 5]).numpy()
+            top, left, h, w = window
+            fused = augment.decode_and_crop(encoded, window).numpy()
+            reference = full[top : top + h, left : left + w]
+            assert fused.shape == reference.shape
+            # Equal but for libjpeg's chroma upsampling at the window's edge pixels.
+            diff = np.abs(fused.astype(int) - reference)
+            assert (diff > 0).mean() < 0.005 and diff.mean() < 0.02, rel
+            crop = augment.random_resized_crop(encoded, [s, 5], image_size=64).numpy()
+            expected = tf.image.resize(reference, [64, 64]).numpy()
+            assert np.abs(crop - expected).mean() < 0.05, rel
+    # PNG written from an array: lossless, so the crop is exact.
+    chelsea = files["train/animal/chelsea.png"][1]
+    window = augment.sample_crop_window(chelsea.shape, [0, 0]).numpy()
+    top, left, h, w = window
+    np.testing.assert_array_equal(
+        augment.decode_and_crop((root / "train/animal/chelsea.png").read_bytes(), window),
+        chelsea[top : top + h, left : left + w],
+    )
+
+
+def test_truncated_and_garbage_are_corrupt_but_odd_formats_are_not(photo_folder):
+    root, _ = photo_folder
+    truncated = (root / "train/animal/truncated.jpg").read_bytes()
+    # libjpeg decodes a crop in the intact part of a truncated file without error ...
+    assert augment.decode_and_crop(truncated, [0, 0, 32, 32]).shape == (32, 32, 3)
+    # ... so the pipeline's check rejects it by its missing end-of-image marker.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Truncated JPEG"):
+        augment.check_encoded_image(truncated)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        crops.decode_image((root / "train/thing/garbage.jpg").read_bytes())
+    for rel in [
+        "train/scene/china_gray.jpeg",
+        "train/scene/china_cmyk.JPEG",
+        "train/thing/chelsea.bmp",
+    ]:
+        encoded = augment.check_encoded_image((root / rel).read_bytes())
+        assert augment.random_resized_crop(encoded, [1, 1], 32).shape == (32, 32, 3)
+
+
+def test_color_augment_matches_fb_resnet_torch_formulas():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 255, (8, 8, 3)).astype(np.float32)
+    gray = image @ np.array([0.299, 0.587, 0.114], np.float32)
+    # Saturation only: out = gray + a * (image - gray) with one a in [0.6, 1.4].
+    out = augment.color_jitter(image, [3, 4], brightness=0, contrast=0, saturation=0.4).numpy()
+    a = (out - gray[..., None]) / (image - gray[..., None])
+    assert np.ptp(a) < 1e-3 and 0.6 <= a.mean() <= 1.4 and abs(a.mean() - 1) > 1e-4
+    # Brightness only: out = a * image.
+    out = augment.color_jitter(image, [5, 6], brightness=0.4, contrast=0, saturation=0).numpy()
+    assert np.ptp(out / image) < 1e-4
+    # Contrast only: blend with the mean gray level.
+    out = augment.color_jitter(image, [7, 8], brightness=0, contrast=0.4, saturation=0).numpy()
+    a = (out - gray.mean()) / (image - gray.mean())
+    assert np.ptp(a[np.abs(image - gray.mean()) > 5]) < 1e-3
+    # Lighting: one RGB offset per image, eigvec @ (alpha * eigval) * 255 (alpha ~ N(0, 0.1)).
+    offsets = np.stack(
+        [(augment.lighting(image, [s, 0]).numpy() - image).reshape(-1, 3) for s in range(300)]
+    )
+    assert np.ptp(offsets, axis=1).max() < 1e-3
+    eigvec, eigval = np.array(augment.IMAGENET_EIGVEC), np.array(augment.IMAGENET_EIGVAL)
+    alphas = np.linalg.solve(eigvec, offsets[:, 0].T / 255).T / eigval
+    assert abs(alphas.std() - 0.1) < 0.015 and abs(alphas.mean()) < 0.02
