@@ -144,7 +144,7 @@ def add_head(
             classes,
             activation=classifier_activation,
             name="predictions",
-            dtype="float32" if classifier_activation else None,
+            dtype="float32",  # logits/probabilities stay float32 under mixed precision
         )(x)
     elif pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
