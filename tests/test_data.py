@@ -17,6 +17,7 @@ from scipy import stats
 from keras_preact import preprocessing
 from keras_preact.data import (
     DATASETS,
+    MissingDataError,
     augment,
     crops,
     dataset_info,
@@ -514,3 +515,243 @@ def test_color_augment_matches_fb_resnet_torch_formulas():
     eigvec, eigval = np.array(augment.IMAGENET_EIGVEC), np.array(augment.IMAGENET_EIGVAL)
     alphas = np.linalg.solve(eigvec, offsets[:, 0].T / 255).T / eigval
     assert abs(alphas.std() - 0.1) < 0.015 and abs(alphas.mean()) < 0.02
+
+
+# ---------------------------------------------------------------- tensorflow-datasets (mocked)
+
+
+def test_cifar_pipeline_on_tfds_mock_data():
+    import tensorflow_datasets as tfds
+
+    mean = np.array(preprocessing.NORMALIZATIONS["cifar10"][0], np.float32)
+    with tfds.testing.mock_data(num_examples=6):
+        source = list(tfds.builder("cifar10").as_dataset(split="train").as_numpy_iterator())
+        images, labels = _one_pass(make_dataset("cifar10", "train", batch_size=3, seed=0))
+        again, _ = _one_pass(make_dataset("cifar10", "train", batch_size=3, seed=0))
+        test_source = list(tfds.builder("cifar10").as_dataset(split="test").as_numpy_iterator())
+        test_images, test_labels = _one_pass(make_dataset("cifar10", "test", batch_size=4))
+    np.testing.assert_array_equal(images, again)
+    assert images.shape == (6, 32, 32, 3) and images.dtype == np.float32
+    # Eval: the stored images, in order, untouched.
+    np.testing.assert_array_equal(test_images, np.stack([ex["image"] for ex in test_source]))
+    np.testing.assert_array_equal(test_labels, [ex["label"] for ex in test_source])
+    # Train: every image is one of the 9x9 shifts (x 2 flips) of a source image padded with
+    # the mean pixel (numpy reference), carrying that image's label.
+    candidates, owners = [], []
+    for j, ex in enumerate(source):
+        canvas = np.broadcast_to(mean, (40, 40, 3)).copy()
+        canvas[4:36, 4:36] = ex["image"]
+        for dy in range(9):
+            for dx in range(9):
+                crop = canvas[dy : dy + 32, dx : dx + 32]
+                candidates += [crop, crop[:, ::-1]]
+                owners += [j, j]
+    candidates = np.stack(candidates)
+    matched = []
+    for image, label in zip(images, labels):
+        err = np.abs(candidates - image).reshape(len(candidates), -1).max(axis=1)
+        best = int(np.argmin(err))
+        assert err[best] < 1e-3
+        assert label == source[owners[best]]["label"]
+        matched.append(owners[best])
+    assert sorted(matched) == list(range(6))  # one epoch = each image once
+    # The padding is the mean pixel, i.e. 0 after the model's normalisation.
+    pad_pixels = candidates[np.abs(candidates - mean).max(axis=-1) < 1e-4]
+    assert np.abs(preprocessing.preprocess_input(pad_pixels, "cifar10")).max() < 1e-5
+
+
+def test_cifar_crop_and_flip_are_uniform():
+    image = np.random.default_rng(1).integers(0, 256, (32, 32, 3)).astype(np.float32)
+    padded = np.pad(image, [(4, 4), (4, 4), (0, 0)], constant_values=-1.0)
+    n = 900
+    ds = tf.data.Dataset.range(n).map(lambda i: augment.pad_crop_flip(image, [i, 9], fill=-1.0))
+    shifts = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in range(2)]
+    references = np.stack(
+        [padded[dy : dy + 32, dx : dx + 32][:, :: (-1 if f else 1)] for dy, dx, f in shifts]
+    ).reshape(len(shifts), -1)
+    counts = np.zeros((9, 9, 2), int)
+    for out in ds.batch(100).as_numpy_iterator():
+        equal = np.all(out.reshape(len(out), 1, -1) == references[None], axis=-1)
+        assert np.all(equal.sum(axis=1) == 1)  # each output is exactly one shift/flip
+        for k in np.argmax(equal, axis=1):
+            counts[shifts[k]] += 1
+    assert stats.chisquare(counts.sum(axis=(1, 2))).pvalue > 1e-3
+    assert stats.chisquare(counts.sum(axis=(0, 2))).pvalue > 1e-3
+    assert abs(counts[..., 1].sum() / n - 0.5) < 0.06
+
+
+def test_imagenet2012_on_tfds_mock_jpegs():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=10):
+        source = list(
+            tfds.builder("imagenet2012")
+            .as_dataset(split="validation", decoders={"image": tfds.decode.SkipDecoding()})
+            .as_numpy_iterator()
+        )
+        train = make_dataset("imagenet2012", "train", batch_size=5, image_size=48, seed=3)
+        images, labels = _one_pass(train)
+        again, labels2 = _one_pass(
+            make_dataset("imagenet2012", "train", batch_size=5, image_size=48, seed=3)
+        )
+        val_images, val_labels = _one_pass(
+            make_dataset("imagenet2012", "validation", batch_size=4, eval_crop_size=64)
+        )
+    assert all(tf.io.is_jpeg(ex["image"]) for ex in source)  # real JPEG strings flowed
+    assert images.shape == (10, 48, 48, 3) and 0 <= labels.min() and labels.max() < 1000
+    np.testing.assert_array_equal(images, again)
+    np.testing.assert_array_equal(labels, labels2)
+    assert val_images.shape == (10, 64, 64, 3)
+    np.testing.assert_array_equal(val_labels, [ex["label"] for ex in source])
+    for image, ex in zip(val_images, source):
+        photo = Image.open(io.BytesIO(ex["image"])).convert("RGB")
+        w, h = photo.size
+        resize = 73  # round(64 * 256 / 224)
+        size = (
+            max(resize, round(w * resize / min(w, h))),
+            max(resize, round(h * resize / min(w, h))),
+        )
+        resized = np.asarray(photo.resize(size, Image.BILINEAR), np.float32)
+        top, left = (size[1] - 64) // 2, (size[0] - 64) // 2
+        assert _crop_error(resized, image, top, left) < 6.0
+
+
+def test_missing_tfds_data_errors_say_where_and_how(tmp_path):
+    with pytest.raises(MissingDataError) as error:
+        make_dataset("cifar10", "train", batch_size=8, data_dir=str(tmp_path))
+    message = str(error.value)
+    assert str(tmp_path) in message and "download=True" in message
+    assert isinstance(error.value, ValueError) and isinstance(error.value, FileNotFoundError)
+    with pytest.raises(MissingDataError) as error:
+        make_dataset("imagenet2012", "validation", batch_size=8, data_dir=str(tmp_path))
+    message = str(error.value)
+    manual = os.path.join(str(tmp_path), "downloads", "manual")
+    assert "ILSVRC2012_img_train.tar" in message and "ILSVRC2012_img_val.tar" in message
+    assert manual in message
+    with pytest.raises(MissingDataError, match="missing: ILSVRC2012_img_train.tar"):
+        make_dataset("imagenet2012", "train", batch_size=8, data_dir=str(tmp_path), download=True)
+
+
+def test_missing_folder_errors_name_the_layout(tmp_path):
+    with pytest.raises(MissingDataError, match=r"train/<class>/<image>"):
+        make_dataset("folder", "train", batch_size=2, data_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(MissingDataError, match="needs data_dir"):
+        make_dataset("folder", "train", batch_size=2)
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    (tmp_path / "train" / "a" / "x.jpg").write_bytes(_encode(np.zeros((8, 8, 3), np.uint8), "JPEG"))
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "y.JPEG").write_bytes(b"flat ImageNet val layout")
+    with pytest.raises(MissingDataError, match="sort them into <class>/ folders"):
+        make_dataset("folder", "val", batch_size=2, data_dir=str(tmp_path))
+    (tmp_path / "val" / "b").mkdir()
+    with pytest.raises(ValueError, match="class folders that train/ lacks: b"):
+        make_dataset("folder", "val", batch_size=2, data_dir=str(tmp_path))
+
+
+# ---------------------------------------------------------------- TF-official TFRecords
+
+
+def _tf_official_example(encoded, label, synset=None):
+    feature = {
+        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+        "image/format": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"JPEG"])),
+        "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+    }
+    if synset is not None:
+        feature["image/class/synset"] = tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[synset.encode()])
+        )
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def tfrecord_dir(photo_folder, tmp_path_factory):
+    """TF-official layout: train-0000k-of-00002 (one corrupt image), validation-00000-of-00001.
+
+    Class k of the photo folder is ImageNet class 100 * k + 7, stored 1-based with its synset.
+    Returns (directory, expected 0-based train labels of the good images, validation labels).
+    """
+    root, files = photo_folder
+    out = tmp_path_factory.mktemp("tfrecord")
+    wnids = [wnid for wnid, _ in preprocessing.imagenet_classes()]
+    records = {"train": [], "validation": []}
+    good = {"train": [], "validation": []}
+    for rel, (label, _) in sorted(files.items()):
+        if label < 0 or not rel.lower().endswith((".jpg", ".jpeg")):
+            continue
+        split = "train" if rel.startswith("train/") else "validation"
+        index = 100 * label + 7
+        records[split].append(
+            _tf_official_example((root / rel).read_bytes(), index + 1, wnids[index])
+        )
+        good[split].append(index)
+    records["train"].insert(2, _tf_official_example(b"\xff\xd8 garbage", 108, wnids[107]))
+    shards = [records["train"][::2], records["train"][1::2]]
+    for k, shard in enumerate(shards):
+        with tf.io.TFRecordWriter(str(out / f"train-{k:05d}-of-00002")) as writer:
+            for record in shard:
+                writer.write(record)
+    with tf.io.TFRecordWriter(str(out / "validation-00000-of-00001")) as writer:
+        for record in records["validation"]:
+            writer.write(record)
+    return out, good["train"], good["validation"]
+
+
+def test_tfrecord_pipeline_labels_skips_and_shards(tfrecord_dir):
+    from keras_preact.data.datasets import tfrecord_files, tfrecord_label_offset
+
+    directory, train_labels, val_labels = tfrecord_dir
+    assert tfrecord_label_offset(tfrecord_files(str(directory), "train")) == 1
+    reset_skipped_images()
+    ds = make_dataset(
+        "tfrecord",
+        "train",
+        data_dir=str(directory),
+        batch_size=4,
+        image_size=32,
+        seed=0,
+        drop_remainder=False,
+    )
+    images, labels = _one_pass(ds)
+    assert images.shape == (len(train_labels), 32, 32, 3)
+    assert sorted(labels.tolist()) == sorted(train_labels)
+    assert skipped_images() == 1
+    val_images, got_val = _one_pass(
+        make_dataset(
+            "tfrecord", "validation", data_dir=str(directory), batch_size=2, eval_crop_size=40
+        )
+    )
+    assert val_images.shape == (len(val_labels), 40, 40, 3) and got_val.tolist() == val_labels
+    # Two input pipelines read disjoint shard files and together see every record.
+    seen = []
+    for pipeline_id in range(2):
+        context = tf.distribute.InputContext(2, pipeline_id, 2)
+        shard = make_dataset(
+            "tfrecord",
+            "train",
+            data_dir=str(directory),
+            batch_size=2,
+            image_size=16,
+            input_context=context,
+            drop_remainder=False,
+        )
+        seen.append(_one_pass(shard)[1].tolist())
+    assert sorted(seen[0] + seen[1]) == sorted(train_labels)
+    assert seen[0] and seen[1]
+
+
+def test_tfrecord_label_offset_rule(tmp_path):
+    jpeg = _encode(np.full((40, 50, 3), 90, np.uint8), "JPEG")
+    with tf.io.TFRecordWriter(str(tmp_path / "train-00000-of-00001")) as writer:
+        for label in (0, 5, 999):  # 0-based, no synset
+            writer.write(_tf_official_example(jpeg, label))
+    with pytest.raises(ValueError, match="label_offset=0"):
+        make_dataset("tfrecord", "train", data_dir=str(tmp_path), batch_size=3)
+    ds = make_dataset(
+        "tfrecord", "train", data_dir=str(tmp_path), batch_size=3, label_offset=0, training=False
+    )
+    assert sorted(_one_pass(ds)[1].tolist()) == [0, 5, 999]
+    with pytest.raises(MissingDataError, match=r"validation-\*"):
+        make_dataset("tfrecord", "validation", data_dir=str(tmp_path), batch_size=3)
+    with pytest.raises(ValueError, match="label_offset applies to tfrecord only"):
+        make_dataset("folder", "train", data_dir=str(tmp_path), batch_size=3, label_offset=1)
