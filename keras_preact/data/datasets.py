@@ -20,11 +20,24 @@ Datasets (`DATASETS`):
   PNG, GIF, BMP); labels are the sorted class folder names of `train/`.
 * `"tfrecord"`: TF-official ImageNet TFRecords `<data_dir>/train-*-of-*`,
   `<data_dir>/validation-*-of-*` (`image/encoded`, `image/class/label`).
+  Label rule: the TF-official / TF-slim writers store labels 1..1000 (0 =
+  "background"), so `label = image/class/label - label_offset`. By default the
+  offset is read from the first records when they carry `image/class/synset`
+  (offset = label - index of that WordNet id in the ImageNet class list), and
+  is 1 otherwise; pass `label_offset=0` for 0-based records. The first records
+  are checked before training (a wrong offset is a `ValueError`); a later
+  record whose label falls outside 0..999 is skipped and counted.
 
 The last three are "photo" datasets: training takes an Inception-style
 random-resized crop from the encoded bytes (`augment.random_resized_crop`) and
 a random flip, plus fb.resnet.torch colour noise when `color_augment=True`;
-evaluation takes the paper's centre crop (`crops.eval_crop`).
+evaluation takes the paper's centre crop (`crops.eval_crop`). An image that
+cannot be read or decoded (garbage bytes, unknown format, a truncated JPEG) is
+skipped and counted, never an error mid-epoch: see `skipped_images()`.
+
+With `seed`, everything is reproducible: seeded shuffles, stateless random
+ops with one seed per element, deterministic tf.data ordering. Parallelism
+and prefetching are AUTOTUNE.
 
 Example:
 
@@ -90,7 +103,8 @@ class DatasetInfo:
 
     `image_size` is the training crop size, `normalization` a key of
     `keras_preact.preprocessing.NORMALIZATIONS`, `num_examples` maps a split to
-    its size (None when unknown without reading everything), `splits` lists
+    its size (None when unknown without reading everything; for "folder", the
+    number of image files, undecodable ones included), `splits` lists
     the split names and `eval_split` is the one to evaluate on.
     """
 
@@ -319,15 +333,19 @@ def _shard(ds, input_context):
     return ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
 
 
-def _element_seeds(seed):
-    """An endless dataset of shape-[2] int64 seeds; a new stream on every pass when seeded."""
+def _element_seeds(seed, input_context):
+    """An endless dataset of shape-[2] int64 seeds, one stream per input pipeline.
+
+    Seeded, it is reproducible, and each pass over the data gets new seeds.
+    """
+    seed = _pipeline_seed(seed, input_context)
     return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(
         2, drop_remainder=True
     )
 
 
-def _shuffle_seed(seed, input_context):
-    """Per-pipeline shuffle seed (sharded pipelines shuffle their own shard)."""
+def _pipeline_seed(seed, input_context):
+    """The seed of one input pipeline: sharded pipelines shuffle and augment independently."""
     if seed is None:
         return None
     return int(seed) + 1_000_003 * (input_context.input_pipeline_id if input_context else 0)
@@ -348,12 +366,12 @@ def _in_memory_pipeline(
     """Shared tail of the datasets held in memory (digits, cifar): shuffle, augment, batch."""
     if training:
         ds = ds.shuffle(
-            size, seed=_shuffle_seed(seed, input_context), reshuffle_each_iteration=True
+            size, seed=_pipeline_seed(seed, input_context), reshuffle_each_iteration=True
         )
     if repeat:
         ds = ds.repeat()
     if training:
-        ds = tf.data.Dataset.zip(ds, _element_seeds(seed))
+        ds = tf.data.Dataset.zip(ds, _element_seeds(seed, input_context))
         ds = ds.map(
             lambda pair, s: (augment_fn(pair[0], s), tf.cast(pair[1], tf.int32)),
             num_parallel_calls=AUTOTUNE,
@@ -480,6 +498,7 @@ def _photo_pipeline(
     per_replica_batch,
     drop_remainder,
     num_classes,
+    input_context,
 ):
     """Decodes `(source, label)` elements into training crops or eval crops, then batches.
 
@@ -523,7 +542,7 @@ def _photo_pipeline(
         decode,
         image_shape=shape,
         finite=finite,
-        seeds=_element_seeds(seed) if training else None,
+        seeds=_element_seeds(seed, input_context) if training else None,
     )
     return pipeline.batch_and_prefetch(ds, per_replica_batch, drop_remainder)
 
@@ -531,7 +550,7 @@ def _photo_pipeline(
 def _shuffle_and_repeat(ds, *, training, repeat, buffer_size, seed, input_context):
     if training:
         ds = ds.shuffle(
-            buffer_size, seed=_shuffle_seed(seed, input_context), reshuffle_each_iteration=True
+            buffer_size, seed=_pipeline_seed(seed, input_context), reshuffle_each_iteration=True
         )
     return ds.repeat() if repeat else ds
 
@@ -671,6 +690,7 @@ def _imagenet2012(*, split, data_dir, download, input_context, shuffle_buffer, *
         read_fn=lambda encoded, label: (encoded, label),
         finite=not options["repeat"],
         num_classes=1000,
+        input_context=input_context,
         **_photo_options(options),
     )
 
@@ -778,6 +798,7 @@ def _folder(*, split, data_dir, input_context, **options):
         read_fn=lambda path, label: (tf.io.read_file(path), label),
         finite=not options["repeat"],
         num_classes=len(class_names),
+        input_context=input_context,
         **_photo_options(options),
     )
 
@@ -865,7 +886,7 @@ def _tfrecord(*, split, data_dir, input_context, shuffle_buffer, label_offset, *
     if pipelines > 1 and len(files) >= pipelines:
         ds = _shard(ds, input_context)
     if training:
-        ds = ds.shuffle(len(files), seed=_shuffle_seed(seed, input_context))
+        ds = ds.shuffle(len(files), seed=_pipeline_seed(seed, input_context))
     ds = ds.interleave(
         tf.data.TFRecordDataset,
         cycle_length=min(16, len(files)),
@@ -893,5 +914,6 @@ def _tfrecord(*, split, data_dir, input_context, shuffle_buffer, label_offset, *
         read_fn=parse,
         finite=not options["repeat"],
         num_classes=1000,
+        input_context=input_context,
         **_photo_options(options),
     )
