@@ -35,7 +35,7 @@ setup(
             "ai-edge-litert>=1.2,<2.4",
             "tensorflow-serving-api>=2.16,<2.22",
             "scikit-image>=0.22,<0.27",
-            "pillow>=10,<13",
+            "pillow>=10,<14",
         ],
     },
     classifiers=[
