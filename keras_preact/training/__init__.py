@@ -1,0 +1,46 @@
+"""Training: strategy factory, the paper's schedules, coupled-L2 SGD, one custom loop, `run`.
+
+>>> from keras_preact import training
+>>> config = training.TrainConfig(dataset="digits", model_dir="demo_run", depth=20, epochs=15)
+>>> metrics = training.run(config)  # trains, evaluates, writes model_dir/metrics.json etc.
+
+Pieces, usable on their own:
+
+* `make_strategy(name)`: `default`, `one_device`, `mirrored`,
+  `multi_worker_mirrored`, `tpu`; `is_chief(strategy)`.
+* `cifar_schedule`, `imagenet_schedule`, `step_schedule`: stock Keras
+  `PiecewiseConstantDecay` schedules in steps, scaled to the global batch.
+* `CoupledSGD`: SGD momentum 0.9 with L2 weight decay added to the gradient
+  before momentum (the authors' Torch `optim.sgd`).
+* `Trainer`: the training loop (strategy.run + optimizer.apply) used under
+  every strategy, with checkpoint/resume, TensorBoard, history and evaluation.
+"""
+
+from keras_preact.training.config import ConfigError, TrainConfig
+from keras_preact.training.loop import Trainer
+from keras_preact.training.optimizer import CoupledSGD
+from keras_preact.training.run import build_model, run, synchronize_batchnorm
+from keras_preact.training.schedules import (
+    cifar_schedule,
+    cifar_total_steps,
+    imagenet_schedule,
+    step_schedule,
+)
+from keras_preact.training.strategy import STRATEGIES, is_chief, make_strategy
+
+__all__ = [
+    "STRATEGIES",
+    "ConfigError",
+    "CoupledSGD",
+    "TrainConfig",
+    "Trainer",
+    "build_model",
+    "cifar_schedule",
+    "cifar_total_steps",
+    "imagenet_schedule",
+    "is_chief",
+    "make_strategy",
+    "run",
+    "step_schedule",
+    "synchronize_batchnorm",
+]

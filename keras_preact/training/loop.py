@@ -1,0 +1,399 @@
+"""One custom training loop for every tf.distribute strategy, with preemption-safe checkpoints.
+
+Keras 3 `Model.fit` cannot train under `MultiWorkerMirroredStrategy`
+(keras-team/keras#20585), so `Trainer` runs its own loop, and runs it under
+*every* strategy (default, one device, mirrored, multi-worker, TPU): one code
+path to test, and checkpointing / resuming works the same everywhere.
+
+A step is `strategy.run` of: forward pass, `tf.nn.compute_average_loss` over
+the global batch, gradients, `optimizer.apply` (which all-reduces the
+gradients across replicas and workers). Model, optimizer and the step counter
+are created inside `strategy.scope()`.
+
+Checkpoints (`tf.train.CheckpointManager`: model, optimizer with its
+iteration counter and momentum, step counter) are written every
+`checkpoint_every` steps and at the end. In a multi-worker cluster every
+worker saves (the save may need collectives), but only the chief writes to
+`model_dir`; the others write to a temporary directory that they delete at
+once. On start, the latest checkpoint in `model_dir/checkpoints` is
+restored, so a killed run restarted with the same command continues at the
+same step and learning rate. Files in `model_dir` (written by the chief):
+
+* `checkpoints/`: the latest `keep_checkpoints` checkpoints.
+* `logs/train`, `logs/eval`: TensorBoard scalars (loss, accuracy, learning rate).
+* `history.csv`, `history.json`: one row per epoch (rewritten atomically).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_preact.training.strategy import is_chief, task_info
+
+HISTORY_FIELDS = (
+    "epoch",
+    "step",
+    "learning_rate",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "seconds",
+)
+
+
+def atomic_write_text(path, text):
+    """Writes `text` to `path` through a temporary file and a rename (local paths and GCS)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+class Trainer:
+    """Trains and evaluates a Keras classifier with a custom loop under any strategy.
+
+    Args:
+        strategy: a `tf.distribute.Strategy` (see `make_strategy`).
+        build_model: called inside `strategy.scope()`; returns a Keras model
+            that maps images to class *logits*.
+        build_optimizer: called inside `strategy.scope()`; returns a Keras
+            optimizer (a `LossScaleOptimizer` for mixed precision).
+        global_batch_size: examples per step over all replicas.
+        model_dir: where checkpoints, logs and history go (`None`: nowhere).
+        checkpoint_every: steps between checkpoints.
+        keep_checkpoints: how many checkpoints to keep.
+        steps_per_loop: steps run inside one `tf.function` call (fewer host
+            round trips on GPU/TPU; the progress bar and logs update per loop).
+        jit_compile: compile the forward and backward pass with XLA.
+        verbose: 1 shows a progress bar on the chief, 0 is silent.
+
+    Example:
+
+    >>> strategy = make_strategy("default")
+    >>> trainer = Trainer(strategy, lambda: CIFARResNetV2(8, width=4, classifier_activation=None),
+    ...                   lambda: CoupledSGD(0.1), global_batch_size=32, model_dir="run")
+    >>> trainer.restore()  # 0, or the step of the latest checkpoint in run/checkpoints
+    >>> history = trainer.fit(train_fn, total_steps=100, steps_per_epoch=10, eval_dataset_fn=eval_fn)
+    >>> trainer.evaluate(eval_fn)["top1"]
+
+    where `train_fn(input_context)` returns a repeated `tf.data.Dataset` of
+    `(images, labels)` batched per replica
+    (`input_context.get_per_replica_batch_size(global_batch_size)`) and
+    `eval_fn` a finite one.
+    """
+
+    def __init__(
+        self,
+        strategy,
+        build_model,
+        build_optimizer,
+        *,
+        global_batch_size,
+        model_dir=None,
+        checkpoint_every=1000,
+        keep_checkpoints=3,
+        steps_per_loop=1,
+        jit_compile=False,
+        verbose=1,
+    ):
+        replicas = strategy.num_replicas_in_sync
+        if global_batch_size % replicas:
+            raise ValueError(
+                f"Global batch size {global_batch_size} is not divisible by the "
+                f"{replicas} replicas of the strategy; use a multiple of {replicas}."
+            )
+        if checkpoint_every < 1 or steps_per_loop < 1:
+            raise ValueError("checkpoint_every and steps_per_loop must be >= 1.")
+        self.strategy = strategy
+        self.global_batch_size = global_batch_size
+        self.model_dir = model_dir
+        self.checkpoint_every = checkpoint_every
+        self.steps_per_loop = steps_per_loop
+        self.verbose = verbose
+        self.chief = is_chief(strategy)
+        with strategy.scope():
+            self.model = build_model()
+            self.optimizer = build_optimizer()
+            self.optimizer.build(self.model.trainable_variables)
+            self.step = tf.Variable(
+                0,
+                dtype=tf.int64,
+                trainable=False,
+                name="global_step",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+        self.history = []
+        self.last_eval = None  # the latest evaluation in `fit`, with its step
+        self._checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, step=self.step
+        )
+        self._manager = None
+        self._worker_dir = None
+        if model_dir:
+            self.checkpoint_dir = os.path.join(model_dir, "checkpoints")
+            write_dir = self.checkpoint_dir
+            if not self.chief:
+                _, task_id = task_info(strategy)
+                self._worker_dir = tempfile.mkdtemp(prefix=f"keras_preact_worker{task_id}_")
+                write_dir = self._worker_dir
+            self._manager = tf.train.CheckpointManager(
+                self._checkpoint, write_dir, max_to_keep=keep_checkpoints
+            )
+        self._grads_fn = (
+            tf.function(self._loss_and_grads, jit_compile=True)
+            if jit_compile
+            else (self._loss_and_grads)
+        )
+        self._train_loop = tf.function(self._train_loop_fn)
+        self._eval_step = tf.function(self._eval_step_fn, reduce_retracing=True)
+        self._writers = None
+
+    # ----------------------------------------------------------------- steps
+
+    def _loss_and_grads(self, images, labels):
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = tf.cast(self.model(images, training=True), tf.float32)
+            per_example = keras.losses.sparse_categorical_crossentropy(
+                labels, logits, from_logits=True
+            )
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
+            if self.model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
+            scaled = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
+        correct = tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+        )
+        return loss, correct, grads
+
+    def _train_step(self, images, labels):
+        labels = tf.cast(labels, tf.int32)
+        loss, correct, grads = self._grads_fn(images, labels)
+        self.optimizer.apply(grads, self.model.trainable_variables)
+        return loss, correct, tf.cast(tf.shape(labels)[0], tf.float32)
+
+    def _train_loop_fn(self, iterator, num_steps):
+        totals = tf.zeros([3])
+        for _ in tf.range(num_steps):
+            outputs = self.strategy.run(self._train_step, args=next(iterator))
+            totals += tf.stack([self.strategy.reduce("SUM", value, axis=None) for value in outputs])
+            self.step.assign_add(1)
+        return totals
+
+    def _eval_step_fn(self, batch):
+        def sums(images, labels):
+            logits = tf.cast(self.model(images, training=False), tf.float32)
+            loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            _, top = tf.math.top_k(logits, k=min(5, logits.shape[-1]))
+            hits = tf.cast(tf.equal(top, labels[:, None]), tf.float32)
+            return tf.stack(
+                [
+                    tf.reduce_sum(loss),
+                    tf.reduce_sum(hits[:, 0]),
+                    tf.reduce_sum(hits),
+                    tf.cast(tf.shape(labels)[0], tf.float32),
+                ]
+            )
+
+        def step(images, labels):
+            # A replica gets an empty batch at the end of an uneven split; skip the
+            # model there (oneDNN's CPU conv returns a wrong shape for batch 0).
+            labels = tf.cast(labels, tf.int32)
+            return tf.cond(
+                tf.shape(labels)[0] > 0, lambda: sums(images, labels), lambda: tf.zeros([4])
+            )
+
+        return self.strategy.reduce("SUM", self.strategy.run(step, args=batch), axis=None)
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def current_step(self):
+        """The number of training steps done (restored ones included)."""
+        return int(self.step.numpy())
+
+    def learning_rate(self):
+        """The learning rate the next step will use."""
+        return float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+
+    def restore(self):
+        """Restores the latest checkpoint in `model_dir/checkpoints`; returns its step (0 if none)."""
+        if not self.model_dir:
+            return 0
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        if latest is None:
+            return 0
+        try:
+            self._checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as e:
+            raise ValueError(
+                f"Cannot resume from {latest}: it does not match this model/optimizer ({e}). "
+                "Use a new --model_dir, or the flags of the run that wrote it."
+            ) from None
+        step = self.current_step
+        self.history = [row for row in self._read_history() if int(row["step"]) <= step]
+        return step
+
+    def save_checkpoint(self):
+        """Saves a checkpoint at the current step (every worker must call it)."""
+        if self._manager is None:
+            return None
+        path = self._manager.save(checkpoint_number=self.current_step)
+        if self._worker_dir is not None:
+            tf.io.gfile.rmtree(self._worker_dir)
+        return path
+
+    def fit(
+        self,
+        train_dataset_fn,
+        *,
+        total_steps,
+        steps_per_epoch,
+        eval_dataset_fn=None,
+        eval_every=1,
+    ):
+        """Trains until `total_steps` steps are done (from the restored step); returns the history.
+
+        `train_dataset_fn(input_context)` returns a repeated per-replica-batched
+        dataset; `eval_dataset_fn` (optional) a finite one, evaluated every
+        `eval_every` epochs (0: never) and after the last step. An epoch is
+        `steps_per_epoch` steps (epoch `e` ends at step `(e + 1) * steps_per_epoch`).
+        """
+        if total_steps < 1 or steps_per_epoch < 1:
+            raise ValueError("total_steps and steps_per_epoch must be >= 1.")
+        step = self.current_step
+        if step >= total_steps:
+            return self.history
+        iterator = iter(self.strategy.distribute_datasets_from_function(train_dataset_fn))
+        while step < total_steps:
+            epoch = step // steps_per_epoch
+            epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
+            progbar = None
+            if self.chief and self.verbose:
+                print(f"Epoch {epoch + 1}/{-(-total_steps // steps_per_epoch)}")
+                progbar = keras.utils.Progbar(
+                    epoch_end - epoch * steps_per_epoch, stateful_metrics=["lr"]
+                )
+            start, start_step = time.time(), step
+            totals = np.zeros(3)
+            while step < epoch_end:
+                next_checkpoint = (step // self.checkpoint_every + 1) * self.checkpoint_every
+                n = min(self.steps_per_loop, epoch_end - step, next_checkpoint - step)
+                lr = self.learning_rate()
+                out = self._train_loop(iterator, tf.constant(n, tf.int64)).numpy()
+                totals += out
+                step += n
+                self._log(
+                    "train", step, loss=out[0] / n, accuracy=out[1] / out[2], learning_rate=lr
+                )
+                if progbar is not None:
+                    progbar.update(
+                        step - epoch * steps_per_epoch,
+                        [("loss", out[0] / n), ("accuracy", out[1] / out[2]), ("lr", lr)],
+                    )
+                if step % self.checkpoint_every == 0 and step < total_steps:
+                    self.save_checkpoint()
+            row = {
+                "epoch": epoch + 1,
+                "step": step,
+                "learning_rate": lr,
+                "loss": totals[0] / (step - start_step),
+                "accuracy": totals[1] / totals[2],
+                "seconds": time.time() - start,
+            }
+            due = eval_every and (epoch + 1) % eval_every == 0
+            if eval_dataset_fn is not None and (due or step == total_steps):
+                metrics = self.evaluate(eval_dataset_fn)
+                self.last_eval = dict(metrics, step=step)
+                row.update(
+                    val_loss=metrics["loss"], val_top1=metrics["top1"], val_top5=metrics["top5"]
+                )
+                self._log(
+                    "eval", step, loss=metrics["loss"], top1=metrics["top1"], top5=metrics["top5"]
+                )
+                if self.chief and self.verbose:
+                    print(
+                        f"  eval: loss {metrics['loss']:.4f}, top-1 {metrics['top1']:.4f}, "
+                        f"top-5 {metrics['top5']:.4f}"
+                    )
+            self.history.append(row)
+            self._write_history()
+        self.save_checkpoint()
+        return self.history
+
+    def evaluate(self, dataset_fn):
+        """Returns `{"loss", "top1", "top5", "count"}` over a finite dataset (exact, all replicas)."""
+        dataset = self.strategy.distribute_datasets_from_function(dataset_fn)
+        totals = np.zeros(4)
+        for batch in dataset:
+            totals += self._eval_step(batch).numpy()
+        count = totals[3]
+        if count == 0:
+            raise ValueError("The evaluation dataset is empty.")
+        return {
+            "loss": totals[0] / count,
+            "top1": totals[1] / count,
+            "top5": totals[2] / count,
+            "count": int(count),
+        }
+
+    def close(self):
+        """Flushes the logs and removes a non-chief worker's temporary checkpoint directory."""
+        for writer in (self._writers or {}).values():
+            writer.close()
+        if self._worker_dir is not None and tf.io.gfile.exists(self._worker_dir):
+            tf.io.gfile.rmtree(self._worker_dir)
+
+    # --------------------------------------------------------------- logging
+
+    def _log(self, name, step, **scalars):
+        if not (self.chief and self.model_dir):
+            return
+        if self._writers is None:
+            self._writers = {}
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(
+                os.path.join(self.model_dir, "logs", name)
+            )
+        with self._writers[name].as_default(step=step):
+            for key, value in scalars.items():
+                tf.summary.scalar(key, float(value))
+
+    def _read_history(self):
+        path = os.path.join(self.model_dir, "history.json")
+        if not tf.io.gfile.exists(path):
+            return []
+        with tf.io.gfile.GFile(path) as f:
+            return json.load(f)
+
+    def _write_history(self):
+        if not (self.chief and self.model_dir):
+            return
+        rows = [{k: _plain(row.get(k)) for k in HISTORY_FIELDS} for row in self.history]
+        atomic_write_text(os.path.join(self.model_dir, "history.json"), json.dumps(rows, indent=1))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, HISTORY_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(os.path.join(self.model_dir, "history.csv"), buffer.getvalue())
+
+
+def _plain(value):
+    """A JSON-friendly Python scalar."""
+    if value is None:
+        return None
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    return float(value)

@@ -1,0 +1,324 @@
+"""`run(config)`: one whole training run, from a `TrainConfig` to the files in `model_dir`.
+
+Order of work: check the config, create the strategy (first: a multi-worker
+strategy must exist before any other TensorFlow op), check the batch size
+against the replicas, check the data is there, build model and optimizer,
+restore the latest checkpoint, train with `Trainer`, evaluate on the held-out
+split (ImageNet: at every `eval_crop_sizes`), save. Anything wrong with the
+input raises `ConfigError` before the first training step.
+
+Files the chief writes to `model_dir` (each through a temporary name and a
+rename, so none is ever half-written):
+
+* `config.json`: the run's `TrainConfig` (a resumed run must match it).
+* `checkpoints/`, `logs/`, `history.csv`, `history.json`: see `Trainer`.
+* `metrics.json`: final test metrics (top-1 / top-5 / loss), steps, time.
+* `model.keras`: the trained model with a softmax head, float32 (loadable
+  with `keras.models.load_model` once `keras_preact` is imported).
+* `model.weights.h5`: the same weights, for `keras_preact.<Builder>(weights=path)`
+  with the same architecture arguments.
+* `labels.txt`: the class names, one per line, in label order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import keras
+import tensorflow as tf
+
+from keras_preact.training.config import ConfigError, TrainConfig
+from keras_preact.training.loop import Trainer, atomic_write_text
+from keras_preact.training.optimizer import CoupledSGD
+from keras_preact.training.schedules import (
+    IMAGENET_EPOCHS,
+    cifar_schedule,
+    cifar_total_steps,
+    imagenet_schedule,
+)
+from keras_preact.training.strategy import is_chief, make_strategy
+
+
+def build_model(config, info, *, classifier_activation=None, weights=None):
+    """The network `config` describes, for dataset `info` (a `DatasetInfo`).
+
+    Training uses logits (`classifier_activation=None`); the saved model a softmax.
+    """
+    from keras_preact.models import CIFARResNetV2, ImageNetResNetV2
+
+    options = {
+        key: getattr(config, key)
+        for key in ("shortcut_scale", "residual_scale", "gate_bias_init", "shortcut_dropout_rate")
+        if getattr(config, key) is not None
+    }
+    common = dict(
+        classes=info.num_classes,
+        classifier_activation=classifier_activation,
+        weights=weights,
+        unit_variant=config.unit_variant,
+        shortcut=config.shortcut,
+        **options,
+    )
+    if config.family == "cifar":
+        size = config.image_size or info.image_size
+        return CIFARResNetV2(
+            config.depth,
+            config.unit,
+            input_shape=(size, size, 3),
+            normalization=info.normalization,
+            width=config.width,
+            **common,
+        )
+    return ImageNetResNetV2(config.depth, layout=config.layout, **common)
+
+
+def synchronize_batchnorm(model):
+    """Makes every BatchNormalization layer of `model` use cross-replica batch statistics."""
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+    return model
+
+
+def run(config: TrainConfig):
+    """Trains, evaluates and saves the model `config` describes; returns the final metrics.
+
+    Example:
+
+    >>> metrics = run(TrainConfig(dataset="digits", model_dir="demo_run", depth=20, epochs=15))
+    >>> metrics["test_accuracy"]  # top-1 on the held-out digits test split
+    """
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        return _Run(config).train()
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+class _Run:
+    def __init__(self, config):
+        from keras_preact import data
+
+        self.config = config
+        try:
+            config.validate()
+            if config.data_dir is not None and not tf.io.gfile.isdir(config.data_dir):
+                raise ValueError(
+                    f"data_dir {config.data_dir!r} does not exist (or is not a folder)."
+                )
+            self.strategy = make_strategy(config.strategy, config.tpu)
+            replicas = self.strategy.num_replicas_in_sync
+            if config.batch_size % replicas:
+                raise ValueError(
+                    f"batch_size {config.batch_size} (global) is not divisible by the {replicas} "
+                    f"replicas of strategy {config.strategy!r}; use a multiple of {replicas}."
+                )
+            self.chief = is_chief(self.strategy)
+            self.info = data.dataset_info(config.dataset, config.data_dir)
+            self.eval_crops = tuple(config.eval_crop_sizes) or (None,)
+            # Build (not read) every pipeline once, so missing data fails here.
+            for split, training in (("train", True), (self.info.eval_split, False)):
+                self._dataset(split, training, None, self.eval_crops[0])
+            self._plan_steps()
+            self._check_model_dir()
+        except ValueError as e:  # includes data.MissingDataError
+            raise ConfigError(str(e)) from e
+
+    # ------------------------------------------------------------------ setup
+
+    def _dataset(self, split, training, input_context, eval_crop_size=None, seed=None):
+        from keras_preact import data
+
+        c = self.config
+        return data.make_dataset(
+            c.dataset,
+            split,
+            batch_size=c.batch_size,
+            data_dir=c.data_dir,
+            download=c.download,
+            training=training,
+            image_size=c.image_size,
+            eval_crop_size=eval_crop_size,
+            seed=seed,
+            input_context=input_context,
+            repeat=training,
+            color_augment=c.color_augment and training,
+        )
+
+    def _plan_steps(self):
+        c = self.config
+        examples = self.info.num_examples.get("train")
+        if c.steps_per_epoch is not None:
+            self.steps_per_epoch = c.steps_per_epoch
+        elif examples is None:
+            raise ValueError(
+                f"The size of {c.dataset!r} 'train' is unknown; pass steps_per_epoch "
+                "(training examples // batch_size)."
+            )
+        else:
+            if examples < c.batch_size:
+                raise ValueError(
+                    f"batch_size {c.batch_size} is larger than the {examples} training examples."
+                )
+            self.steps_per_epoch = examples // c.batch_size
+        if c.train_steps is not None:
+            self.total_steps = c.train_steps
+        elif c.epochs is not None:
+            self.total_steps = max(1, math.ceil(c.epochs * self.steps_per_epoch))
+        elif c.schedule == "cifar":
+            self.total_steps = cifar_total_steps(c.batch_size)
+        else:
+            self.total_steps = IMAGENET_EPOCHS * self.steps_per_epoch
+        if c.schedule == "cifar":
+            self.schedule = cifar_schedule(c.batch_size, self.total_steps, c.base_learning_rate)
+        else:
+            self.schedule = imagenet_schedule(
+                c.batch_size, self.steps_per_epoch, c.base_learning_rate
+            )
+
+    def _check_model_dir(self):
+        c = self.config
+        path = os.path.join(c.model_dir, "config.json")
+        has_checkpoint = tf.train.latest_checkpoint(os.path.join(c.model_dir, "checkpoints"))
+        if has_checkpoint and tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as f:
+                saved = json.load(f)
+            mismatches = c.resume_mismatches(saved)
+            if mismatches:
+                details = ", ".join(
+                    f"{k}: {old!r} there, {new!r} now" for k, (old, new) in mismatches.items()
+                )
+                raise ValueError(
+                    f"model_dir {c.model_dir!r} holds a run with other settings ({details}). "
+                    "Use a new --model_dir, or the same flags to resume it."
+                )
+        if self.chief:
+            tf.io.gfile.makedirs(c.model_dir)
+            atomic_write_text(path, c.to_json())
+
+    def _build_trainer(self):
+        c = self.config
+
+        def model_fn():
+            if c.seed is not None:
+                keras.utils.set_random_seed(c.seed)
+            model = build_model(c, self.info)
+            return synchronize_batchnorm(model) if c.sync_batchnorm else model
+
+        def optimizer_fn():
+            optimizer = CoupledSGD(self.schedule, momentum=c.momentum, l2=c.weight_decay)
+            if c.mixed_precision and not isinstance(self.strategy, tf.distribute.TPUStrategy):
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            return optimizer
+
+        if c.mixed_precision:
+            tpu = isinstance(self.strategy, tf.distribute.TPUStrategy)
+            keras.mixed_precision.set_global_policy("mixed_bfloat16" if tpu else "mixed_float16")
+        return Trainer(
+            self.strategy,
+            model_fn,
+            optimizer_fn,
+            global_batch_size=c.batch_size,
+            model_dir=c.model_dir,
+            checkpoint_every=c.checkpoint_every,
+            keep_checkpoints=c.keep_checkpoints,
+            steps_per_loop=c.steps_per_loop,
+            jit_compile=c.jit_compile,
+            verbose=c.verbose if self.chief else 0,
+        )
+
+    # --------------------------------------------------------------- training
+
+    def train(self):
+        c = self.config
+        trainer = self._build_trainer()
+        start = trainer.restore()
+        if self.chief and c.verbose:
+            params = trainer.model.count_params()
+            print(
+                f"{trainer.model.name} ({params:,} parameters) on {c.dataset}, "
+                f"{self.strategy.num_replicas_in_sync} replica(s), global batch {c.batch_size}, "
+                f"{self.total_steps} steps ({self.steps_per_epoch} per epoch)."
+            )
+            if start:
+                print(f"Resuming from step {start} (learning rate {trainer.learning_rate():.4g}).")
+        # A resumed run restarts the input pipeline: reseed it, so it does not
+        # replay the batches the run began with.
+        seed = None if c.seed is None else c.seed + start
+
+        def train_fn(ctx):
+            return self._dataset("train", True, ctx, seed=seed)
+
+        def eval_fn(crop):
+            return lambda ctx: self._dataset(self.info.eval_split, False, ctx, crop)
+
+        began = time.time()
+        history = trainer.fit(
+            train_fn,
+            total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            eval_dataset_fn=eval_fn(self.eval_crops[0]),
+            eval_every=c.eval_every,
+        )
+        train_seconds = time.time() - began
+        results = {}
+        last = trainer.last_eval
+        if last is not None and last["step"] == trainer.current_step:
+            results[self.eval_crops[0]] = last  # fit evaluated after its last step
+        for crop in self.eval_crops:
+            if crop not in results:
+                results[crop] = trainer.evaluate(eval_fn(crop))
+        trainer.close()
+        first = results[self.eval_crops[0]]
+        metrics = {
+            "dataset": c.dataset,
+            "eval_split": self.info.eval_split,
+            "model": trainer.model.name,
+            "parameters": trainer.model.count_params(),
+            "strategy": c.strategy,
+            "replicas": self.strategy.num_replicas_in_sync,
+            "global_batch_size": c.batch_size,
+            "steps": trainer.current_step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epochs": trainer.current_step / self.steps_per_epoch,
+            "resumed_from_step": start,
+            "train_seconds": round(train_seconds, 2),
+            "final_learning_rate": trainer.learning_rate(),
+            "train_loss": history[-1]["loss"] if history else None,
+            "test_examples": first["count"],
+            "test_loss": first["loss"],
+            "test_accuracy": first["top1"],
+            "test_top1": first["top1"],
+            "test_top5": first["top5"],
+        }
+        if self.eval_crops != (None,):
+            for crop, result in results.items():
+                metrics[f"test_top1_{crop}"] = result["top1"]
+                metrics[f"test_top5_{crop}"] = result["top5"]
+                metrics[f"test_loss_{crop}"] = result["loss"]
+        if self.chief:
+            self._save(trainer.model, metrics)
+        return metrics
+
+    def _save(self, trained, metrics):
+        """Writes model.keras, model.weights.h5, labels.txt and metrics.json (temp + rename)."""
+        c = self.config
+        keras.mixed_precision.set_global_policy("float32")
+        model = build_model(c, self.info, classifier_activation="softmax")
+        model.set_weights(trained.get_weights())
+        for name, save in (
+            ("model.keras", model.save),
+            ("model.weights.h5", model.save_weights),
+        ):
+            final = os.path.join(c.model_dir, name)
+            tmp = os.path.join(c.model_dir, f".tmp-{os.getpid()}-{name}")
+            save(tmp)
+            tf.io.gfile.rename(tmp, final, overwrite=True)
+        atomic_write_text(
+            os.path.join(c.model_dir, "labels.txt"),
+            "".join(f"{n}\n" for n in self.info.class_names),
+        )
+        atomic_write_text(os.path.join(c.model_dir, "metrics.json"), json.dumps(metrics, indent=1))

@@ -1,0 +1,120 @@
+"""The paper's learning-rate schedules, in optimizer steps, scaled to the global batch size.
+
+Both are stock `keras.optimizers.schedules.PiecewiseConstantDecay` objects, so
+they serialize with the optimizer and are indexed by `optimizer.iterations`
+(the number of updates already applied): a run resumed at step `s` gets the
+same learning rate as an uninterrupted one.
+
+* CIFAR (the paper's appendix): batch 128, lr 0.1 divided by 10 at 32k and 48k
+  iterations, stop at 64k, warm-up at lr 0.01 for the first 400 iterations.
+  At another global batch size `B` the run covers the same number of examples
+  (64k x 128 / B steps) with the learning rate scaled linearly (x B / 128).
+  A run shortened or lengthened with `total_steps` keeps the same shape: decay
+  at 50% and 75% of the run, warm-up for the first 0.625% (400 / 64k).
+* ImageNet: lr 0.1 x B / 256 (no warm-up), divided by 10 every 30 epochs
+  (at epochs 30, 60 and 90 of a 90-epoch run by default, as fb.resnet.torch).
+"""
+
+from __future__ import annotations
+
+import keras
+
+CIFAR_REFERENCE_BATCH = 128
+CIFAR_STEPS = 64_000
+CIFAR_DECAY_STEPS = (32_000, 48_000)
+CIFAR_WARMUP_STEPS = 400
+
+IMAGENET_REFERENCE_BATCH = 256
+IMAGENET_EPOCHS = 90
+IMAGENET_DECAY_EPOCHS = (30, 60, 90)
+
+SCHEDULES = ("cifar", "imagenet")
+
+
+def step_schedule(learning_rate, decay_steps, *, warmup_steps=0, warmup_learning_rate=None):
+    """Constant `learning_rate`, divided by 10 at each of `decay_steps`, after a warm-up.
+
+    Step `s` (0-based: `optimizer.iterations` before the update) uses
+    `warmup_learning_rate` while `s < warmup_steps`, then `learning_rate`
+    divided by 10 once for every decay step `d <= s`.
+
+    >>> schedule = step_schedule(0.1, [32000, 48000], warmup_steps=400,
+    ...                          warmup_learning_rate=0.01)
+    >>> [round(float(schedule(s)), 6) for s in (399, 400, 31999, 32000, 48000)]
+    [0.01, 0.1, 0.1, 0.01, 0.001]
+    """
+    decay_steps = [int(d) for d in decay_steps]
+    if any(d < 1 for d in decay_steps) or decay_steps != sorted(set(decay_steps)):
+        raise ValueError(f"decay_steps must be increasing positive integers, got {decay_steps}.")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}.")
+    boundaries, values = [], []
+    if warmup_steps:
+        boundaries.append(int(warmup_steps) - 1)
+        values.append(
+            float(warmup_learning_rate if warmup_learning_rate is not None else learning_rate / 10)
+        )
+    values.append(float(learning_rate))
+    for index, step in enumerate(decay_steps):
+        if boundaries and step - 1 <= boundaries[-1]:
+            raise ValueError(
+                f"decay step {step} falls inside the {warmup_steps}-step warm-up; "
+                "shorten the warm-up or train longer."
+            )
+        boundaries.append(step - 1)
+        values.append(float(learning_rate) * 0.1 ** (index + 1))
+    if not boundaries:
+        return keras.optimizers.schedules.PiecewiseConstantDecay([2**62], values * 2)
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+def cifar_total_steps(global_batch_size):
+    """The paper's CIFAR run length (64k iterations at batch 128) at another batch size.
+
+    >>> cifar_total_steps(128), cifar_total_steps(64)
+    (64000, 128000)
+    """
+    return max(1, round(CIFAR_STEPS * CIFAR_REFERENCE_BATCH / global_batch_size))
+
+
+def cifar_schedule(global_batch_size, total_steps=None, base_learning_rate=0.1):
+    """The paper's CIFAR schedule for `total_steps` (default: the paper's run length).
+
+    Returns a `PiecewiseConstantDecay` with lr `base_learning_rate x B / 128`,
+    a warm-up at a tenth of it for the first 0.625% of the run and decays
+    (divide by 10) at 50% and 75% of the run.
+
+    >>> schedule = cifar_schedule(128)
+    >>> [round(float(schedule(s)), 6) for s in (0, 400, 32000, 48000)]
+    [0.01, 0.1, 0.01, 0.001]
+    """
+    _check_batch(global_batch_size)
+    if total_steps is None:
+        total_steps = cifar_total_steps(global_batch_size)
+    lr = base_learning_rate * global_batch_size / CIFAR_REFERENCE_BATCH
+    fraction = total_steps / CIFAR_STEPS
+    decay = sorted({max(1, round(d * fraction)) for d in CIFAR_DECAY_STEPS})
+    warmup = round(CIFAR_WARMUP_STEPS * fraction)
+    warmup = min(warmup, decay[0] - 1)
+    return step_schedule(lr, decay, warmup_steps=warmup, warmup_learning_rate=lr / 10)
+
+
+def imagenet_schedule(global_batch_size, steps_per_epoch, base_learning_rate=0.1):
+    """The paper's ImageNet schedule: lr `base_learning_rate x B / 256`, / 10 at epochs 30, 60, 90.
+
+    >>> schedule = imagenet_schedule(256, steps_per_epoch=5004)
+    >>> [round(float(schedule(s)), 6) for s in (0, 5004 * 30 - 1, 5004 * 30)]
+    [0.1, 0.1, 0.01]
+    """
+    _check_batch(global_batch_size)
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
+    lr = base_learning_rate * global_batch_size / IMAGENET_REFERENCE_BATCH
+    return step_schedule(lr, [e * steps_per_epoch for e in IMAGENET_DECAY_EPOCHS])
+
+
+def _check_batch(global_batch_size):
+    if not isinstance(global_batch_size, int) or global_batch_size < 1:
+        raise ValueError(
+            f"global batch size must be a positive integer, got {global_batch_size!r}."
+        )

@@ -1,0 +1,32 @@
+"""Trains a pre-activation ResNet on ImageNet-style data (imagenet2012, folder, tfrecord) with the paper's recipe.
+
+Thin command line over `keras_preact.training` (flags: `--helpfull`, or
+`keras_preact/training/flags.py`). Example:
+
+    python recipes/imagenet.py --model_dir=runs/imagenet --strategy=mirrored
+
+A killed run restarted with the same command resumes from its last checkpoint.
+The last line printed is the test accuracy; `<model_dir>/metrics.json` has it too.
+"""
+
+import os
+import sys
+
+# Run from a checkout without installing: make the repository importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # noqa: E402
+
+from keras_preact.training import flags as training_flags  # noqa: E402
+
+training_flags.define_flags("imagenet")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    training_flags.main("imagenet")
+
+
+if __name__ == "__main__":
+    app.run(main)
