@@ -48,7 +48,7 @@ class ExportResult:
     """Paths and verification reports of one `export_all` call."""
 
     version: int
-    saved_model_dir: str
+    saved_model_dir: str | None
     saved_model_report: dict | None
     labels: list
     labels_source: str
@@ -71,7 +71,7 @@ class ExportResult:
                 f"top1={fresh['top1_agreement']:.3f}  {sm['size_bytes'] / 1e6:.2f} MB  "
                 f"batch-1 {sm['latency_batch1']['median_ms']:.1f} ms"
             )
-        else:
+        elif self.saved_model_dir:
             rows.append(f"SavedModel   {self.saved_model_dir}  (not verified)")
         items = [(f"TFLite {v}", self.tflite[v], self.tflite_reports.get(v)) for v in self.tflite]
         if self.onnx_path:
@@ -109,6 +109,8 @@ def export_all(
     verify=True,
     saved_model_cli=True,
     num_threads=1,
+    saved_model=True,
+    float32_tolerance=tflite_lib.FLOAT32_TOLERANCE,
 ):
     """Exports a trained classifier; returns an `ExportResult` with paths and reports.
 
@@ -137,6 +139,8 @@ def export_all(
             separate process; TFLite float32 must agree to 1e-4 and on top-1).
         saved_model_cli: also run `saved_model_cli run` in the SavedModel check.
         num_threads: TFLite interpreter threads for the latency figure.
+        saved_model: write the SavedModel (False: only TFLite / ONNX).
+        float32_tolerance: max |delta| allowed for TFLite float32 (and ONNX).
     """
     kwargs = dict(locals())
     if tf.distribute.has_strategy():
@@ -165,6 +169,8 @@ def _export_all(
     verify,
     saved_model_cli,
     num_threads,
+    saved_model,
+    float32_tolerance,
 ):
     if not _NAME.match(model_name) or model_name in _RESERVED:
         raise ValueError(
@@ -218,11 +224,15 @@ def _export_all(
             f"{crop_size} does not fit. Use crop_size={pixel_size[0]}."
         )
 
-    bases = {"saved_model": os.path.join(output_dir, model_name)}
+    bases = {}
+    if saved_model:
+        bases["saved_model"] = os.path.join(output_dir, model_name)
     if tflite:
         bases["tflite"] = os.path.join(output_dir, "tflite", model_name)
     if onnx:
         bases["onnx"] = os.path.join(output_dir, "onnx", model_name)
+    if not bases:
+        raise ValueError("Nothing to export: enable the SavedModel, a TFLite variant or ONNX.")
     for base in bases.values():
         removed = saved_model_lib.remove_stale_temporaries(base)
         if removed:
@@ -244,7 +254,7 @@ def _export_all(
 
     result = ExportResult(
         version=int(version),
-        saved_model_dir=os.path.join(bases["saved_model"], str(version)),
+        saved_model_dir=os.path.join(bases["saved_model"], str(version)) if saved_model else None,
         saved_model_report=None,
         labels=labels,
         labels_source=labels_source,
@@ -252,28 +262,19 @@ def _export_all(
         resize_size=resize_size,
     )
 
-    # SavedModel for TF Serving.
-    archive = saved_model_lib.build_archive(
-        copy, labels, crop_size, resize_size, top_k, normalization, pixel_size
-    )
-    with _staging(bases["saved_model"], version) as tmp:
-        saved_model_lib.write_saved_model(archive, tmp, labels)
-        if verify:
-            report = verify_lib.verify_saved_model(
-                tmp,
-                copy,
-                images,
-                labels,
-                crop_size,
-                resize_size,
-                normalization,
-                saved_model_cli=saved_model_cli,
-            )
-            report["artifact"] = os.path.abspath(result.saved_model_dir)
-            verify_lib.write_report(os.path.join(tmp, saved_model_lib.REPORT_ASSET), report)
-            result.saved_model_report = report
-        saved_model_lib.publish_dir(tmp, result.saved_model_dir, overwrite)
-    logging.info("SavedModel: %s", result.saved_model_dir)
+    if saved_model:
+        _write_saved_model(
+            result,
+            copy,
+            bases["saved_model"],
+            images,
+            top_k,
+            normalization,
+            pixel_size,
+            verify,
+            saved_model_cli,
+            overwrite,
+        )
 
     if tflite:
         result.tflite_dir = os.path.join(bases["tflite"], str(version))
@@ -298,7 +299,13 @@ def _export_all(
                 if not verify:
                     continue
                 report = tflite_lib.verify_tflite(
-                    path, variant, reference, crops, names, num_threads=num_threads
+                    path,
+                    variant,
+                    reference,
+                    crops,
+                    names,
+                    num_threads=num_threads,
+                    tolerance=float32_tolerance,
                 )
                 report["artifact"] = os.path.abspath(final)
                 report["calibration_images"] = (
@@ -325,7 +332,9 @@ def _export_all(
             path = onnx_export.export_onnx(copy, os.path.join(tmp, "model.onnx"), normalization)
             result.onnx_path = os.path.join(onnx_dir, "model.onnx")
             if verify:
-                report = onnx_export.verify_onnx(path, reference, crops, names)
+                report = onnx_export.verify_onnx(
+                    path, reference, crops, names, tolerance=float32_tolerance
+                )
                 report["artifact"] = os.path.abspath(result.onnx_path)
                 verify_lib.write_report(os.path.join(tmp, "model.verification.json"), report)
                 result.onnx_report = report
@@ -335,6 +344,34 @@ def _export_all(
                     )
             saved_model_lib.publish_dir(tmp, onnx_dir, overwrite)
     return result
+
+
+def _write_saved_model(
+    result, copy, base, images, top_k, normalization, pixel_size, verify, saved_model_cli, overwrite
+):
+    """Writes, verifies and publishes the SavedModel version (fills `result`)."""
+    labels, crop_size, resize_size = result.labels, result.crop_size, result.resize_size
+    archive = saved_model_lib.build_archive(
+        copy, labels, crop_size, resize_size, top_k, normalization, pixel_size
+    )
+    with _staging(base, result.version) as tmp:
+        saved_model_lib.write_saved_model(archive, tmp, labels)
+        if verify:
+            report = verify_lib.verify_saved_model(
+                tmp,
+                copy,
+                images,
+                labels,
+                crop_size,
+                resize_size,
+                normalization,
+                saved_model_cli=saved_model_cli,
+            )
+            report["artifact"] = os.path.abspath(result.saved_model_dir)
+            verify_lib.write_report(os.path.join(tmp, saved_model_lib.REPORT_ASSET), report)
+            result.saved_model_report = report
+        saved_model_lib.publish_dir(tmp, result.saved_model_dir, overwrite)
+    logging.info("SavedModel: %s", result.saved_model_dir)
 
 
 class _staging:
