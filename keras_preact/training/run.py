@@ -243,8 +243,8 @@ class _Run:
                 f"{self.strategy.num_replicas_in_sync} replica(s), global batch {c.batch_size}, "
                 f"{self.total_steps} steps ({self.steps_per_epoch} per epoch)."
             )
-            if start:
-                print(f"Resuming from step {start} (learning rate {trainer.learning_rate():.4g}).")
+        if self.chief and start:  # printed at any verbosity: a resume should never go unnoticed
+            print(f"Resuming from step {start} (learning rate {trainer.learning_rate():.4g}).")
         # A resumed run restarts the input pipeline: reseed it, so it does not
         # replay the batches the run began with.
         seed = None if c.seed is None else c.seed + start

@@ -1,0 +1,286 @@
+"""recipes/cifar.py and recipes/imagenet.py end to end, as a user runs them (real processes)."""
+
+import csv
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_preact
+from keras_preact import data, training
+from keras_preact.data import crops
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR = os.path.join(REPO, "recipes", "cifar.py")
+IMAGENET = os.path.join(REPO, "recipes", "imagenet.py")
+TINY = ["--dataset=digits", "--depth=8", "--width=4", "--seed=0"]
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def _run(script, *args, timeout=300):
+    return subprocess.run(
+        [sys.executable, script, *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def _scalars(log_dir, tag):
+    """{step: value} of a TensorBoard scalar in every event file under log_dir."""
+    values = {}
+    for path in sorted(glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+def _history(model_dir):
+    with open(os.path.join(model_dir, "history.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------- digits, end to end
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("recipes") / "digits")
+    proc = _run(
+        CIFAR,
+        *TINY,
+        f"--model_dir={model_dir}",
+        "--batch_size=64",
+        "--train_steps=30",
+        "--checkpoint_every=10",
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    return model_dir, proc, metrics
+
+
+@pytest.mark.slow
+def test_cifar_recipe_reports_held_out_accuracy_it_can_reproduce(digits_run):
+    model_dir, proc, metrics = digits_run
+    last = proc.stdout.strip().splitlines()[-1]
+    printed = re.fullmatch(
+        r"Test accuracy: (\d+\.\d\d)% \(top-1 on 360 held-out digits test images\)", last
+    )
+    assert printed, last
+    assert float(printed.group(1)) == pytest.approx(100 * metrics["test_accuracy"], abs=0.006)
+    assert (metrics["steps"], metrics["test_examples"], metrics["eval_split"]) == (30, 360, "test")
+
+    # Recompute on the held-out split from the saved model, with numpy.
+    images, labels = data.digits_arrays("test")
+    model = keras.models.load_model(os.path.join(model_dir, "model.keras"))
+    probs = model.predict(images, batch_size=120, verbose=0)
+    ranked = np.argsort(-probs, axis=1)
+    assert metrics["test_top1"] == pytest.approx(np.mean(ranked[:, 0] == labels), abs=1e-9)
+    assert metrics["test_top5"] == pytest.approx(
+        np.mean((ranked[:, :5] == labels[:, None]).any(axis=1)), abs=1e-9
+    )
+    nll = -np.mean(np.log(probs[np.arange(len(labels)), labels]))
+    assert metrics["test_loss"] == pytest.approx(nll, rel=1e-3)
+
+    # The weights file loads into the builder with the same architecture arguments.
+    rebuilt = keras_preact.CIFARResNetV2(
+        8, width=4, normalization="digits", weights=os.path.join(model_dir, "model.weights.h5")
+    )
+    np.testing.assert_allclose(rebuilt.predict(images, verbose=0), probs, atol=1e-5)
+    with open(os.path.join(model_dir, "labels.txt")) as f:
+        assert tuple(f.read().splitlines()) == data.dataset_info("digits").class_names
+
+
+@pytest.mark.slow
+def test_cifar_recipe_writes_history_logs_and_checkpoints(digits_run):
+    model_dir, _, _ = digits_run
+    rows = _history(model_dir)
+    # 1,437 training digits // 64 = 22 steps per epoch: epochs end at steps 22 and 30.
+    assert [int(r["step"]) for r in rows] == [22, 30]
+    assert all(r["val_top1"] != "" for r in rows)
+    # The paper's CIFAR shape over 30 steps at batch 64: lr 0.1 * 64/128 = 0.05,
+    # / 10 at 50% (step 15) and 75% (step 22). TensorBoard logs, at step s, the
+    # learning rate step s ran with.
+    lrs = _scalars(os.path.join(model_dir, "logs", "train"), "learning_rate")
+    expected = {s: 0.05 if s <= 15 else 0.005 if s <= 22 else 0.0005 for s in range(1, 31)}
+    assert lrs.keys() == expected.keys()
+    np.testing.assert_allclose([lrs[s] for s in expected], list(expected.values()), rtol=1e-6)
+    assert sorted(_scalars(os.path.join(model_dir, "logs", "eval"), "top1")) == [22, 30]
+    ckpts = sorted(os.listdir(os.path.join(model_dir, "checkpoints")))
+    assert [c for c in ckpts if c.endswith(".index")] == [
+        "ckpt-10.index",
+        "ckpt-20.index",
+        "ckpt-30.index",
+    ]
+    leftovers = [n for n in os.listdir(model_dir) if ".tmp" in n]
+    assert leftovers == []
+
+
+@pytest.mark.slow
+def test_resuming_with_other_settings_is_refused(digits_run):
+    model_dir, _, _ = digits_run
+    config = training.TrainConfig(
+        dataset="digits", model_dir=model_dir, depth=14, width=4, batch_size=64, train_steps=30
+    )
+    with pytest.raises(training.ConfigError, match="depth: 8 there, 14 now"):
+        training.run(config)
+
+
+# ----------------------------------------------------------------- kill test
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_at_its_step_and_learning_rate(tmp_path):
+    model_dir = str(tmp_path / "killed")
+    args = [
+        *TINY,
+        f"--model_dir={model_dir}",
+        "--batch_size=32",
+        "--train_steps=400",
+        "--checkpoint_every=20",
+        "--eval_every=0",
+        "--verbose=0",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, CIFAR, *args],
+        env=_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = os.path.join(model_dir, "checkpoints", "checkpoint")
+    deadline = time.time() + 240
+    while not os.path.exists(state) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert not os.path.exists(os.path.join(model_dir, "metrics.json")), "finished before the kill"
+    killed_at = int(tf.train.latest_checkpoint(os.path.dirname(state)).rsplit("-", 1)[1])
+    assert 20 <= killed_at < 400
+
+    again = _run(CIFAR, *args)
+    assert again.returncode == 0, again.stderr[-4000:]
+    resumed = re.search(r"Resuming from step (\d+) \(learning rate ([0-9.e-]+)\)", again.stdout)
+    assert resumed, again.stdout[-2000:]
+    step = int(resumed.group(1))
+    assert step == killed_at
+    # Batch 32 over 400 steps: lr 0.025 (warm-up 0.0025 for 2 steps), / 10 at 200 and 300.
+    expected_lr = 0.025 if step < 200 else 0.0025 if step < 300 else 0.00025
+    assert float(resumed.group(2)) == pytest.approx(expected_lr, rel=1e-3)
+
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert (metrics["steps"], metrics["resumed_from_step"]) == (400, step)
+    assert metrics["final_learning_rate"] == pytest.approx(0.00025, rel=1e-6)
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
+    assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 400
+    assert reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 400
+    # The restarted process logged steps step+1 .. 400 and nothing before.
+    files = sorted(glob.glob(os.path.join(model_dir, "logs", "train", "events.*")))
+    second = {}
+    for event in tf.compat.v1.train.summary_iterator(files[-1]):
+        for value in event.summary.value:
+            if value.tag == "learning_rate":
+                second[event.step] = float(tf.make_ndarray(value.tensor))
+    assert sorted(second) == list(range(step + 1, 401))
+    assert second[step + 1] == pytest.approx(expected_lr, rel=1e-6)
+    steps = [int(r["step"]) for r in _history(model_dir)]
+    assert steps == sorted(set(steps)) and steps[-1] == 400
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.slow
+def test_bad_flag_value_is_a_clear_error(tmp_path):
+    proc = _run(CIFAR, "--dataset=digits", f"--model_dir={tmp_path / 'm'}", "--strategy=horovod")
+    assert proc.returncode != 0
+    assert "--strategy" in proc.stderr and "should be one of" in proc.stderr
+    assert "mirrored" in proc.stderr
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_data_dir_without_the_data_is_a_clear_error(tmp_path):
+    empty = tmp_path / "no_cifar_here"
+    empty.mkdir()
+    proc = _run(CIFAR, "--dataset=cifar10", f"--data_dir={empty}", f"--model_dir={tmp_path / 'm'}")
+    assert proc.returncode == 1
+    assert "Error:" in proc.stderr and str(empty) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "m").exists()
+
+
+# ------------------------------------------------------- imagenet recipe, photos
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    """Two classes of JPEG crops of scikit-learn's sample photos, in train/ and val/."""
+    from sklearn.datasets import load_sample_images
+
+    root = tmp_path_factory.mktemp("photos")
+    for name, photo in zip(("china", "flower"), load_sample_images().images):
+        for split, offsets in (("train", (0, 40, 80, 120)), ("val", (20, 100))):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i, off in enumerate(offsets):
+                crop = photo[off : off + 200, off : off + 300]
+                tf.io.write_file(str(folder / f"{i}.jpg"), tf.io.encode_jpeg(crop))
+    return root
+
+
+@pytest.mark.slow
+def test_imagenet_recipe_evaluates_at_every_crop_size(tmp_path, photo_folder):
+    model_dir = tmp_path / "imagenet"
+    proc = _run(
+        IMAGENET,
+        "--dataset=folder",
+        f"--data_dir={photo_folder}",
+        f"--model_dir={model_dir}",
+        "--depth=18",
+        "--image_size=64",
+        "--eval_crop_sizes=64,96",
+        "--batch_size=4",
+        "--train_steps=3",
+        "--seed=0",
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(model_dir / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["test_examples"] == 4 and metrics["eval_split"] == "val"
+    model = keras.models.load_model(model_dir / "model.keras")
+    assert model.output_shape == (None, 2)
+    files = sorted((photo_folder / "val").glob("*/*.jpg"))
+    labels = np.array([0 if f.parent.name == "china" else 1 for f in files])
+    for size in (64, 96):
+        batch = np.stack(
+            [crops.eval_crop(crops.decode_image(tf.io.read_file(str(f))), size) for f in files]
+        )
+        probs = model.predict(batch, verbose=0)
+        top1 = np.mean(np.argmax(probs, axis=1) == labels)
+        assert metrics[f"test_top1_{size}"] == pytest.approx(top1, abs=1e-9)
+        nll = -np.mean(np.log(probs[np.arange(4), labels]))
+        assert metrics[f"test_loss_{size}"] == pytest.approx(nll, rel=1e-3)
+    assert metrics["test_loss_64"] != metrics["test_loss_96"]
+    with open(model_dir / "labels.txt") as f:
+        assert f.read().splitlines() == ["china", "flower"]
