@@ -71,6 +71,7 @@ def digits_run(tmp_path_factory):
         "--batch_size=64",
         "--train_steps=30",
         "--checkpoint_every=10",
+        f"--export_dir={model_dir}/exported",
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     with open(os.path.join(model_dir, "metrics.json")) as f:
@@ -108,6 +109,20 @@ def test_cifar_recipe_reports_held_out_accuracy_it_can_reproduce(digits_run):
     np.testing.assert_allclose(rebuilt.predict(images, verbose=0), probs, atol=1e-5)
     with open(os.path.join(model_dir, "labels.txt")) as f:
         assert tuple(f.read().splitlines()) == data.dataset_info("digits").class_names
+
+
+@pytest.mark.slow
+def test_cifar_recipe_exports_and_verifies_when_asked(digits_run):
+    model_dir, proc, _ = digits_run
+    exported = os.path.join(model_dir, "exported")
+    assert os.path.exists(os.path.join(exported, "digits", "1", "saved_model.pb"))
+    with open(os.path.join(exported, "digits", "1", "assets.extra", "labels.txt")) as f:
+        assert f.read().splitlines() == [str(i) for i in range(10)]
+    assert os.path.exists(os.path.join(exported, "tflite", "digits", "1", "float32.tflite"))
+    # The export summary comes before the accuracy line, which stays last.
+    lines = proc.stdout.strip().splitlines()
+    assert any(line.startswith("SavedModel") for line in lines[:-1])
+    assert lines[-1].startswith("Test accuracy:")
 
 
 @pytest.mark.slow

@@ -199,7 +199,10 @@ def config_from_flags(family, values=None):
 
 
 def main(family):
-    """The recipes' main: flags -> config -> `run`; prints the test accuracy as the last line."""
+    """The recipes' main: flags -> config -> `run`; returns `(config, metrics)`.
+
+    Bad input (found before any training step) exits with `Error: <what to do>`.
+    """
     from absl import logging
 
     from keras_preact.training.run import run
@@ -208,11 +211,14 @@ def main(family):
         logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines drown the progress bar
     try:
         config = config_from_flags(family)
-        metrics = run(config)
-    except ConfigError as e:  # bad input, found before any training step
+        return config, run(config)
+    except ConfigError as e:
         sys.exit(f"Error: {e}")
-    if metrics is not None:
-        print(
-            f"Test accuracy: {100 * metrics['test_accuracy']:.2f}% (top-1 on "
-            f"{metrics['test_examples']} held-out {metrics['dataset']} {metrics['eval_split']} images)"
-        )
+
+
+def result_line(metrics):
+    """The line a recipe ends with: the top-1 accuracy on the held-out split."""
+    return (
+        f"Test accuracy: {100 * metrics['test_accuracy']:.2f}% (top-1 on "
+        f"{metrics['test_examples']} held-out {metrics['dataset']} {metrics['eval_split']} images)"
+    )

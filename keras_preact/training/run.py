@@ -86,6 +86,9 @@ def synchronize_batchnorm(model):
 def run(config: TrainConfig):
     """Trains, evaluates and saves the model `config` describes; returns the final metrics.
 
+    The metrics are those written to `model_dir/metrics.json`, plus `chief`
+    (whether this process wrote the files).
+
     Example:
 
     >>> metrics = run(TrainConfig(dataset="digits", model_dir="demo_run", depth=20, epochs=15))
@@ -301,7 +304,7 @@ class _Run:
                 metrics[f"test_loss_{crop}"] = result["loss"]
         if self.chief:
             self._save(trainer.model, metrics)
-        return metrics
+        return dict(metrics, chief=self.chief)
 
     def _save(self, trained, metrics):
         """Writes model.keras, model.weights.h5, labels.txt and metrics.json (temp + rename)."""

@@ -1,0 +1,40 @@
+"""What both recipes do after training: export (if asked) and print the result line last."""
+
+import os
+
+from absl import flags
+
+flags.DEFINE_string(
+    "export_dir",
+    None,
+    "After training, export the model (SavedModel for TF Serving + TFLite, see export/) "
+    "under this folder and verify every artifact against the Keras model.",
+)
+
+
+def finish(config, metrics):
+    """Exports on the chief when --export_dir is set, then prints the test accuracy (last line)."""
+    export_dir = flags.FLAGS.export_dir
+    if export_dir and metrics["chief"]:
+        from export import export_all
+        from keras_preact import data
+
+        # int8 calibration on training images (eval crops, no augmentation), never test data.
+        calibration = data.make_dataset(
+            config.dataset,
+            "train",
+            batch_size=32,
+            data_dir=config.data_dir,
+            training=False,
+            image_size=config.image_size,
+        )
+        result = export_all(
+            os.path.join(config.model_dir, "model.keras"),
+            export_dir,
+            model_name=config.dataset,
+            calibration=calibration,
+        )
+        print(result.summary())
+    from keras_preact.training.flags import result_line
+
+    print(result_line(metrics))
