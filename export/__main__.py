@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from export import tflite as tflite_lib
 
@@ -50,6 +50,14 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "calibration_images", None, "Folder of images for int8 calibration (default: --images)."
 )
+flags.DEFINE_string(
+    "calibration_dataset",
+    None,
+    "Or int8 calibration from the training pipeline: a keras_preact.data dataset name "
+    "(digits, cifar10, imagenet2012, folder, ...), evaluation crops of --calibration_split.",
+)
+flags.DEFINE_string("calibration_split", "train", "Split for --calibration_dataset.")
+flags.DEFINE_string("calibration_data_dir", None, "data_dir for --calibration_dataset.")
 flags.DEFINE_integer("calibration_limit", 100, "At most this many calibration images.")
 flags.DEFINE_string(
     "normalization", None, "Only for models built with include_preprocessing=False."
@@ -70,7 +78,9 @@ def main(argv):
         raise app.UsageError(f"--builder_kwargs is not valid JSON: {e}") from None
     import tensorflow as tf
 
-    tf.get_logger().setLevel("ERROR")
+    if not FLAGS["verbosity"].present:  # TF's INFO lines drown the summary
+        logging.set_verbosity(logging.WARNING)
+        tf.get_logger().setLevel("ERROR")
     from export import model as model_lib
     from export import pipeline
     from export.verify import VerificationError
@@ -95,7 +105,7 @@ def main(argv):
             tflite=[v for v in FLAGS.tflite if v],
             onnx=FLAGS.onnx,
             images=FLAGS.images,
-            calibration=FLAGS.calibration_images,
+            calibration=_calibration(model),
             calibration_limit=FLAGS.calibration_limit,
             normalization=FLAGS.normalization,
             verify=FLAGS.verify,
@@ -116,6 +126,25 @@ def main(argv):
         f"-v {base}:/models/{FLAGS.model_name} "
         f"-e MODEL_NAME={FLAGS.model_name} tensorflow/serving\n"
         f"Query:  python -m export.serving.client --model_name={FLAGS.model_name} IMAGE.jpg"
+    )
+
+
+def _calibration(model):
+    """--calibration_images, or a dataset from the training pipeline (eval crops, no shuffle)."""
+    if FLAGS.calibration_dataset is None:
+        return FLAGS.calibration_images
+    if FLAGS.calibration_images is not None:
+        raise ValueError("Give --calibration_images or --calibration_dataset, not both.")
+    from keras_preact.data import make_dataset
+
+    crop = FLAGS.crop_size or model.inputs[0].shape[1] or 224
+    return make_dataset(
+        FLAGS.calibration_dataset,
+        FLAGS.calibration_split,
+        batch_size=32,
+        data_dir=FLAGS.calibration_data_dir,
+        training=False,
+        eval_crop_size=crop,
     )
 
 

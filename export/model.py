@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 
 import keras
@@ -187,14 +186,10 @@ def resolve_labels(classes, labels_file=None, model_path=None):
 
 
 def describe(model):
-    """A small JSON-able summary of a model for reports."""
-    return json.loads(
-        json.dumps(
-            {
-                "name": model.name,
-                "input_shape": list(model.inputs[0].shape),
-                "classes": num_classes(model),
-                "parameters": int(model.count_params()),
-            }
-        )
-    )
+    """A small JSON-able summary of a model for the reports."""
+    return {
+        "name": model.name,
+        "input_shape": [d if d is None else int(d) for d in model.inputs[0].shape],
+        "classes": num_classes(model),
+        "parameters": int(model.count_params()),
+    }

@@ -37,6 +37,7 @@ from export import model as model_lib
 from export import saved_model as saved_model_lib
 from export import tflite as tflite_lib
 from export import verify as verify_lib
+from keras_preact.data.crops import default_resize_size
 
 DEFAULT_CROP = 224
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -53,7 +54,7 @@ class ExportResult:
     labels: list
     labels_source: str
     crop_size: int
-    resize_size: int | None
+    resize_size: int
     tflite_dir: str | None = None
     tflite: dict = dataclasses.field(default_factory=dict)
     tflite_reports: dict = dataclasses.field(default_factory=dict)
@@ -62,7 +63,10 @@ class ExportResult:
 
     def summary(self):
         """A short table of the artifacts and their figures."""
-        rows = [f"version {self.version}; labels from {self.labels_source}"]
+        rows = [
+            f"version {self.version}; labels from {self.labels_source}; image_bytes crop "
+            f"{self.crop_size} from shorter side {self.resize_size}"
+        ]
         sm = self.saved_model_report
         if sm:
             fresh = sm["fresh_process"]["checks"]["serving_default"]
@@ -216,6 +220,7 @@ def _export_all(
         else:
             crop_size = DEFAULT_CROP
     crop_size = int(crop_size)
+    resize_size = int(resize_size or default_resize_size(crop_size))
     copy = model_lib.float32_copy(model)
     pixel_size = model_lib.image_size(copy)
     if pixel_size is not None and pixel_size != (crop_size, crop_size):
@@ -278,8 +283,9 @@ def _export_all(
 
     if tflite:
         result.tflite_dir = os.path.join(bases["tflite"], str(version))
-        representative = None
+        representative, calibration_source = None, None
         if "int8" in tflite:
+            calibration_source = _describe_source(calibration, images)
             representative = tflite_lib.representative_images(
                 calibration if calibration is not None else images,
                 crop_size,
@@ -308,9 +314,12 @@ def _export_all(
                     tolerance=float32_tolerance,
                 )
                 report["artifact"] = os.path.abspath(final)
-                report["calibration_images"] = (
-                    int(len(representative)) if variant == "int8" else None
-                )
+                report["model"] = model_lib.describe(copy)
+                if variant == "int8":
+                    report["calibration"] = {
+                        "images": int(len(representative)),
+                        "source": calibration_source,
+                    }
                 verify_lib.write_report(os.path.join(tmp, f"{variant}.verification.json"), report)
                 result.tflite_reports[variant] = report
                 if report.get("passed") is False:
@@ -336,6 +345,7 @@ def _export_all(
                     path, reference, crops, names, tolerance=float32_tolerance
                 )
                 report["artifact"] = os.path.abspath(result.onnx_path)
+                report["model"] = model_lib.describe(copy)
                 verify_lib.write_report(os.path.join(tmp, "model.verification.json"), report)
                 result.onnx_report = report
                 if not report["passed"]:
@@ -368,10 +378,22 @@ def _write_saved_model(
                 saved_model_cli=saved_model_cli,
             )
             report["artifact"] = os.path.abspath(result.saved_model_dir)
+            report["model"] = model_lib.describe(copy)
+            report["labels_source"] = result.labels_source
             verify_lib.write_report(os.path.join(tmp, saved_model_lib.REPORT_ASSET), report)
             result.saved_model_report = report
         saved_model_lib.publish_dir(tmp, result.saved_model_dir, overwrite)
     logging.info("SavedModel: %s", result.saved_model_dir)
+
+
+def _describe_source(calibration, images):
+    if calibration is None:
+        return f"the {len(images)} verification images"
+    if isinstance(calibration, tf.data.Dataset):
+        return "tf.data.Dataset (training pipeline)"
+    if isinstance(calibration, (str, os.PathLike)):
+        return f"folder {os.fspath(calibration)}"
+    return type(calibration).__name__
 
 
 class _staging:
