@@ -39,7 +39,8 @@ def available():
     return True
 
 
-def _require():
+def require():
+    """Raises ImportError with the install command when the ONNX extra is missing."""
     if not available():
         raise ImportError(
             "ONNX export needs tf2onnx and onnxruntime: pip install 'keras-preact[onnx]' "
@@ -52,7 +53,7 @@ def export_onnx(model, path, normalization=None, opset=None):
 
     The file is written beside `path` first and renamed into place.
     """
-    _require()
+    require()
     import tf2onnx
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
@@ -106,7 +107,7 @@ def _patch_tf2onnx():
 
 def verify_onnx(path, reference, crops, image_names=None, latency_runs=20, tolerance=1e-4):
     """Report for an ONNX file run with onnxruntime (CPU) against Keras `reference` probabilities."""
-    _require()
+    require()
     import onnxruntime
 
     options = onnxruntime.SessionOptions()

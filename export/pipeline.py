@@ -190,7 +190,7 @@ def _export_all(
     if onnx:
         from export import onnx_export
 
-        onnx_export._require()
+        onnx_export.require()
 
     model_path = None
     if isinstance(model, (str, os.PathLike)):
@@ -252,9 +252,7 @@ def _export_all(
     crops = verify_lib.eval_crops(images, crop_size, resize_size)
     reference = None
     if verify:
-        model_input = (
-            crops if normalization is None else verify_lib._normalize(crops, normalization)
-        )
+        model_input = crops if normalization is None else verify_lib.normalize(crops, normalization)
         reference = verify_lib.keras_probabilities(copy, model_input)
 
     result = ExportResult(

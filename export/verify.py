@@ -222,13 +222,16 @@ def _run(command, timeout):
     return proc
 
 
-def run_saved_model_cli(version_dir, images, signature="serving_default", timeout=300):
+def run_saved_model_cli(
+    version_dir, images, signature="serving_default", max_images=16, timeout=300
+):
     """`saved_model_cli run` (session-based loading, like TF Serving) on encoded images.
 
     The images go in as a `.npy` of fixed-width bytes, which cannot end in NUL
-    bytes; images that do (some BMPs) are skipped. Returns `(outputs, used_names)`.
+    bytes; images that do (some BMPs) are skipped. One batch of at most
+    `max_images`. Returns `(outputs, used_names)`.
     """
-    used = [(name, data) for name, data in images if not data.endswith(b"\0")]
+    used = [(name, data) for name, data in images if not data.endswith(b"\0")][:max_images]
     with tempfile.TemporaryDirectory() as tmp:
         npy = os.path.join(tmp, "image_bytes.npy")
         np.save(npy, np.array([data for _, data in used]))
@@ -279,11 +282,11 @@ def verify_saved_model(
     start = time.time()
     images = load_images(images)
     crops = eval_crops(images, crop_size, resize_size)
-    model_input = _normalize(crops, normalization)
+    model_input = normalize(crops, normalization)
     reference = keras_probabilities(model, model_input)
     out = run_in_fresh_process(version_dir, images, crops)
     rounded = out["pixels_uint8/input_as_float"]
-    reference_uint8 = keras_probabilities(model, _normalize(rounded, normalization))
+    reference_uint8 = keras_probabilities(model, normalize(rounded, normalization))
     labels_array = np.asarray(labels, dtype=object)
 
     def label_check(prefix):
@@ -332,7 +335,8 @@ def verify_saved_model(
         failures.append("the request after a bad one gave different results")
     if saved_model_cli:
         cli_out, used = run_saved_model_cli(version_dir, images)
-        index = [i for i, (name, _) in enumerate(images) if name in set(used)]
+        position = {name: i for i, (name, _) in enumerate(images)}
+        index = [position[name] for name in used]
         cli_names = np.vectorize(lambda b: b.decode("utf-8"))(cli_out["labels"])
         report["saved_model_cli"] = {
             "loader": "saved_model_cli run (session-based, like TF Serving)",
@@ -357,7 +361,8 @@ def verify_saved_model(
     return report
 
 
-def _normalize(pixels, normalization):
+def normalize(pixels, normalization):
+    """`preprocess_input` for models without their own preprocessing layer; else unchanged."""
     if normalization is None:
         return pixels
     from keras_preact.preprocessing import preprocess_input

@@ -669,8 +669,8 @@ def test_labels_resolution(tmp_path):
         model_lib.resolve_labels(3, labels_file=str(tmp_path / "missing.txt"))
 
 
+@pytest.mark.skipif(not onnx_export.available(), reason="the onnx extra is not installed")
 def test_onnx_matches_keras(exported, trained):
-    pytest.importorskip("onnxruntime")
     import onnxruntime
 
     _, model, crops = trained
