@@ -80,16 +80,21 @@ class Trainer:
 
     Example:
 
-    >>> strategy = make_strategy("default")
-    >>> trainer = Trainer(strategy, lambda: CIFARResNetV2(8, width=4, classifier_activation=None),
-    ...                   lambda: CoupledSGD(0.1), global_batch_size=32, model_dir="run")
+    >>> from keras_preact import CIFARResNetV2, training
+    >>> trainer = training.Trainer(
+    ...     training.make_strategy("mirrored"),
+    ...     lambda: CIFARResNetV2(20, classifier_activation=None),  # logits
+    ...     lambda: training.CoupledSGD(training.cifar_schedule(128, 1000)),
+    ...     global_batch_size=128, model_dir="run")
     >>> trainer.restore()  # 0, or the step of the latest checkpoint in run/checkpoints
-    >>> history = trainer.fit(train_fn, total_steps=100, steps_per_epoch=10, eval_dataset_fn=eval_fn)
+    >>> history = trainer.fit(train_fn, total_steps=1000, steps_per_epoch=100,
+    ...                       eval_dataset_fn=eval_fn)
     >>> trainer.evaluate(eval_fn)["top1"]
 
     where `train_fn(input_context)` returns a repeated `tf.data.Dataset` of
     `(images, labels)` batched per replica
-    (`input_context.get_per_replica_batch_size(global_batch_size)`) and
+    (`input_context.get_per_replica_batch_size(global_batch_size)`), e.g.
+    `keras_preact.data.make_dataset(..., input_context=ctx, repeat=True)`, and
     `eval_fn` a finite one.
     """
 
@@ -150,11 +155,11 @@ class Trainer:
             self._manager = tf.train.CheckpointManager(
                 self._checkpoint, write_dir, max_to_keep=keep_checkpoints
             )
-        self._grads_fn = (
-            tf.function(self._loss_and_grads, jit_compile=True)
-            if jit_compile
-            else (self._loss_and_grads)
-        )
+        # XLA compiles the forward/backward pass only: optimizer.apply all-reduces
+        # across replicas, which XLA cannot do inside a distributed step.
+        self._grads_fn = self._loss_and_grads
+        if jit_compile:
+            self._grads_fn = tf.function(self._loss_and_grads, jit_compile=True)
         self._train_loop = tf.function(self._train_loop_fn)
         self._eval_step = tf.function(self._eval_step_fn, reduce_retracing=True)
         self._writers = None

@@ -63,8 +63,8 @@ def step_schedule(learning_rate, decay_steps, *, warmup_steps=0, warmup_learning
             )
         boundaries.append(step - 1)
         values.append(float(learning_rate) * 0.1 ** (index + 1))
-    if not boundaries:
-        return keras.optimizers.schedules.PiecewiseConstantDecay([2**62], values * 2)
+    if not boundaries:  # no warm-up, no decay: a constant
+        return keras.optimizers.schedules.PiecewiseConstantDecay([0], values * 2)
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
 
