@@ -288,9 +288,11 @@ class _ResidualUnit(keras.layers.Layer):
             if variant == "relu_before_addition":
                 self._branch.append(("relu", None))
 
-        shortcut_in = tuple(input_shape)
+        # Strided 1x1 convs run as subsample + stride-1 conv: the same numbers, and it
+        # sidesteps a oneDNN crash in the filter gradient of strided 1x1 convs (TF 2.21).
+        shortcut_in = self.compute_output_shape(input_shape)[:3] + (input_shape[-1],)
         if project:
-            pad, conv = self._conv("downsample", out_channels, 1, self.strides, self.output_bias)
+            _, conv = self._conv("downsample", out_channels, 1, 1, self.output_bias)
             add("downsample", conv, shortcut_in)
             if variant in _POST_ACTIVATION:
                 add("downsample_norm", self._norm("downsample_norm"), shape)
@@ -298,7 +300,6 @@ class _ResidualUnit(keras.layers.Layer):
             gate = keras.layers.Conv2D(
                 out_channels,
                 1,
-                strides=self.strides,
                 use_bias=True,
                 kernel_initializer=he_normal_fan_out(),
                 bias_initializer=keras.initializers.Constant(self.gate_bias_init),
@@ -347,15 +348,14 @@ class _ResidualUnit(keras.layers.Layer):
             else:
                 residual = getattr(self, attr)(residual)
 
+        if self.strides > 1:
+            # What a strided 1x1 conv or 1x1 max-pool (keras.applications) sees.
+            shortcut_in = shortcut_in[:, :: self.strides, :: self.strides, :]
+        shortcut = shortcut_in
         if self._project:
             shortcut = self.downsample(shortcut_in)
             if variant in _POST_ACTIVATION:
                 shortcut = self.downsample_norm(shortcut, training=training)
-        elif self.strides > 1:
-            # A 1x1 max-pool with stride: subsampling (keras.applications' layout).
-            shortcut = shortcut_in[:, :: self.strides, :: self.strides, :]
-        else:
-            shortcut = shortcut_in
 
         if self.shortcut == "constant_scaling":
             shortcut = shortcut * self.shortcut_scale
