@@ -29,6 +29,7 @@ setup(
         "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
         "tflite": ["ai-edge-litert>=1.2,<2.4"],
         "serving": ["tensorflow-serving-api>=2.16,<2.22"],
+        "onnx": ["tf2onnx>=1.17,<1.18", "onnxruntime>=1.20,<1.33"],
         "test": [
             "pytest>=8,<10",
             "ruff>=0.6,<0.18",
@@ -36,6 +37,8 @@ setup(
             "tensorflow-serving-api>=2.16,<2.22",
             "scikit-image>=0.22,<0.27",
             "pillow>=10,<14",
+            "tf2onnx>=1.17,<1.18",
+            "onnxruntime>=1.20,<1.33",
         ],
     },
     classifiers=[
