@@ -102,9 +102,18 @@ def test_cifar_recipe_reports_held_out_accuracy_it_can_reproduce(digits_run):
     nll = -np.mean(np.log(probs[np.arange(len(labels)), labels]))
     assert metrics["test_loss"] == pytest.approx(nll, rel=1e-3)
 
-    # The weights file loads into the builder with the same architecture arguments.
-    rebuilt = keras_preact.CIFARResNetV2(
-        8, width=4, normalization="digits", weights=os.path.join(model_dir, "model.weights.h5")
+    # The weights file loads into the builder call that builder.json records.
+    with open(os.path.join(model_dir, "builder.json")) as f:
+        spec = json.load(f)
+    assert spec["builder"] == "CIFARResNetV2"
+    assert {k: spec["kwargs"][k] for k in ("depth", "width", "classes", "normalization")} == {
+        "depth": 8,
+        "width": 4,
+        "classes": 10,
+        "normalization": "digits",
+    }
+    rebuilt = getattr(keras_preact, spec["builder"])(
+        weights=os.path.join(model_dir, "model.weights.h5"), **spec["kwargs"]
     )
     np.testing.assert_allclose(rebuilt.predict(images, verbose=0), probs, atol=1e-5)
     with open(os.path.join(model_dir, "labels.txt")) as f:

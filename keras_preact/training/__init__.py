@@ -19,7 +19,7 @@ Pieces, usable on their own:
 from keras_preact.training.config import ConfigError, TrainConfig
 from keras_preact.training.loop import Trainer
 from keras_preact.training.optimizer import CoupledSGD
-from keras_preact.training.run import build_model, run, synchronize_batchnorm
+from keras_preact.training.run import build_model, builder_call, run, synchronize_batchnorm
 from keras_preact.training.schedules import (
     cifar_schedule,
     cifar_total_steps,
@@ -35,6 +35,7 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "build_model",
+    "builder_call",
     "cifar_schedule",
     "cifar_total_steps",
     "imagenet_schedule",

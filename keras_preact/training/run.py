@@ -17,6 +17,7 @@ rename, so none is ever half-written):
   with `keras.models.load_model` once `keras_preact` is imported).
 * `model.weights.h5`: the same weights, for `keras_preact.<Builder>(weights=path)`
   with the same architecture arguments.
+* `builder.json`: that builder and its arguments, `{"builder": ..., "kwargs": ...}`.
 * `labels.txt`: the class names, one per line, in label order.
 """
 
@@ -42,37 +43,51 @@ from keras_preact.training.schedules import (
 from keras_preact.training.strategy import is_chief, make_strategy
 
 
+def builder_call(config, info):
+    """`(builder name, keyword arguments)`: the `keras_preact` call that builds the network.
+
+    Written to `model_dir/builder.json`, so `model.weights.h5` can be loaded
+    with `getattr(keras_preact, name)(weights=path, **kwargs)` (the
+    normalisation, for one, is an argument and not in the weights file).
+
+    >>> builder_call(TrainConfig(dataset="digits", depth=20), dataset_info("digits"))[1]["depth"]
+    20
+    """
+    kwargs = {
+        key: getattr(config, key)
+        for key in ("shortcut_scale", "residual_scale", "gate_bias_init", "shortcut_dropout_rate")
+        if getattr(config, key) is not None
+    }
+    kwargs.update(
+        depth=config.depth,
+        classes=info.num_classes,
+        unit_variant=config.unit_variant,
+        shortcut=config.shortcut,
+    )
+    if config.family == "cifar":
+        size = config.image_size or info.image_size
+        kwargs.update(
+            unit=config.unit,
+            input_shape=[size, size, 3],
+            normalization=info.normalization,
+            width=config.width,
+        )
+        return "CIFARResNetV2", kwargs
+    kwargs.update(layout=config.layout)
+    return "ImageNetResNetV2", kwargs
+
+
 def build_model(config, info, *, classifier_activation=None, weights=None):
     """The network `config` describes, for dataset `info` (a `DatasetInfo`).
 
     Training uses logits (`classifier_activation=None`); the saved model a softmax.
     """
-    from keras_preact.models import CIFARResNetV2, ImageNetResNetV2
+    import keras_preact
 
-    options = {
-        key: getattr(config, key)
-        for key in ("shortcut_scale", "residual_scale", "gate_bias_init", "shortcut_dropout_rate")
-        if getattr(config, key) is not None
-    }
-    common = dict(
-        classes=info.num_classes,
-        classifier_activation=classifier_activation,
-        weights=weights,
-        unit_variant=config.unit_variant,
-        shortcut=config.shortcut,
-        **options,
+    name, kwargs = builder_call(config, info)
+    return getattr(keras_preact, name)(
+        classifier_activation=classifier_activation, weights=weights, **kwargs
     )
-    if config.family == "cifar":
-        size = config.image_size or info.image_size
-        return CIFARResNetV2(
-            config.depth,
-            config.unit,
-            input_shape=(size, size, 3),
-            normalization=info.normalization,
-            width=config.width,
-            **common,
-        )
-    return ImageNetResNetV2(config.depth, layout=config.layout, **common)
 
 
 def synchronize_batchnorm(model):
@@ -320,6 +335,11 @@ class _Run:
             tmp = os.path.join(c.model_dir, f".tmp-{os.getpid()}-{name}")
             save(tmp)
             tf.io.gfile.rename(tmp, final, overwrite=True)
+        name, kwargs = builder_call(c, self.info)
+        atomic_write_text(
+            os.path.join(c.model_dir, "builder.json"),
+            json.dumps({"builder": name, "kwargs": kwargs}, indent=1),
+        )
         atomic_write_text(
             os.path.join(c.model_dir, "labels.txt"),
             "".join(f"{n}\n" for n in self.info.class_names),
