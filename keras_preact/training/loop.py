@@ -27,6 +27,7 @@ same step and learning rate. Files in `model_dir` (written by the chief):
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -36,6 +37,7 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from keras_preact.training.strategy import is_chief, task_info
 
@@ -163,6 +165,7 @@ class Trainer:
         self._train_loop = tf.function(self._train_loop_fn)
         self._eval_step = tf.function(self._eval_step_fn, reduce_retracing=True)
         self._writers = None
+        self._tensorboard = True  # False when the tensorboard package is missing
 
     # ----------------------------------------------------------------- steps
 
@@ -368,6 +371,11 @@ class Trainer:
             return
         if self._writers is None:
             self._writers = {}
+            if importlib.util.find_spec("tensorboard") is None:
+                self._tensorboard = False
+                logging.warning("tensorboard is not installed: no TensorBoard logs are written.")
+        if not self._tensorboard:
+            return
         if name not in self._writers:
             self._writers[name] = tf.summary.create_file_writer(
                 os.path.join(self.model_dir, "logs", name)
