@@ -29,8 +29,11 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
+# A fresh run each time (a kept demo_run would be resumed, not retrained).
 demo: $(STAMP)
-	$(BIN)/python recipes/cifar.py --dataset=digits --model_dir=demo_run --depth=20 --epochs=15
+	rm -rf demo_run
+	$(BIN)/python recipes/cifar.py --dataset=digits --model_dir=demo_run --depth=20 --epochs=15 \
+		--seed=0 --export_dir=demo_run/exported
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache demo_run

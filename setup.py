@@ -20,6 +20,7 @@ setup(
         "tensorflow>=2.16,<2.22",
         "keras>=3.3,<3.16",
         "tensorflow-datasets>=4.9,<4.10",
+        "tensorboard>=2.16,<2.22",  # TF 2.21 no longer brings it; the recipes log to it
         "absl-py>=2.0,<2.6",
         "scikit-learn>=1.3,<1.10",
         "numpy>=1.26,<2.5",

@@ -58,14 +58,61 @@ def normalization_stats(normalization):
     return mean, std
 
 
-def normalization_layer(normalization, name="preprocessing"):
-    """A Keras layer mapping raw RGB in [0, 255] to `(x - mean) / std`.
+@keras.saving.register_keras_serializable(package="keras_preact")
+class PixelNormalization(keras.layers.Layer):
+    """Maps raw RGB in [0, 255] to `(x - mean) / std` per channel, in float32.
 
-    Uses the stock `keras.layers.Normalization` with fixed statistics, so it
-    serializes with the model and needs no `adapt()`.
+    Unlike the stock `keras.layers.Normalization`, whose fixed statistics are
+    constants, `mean` and `std` are non-trainable weights: a `.weights.h5`
+    file carries the normalisation its model was trained with, so loading it
+    into a builder restores that normalisation too.
+
+    Example:
+
+    >>> layer = PixelNormalization(*normalization_stats("tf"))
+    >>> float(layer(np.full((1, 1, 1, 3), 255.0))[0, 0, 0, 0])
+    1.0
     """
+
+    def __init__(self, mean, std, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.mean_init = [float(v) for v in np.asarray(mean).reshape(-1)]
+        self.std_init = [float(v) for v in np.asarray(std).reshape(-1)]
+
+    def build(self, input_shape):
+        channels = len(self.mean_init)
+        if input_shape[-1] != channels:
+            raise ValueError(
+                f"PixelNormalization has {channels} channels, input has {input_shape[-1]}."
+            )
+        self.mean = self.add_weight(
+            shape=(channels,),
+            initializer=keras.initializers.Constant(self.mean_init),
+            trainable=False,
+            name="mean",
+        )
+        self.std = self.add_weight(
+            shape=(channels,),
+            initializer=keras.initializers.Constant(self.std_init),
+            trainable=False,
+            name="std",
+        )
+
+    def call(self, inputs):
+        return (keras.ops.cast(inputs, self.compute_dtype) - self.mean) / self.std
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean_init, "std": self.std_init}
+
+
+def normalization_layer(normalization, name="preprocessing"):
+    """A `PixelNormalization` layer for `normalization` (a name or a `(mean, std)` pair)."""
     mean, std = normalization_stats(normalization)
-    return keras.layers.Normalization(mean=mean, variance=std**2, name=name)
+    return PixelNormalization(mean, std, name=name)
 
 
 def preprocess_input(x, normalization="torch"):

@@ -61,3 +61,16 @@ def test_corrupt_files_are_reported(tmp_path):
     archive.write_bytes(b"PK not a zip")
     with pytest.raises(ValueError, match="not a valid .keras archive"):
         kp.ResNet20V2(weights=str(archive))
+
+
+def test_weights_file_carries_its_normalization(tmp_path, rng):
+    """A model trained with another normalisation reloads it from its weights file."""
+    trained = kp.ResNet20V2(classes=4, normalization="digits")
+    trained.save_weights(tmp_path / "digits.weights.h5")
+    images = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    loaded = kp.ResNet20V2(classes=4, weights=str(tmp_path / "digits.weights.h5"))  # cifar10 default
+    np.testing.assert_array_equal(
+        loaded.predict(images, verbose=0), trained.predict(images, verbose=0)
+    )
+    mean, std = kp.preprocessing.normalization_stats("digits")
+    np.testing.assert_allclose(loaded.get_layer("preprocessing").mean.numpy(), mean)
