@@ -68,7 +68,8 @@ def test_weights_file_carries_its_normalization(tmp_path, rng):
     trained = kp.ResNet20V2(classes=4, normalization="digits")
     trained.save_weights(tmp_path / "digits.weights.h5")
     images = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-    loaded = kp.ResNet20V2(classes=4, weights=str(tmp_path / "digits.weights.h5"))  # cifar10 default
+    # Built with the default cifar10 normalisation; the file brings the digits one.
+    loaded = kp.ResNet20V2(classes=4, weights=str(tmp_path / "digits.weights.h5"))
     np.testing.assert_array_equal(
         loaded.predict(images, verbose=0), trained.predict(images, verbose=0)
     )
