@@ -17,19 +17,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import recipe_common  # noqa: E402  (recipes/recipe_common.py)
-from absl import app  # noqa: E402
-
-from keras_preact.training import flags as training_flags  # noqa: E402
-
-training_flags.define_flags("cifar")
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    config, metrics = training_flags.main("cifar")
-    recipe_common.finish(config, metrics)
-
 
 if __name__ == "__main__":
-    app.run(main)
+    recipe_common.main("cifar")

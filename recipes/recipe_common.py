@@ -1,8 +1,10 @@
-"""What both recipes do after training: export (if asked) and print the result line last."""
+"""The body both recipes share: flags, training, export (if asked), the result line last."""
 
 import os
 
-from absl import flags
+from absl import app, flags
+
+from keras_preact.training import flags as training_flags
 
 flags.DEFINE_string(
     "export_dir",
@@ -35,6 +37,17 @@ def finish(config, metrics):
             calibration=calibration,
         )
         print(result.summary())
-    from keras_preact.training.flags import result_line
+    print(training_flags.result_line(metrics))
 
-    print(result_line(metrics))
+
+def main(family):
+    """Defines `family`'s flags ("cifar" or "imagenet") and runs the recipe under absl."""
+    training_flags.define_flags(family)
+
+    def run(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        config, metrics = training_flags.main(family)
+        finish(config, metrics)
+
+    app.run(run)
