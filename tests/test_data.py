@@ -241,6 +241,12 @@ def test_synthetic_is_seeded_and_shaped():
     assert 0 <= y1.min() and y1.max() < 7 and 0 <= x1.min() and x1.max() <= 255
     repeated = make_dataset("synthetic", "train", batch_size=5, num_examples=12, repeat=True)
     assert len(list(repeated.take(7))) == 7
+    # Evaluation batches come at the eval crop size (224 and 320 evaluations differ).
+    for crop in (24, 56):
+        images, _ = _one_pass(
+            make_dataset("synthetic", "test", batch_size=2, num_examples=2, eval_crop_size=crop)
+        )
+        assert images.shape == (2, crop, crop, 3)
 
 
 # ---------------------------------------------------------------- sharding

@@ -445,7 +445,9 @@ def _synthetic(
     *,
     split,
     per_replica_batch,
+    training,
     image_size,
+    eval_crop_size,
     seed,
     input_context,
     drop_remainder,
@@ -454,7 +456,12 @@ def _synthetic(
     num_examples,
     **_,
 ):
-    """Element i is drawn from stateless RNGs seeded by (seed, split, i): no I/O, reproducible."""
+    """Element i is drawn from stateless RNGs seeded by (seed, split, i): no I/O, reproducible.
+
+    Evaluation batches have the eval crop's size, like the photo datasets' eval crops.
+    """
+    if not training and eval_crop_size is not None:
+        image_size = eval_crop_size
     image_size = 224 if image_size is None else int(image_size)
     num_classes = 1000 if num_classes is None else int(num_classes)
     if num_examples is None:
