@@ -231,6 +231,49 @@ def test_killed_run_resumes_at_its_step_and_learning_rate(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 400
 
 
+def test_sigterm_stops_at_a_checkpoint_of_the_current_step(tmp_path):
+    """SIGTERM between checkpoints loses no steps: the run saves where it is and resumes there."""
+    model_dir = str(tmp_path / "terminated")
+    args = [
+        *TINY,
+        f"--model_dir={model_dir}",
+        "--batch_size=32",
+        "--train_steps=400",
+        "--checkpoint_every=1000",  # no periodic checkpoint before the end
+        "--eval_every=0",
+        "--verbose=0",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, CIFAR, *args],
+        env=_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    events = os.path.join(model_dir, "logs", "train")
+    deadline = time.time() + 240
+    while not os.path.isdir(events) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # a few steps in
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-3000:]
+    stopped = re.search(r"SIGTERM: stopped at step (\d+)", stderr)
+    assert stopped, stderr[-3000:]
+    step = int(stopped.group(1))
+    assert 0 < step < 400
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    assert int(latest.rsplit("-", 1)[1]) == step
+    assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
+
+    again = _run(CIFAR, *args)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert re.search(rf"Resuming from step {step} ", again.stdout), again.stdout[-2000:]
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        assert json.load(f)["steps"] == 400
+
+
 # ------------------------------------------------------------------ bad input
 
 

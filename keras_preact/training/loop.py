@@ -17,7 +17,10 @@ worker saves (the save may need collectives), but only the chief writes to
 `model_dir`; the others write to a temporary directory that they delete at
 once. On start, the latest checkpoint in `model_dir/checkpoints` is
 restored, so a killed run restarted with the same command continues at the
-same step and learning rate. Files in `model_dir` (written by the chief):
+same step and learning rate. On a single host, SIGTERM (what schedulers and
+`docker stop` send before killing) ends the run after the current step with a
+checkpoint at that step, so no work is lost; a multi-worker cluster relies on
+the periodic checkpoints. Files in `model_dir` (written by the chief):
 
 * `checkpoints/`: the latest `keep_checkpoints` checkpoints.
 * `logs/train`, `logs/eval`: TensorBoard scalars (loss, accuracy, learning rate).
@@ -26,12 +29,16 @@ same step and learning rate. Files in `model_dir` (written by the chief):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import io
 import json
 import os
+import signal
+import sys
 import tempfile
+import threading
 import time
 
 import keras
@@ -52,6 +59,35 @@ HISTORY_FIELDS = (
     "val_top5",
     "seconds",
 )
+
+
+class Preempted(SystemExit):
+    """Raised (exit status 143, as after SIGTERM) when a run stopped at a checkpoint on SIGTERM."""
+
+    def __init__(self, step, checkpoint):
+        super().__init__(143)
+        self.step = step
+        self.checkpoint = checkpoint
+
+    def __str__(self):
+        return (
+            f"SIGTERM: stopped at step {self.step} with a checkpoint ({self.checkpoint}); "
+            "run the same command again to resume."
+        )
+
+
+@contextlib.contextmanager
+def _sigterm_flag(enabled):
+    """Yields a list that gets an item when SIGTERM arrives (main thread of a single host only)."""
+    received = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: received.append(True))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def atomic_write_text(path, text):
@@ -284,6 +320,16 @@ class Trainer:
         step = self.current_step
         if step >= total_steps:
             return self.history
+        single_host = task_info(self.strategy)[0] is None and self._manager is not None
+        with _sigterm_flag(single_host) as sigterm:
+            return self._fit(
+                train_dataset_fn, total_steps, steps_per_epoch, eval_dataset_fn, eval_every, sigterm
+            )
+
+    def _fit(
+        self, train_dataset_fn, total_steps, steps_per_epoch, eval_dataset_fn, eval_every, sigterm
+    ):
+        step = self.current_step
         iterator = iter(self.strategy.distribute_datasets_from_function(train_dataset_fn))
         while step < total_steps:
             epoch = step // steps_per_epoch
@@ -313,6 +359,12 @@ class Trainer:
                     )
                 if step % self.checkpoint_every == 0 and step < total_steps:
                     self.save_checkpoint()
+                if sigterm and step < total_steps:
+                    preempted = Preempted(step, self.save_checkpoint())
+                    self.close()
+                    if self.chief:
+                        print(preempted, file=sys.stderr, flush=True)
+                    raise preempted
             row = {
                 "epoch": epoch + 1,
                 "step": step,
