@@ -65,17 +65,14 @@ def test_full_preact_bottleneck_matches_stock_layers(rng, randomize_batchnorm):
     inputs = rng.normal(size=(2, 10, 10, 16)).astype("float32")
 
     def bn(src):
-        layer = keras.layers.BatchNormalization(epsilon=1e-5)
-        layer.build((None, None, None, src.get_weights()[0].shape[0]))
-        _copy(layer, src)
-        return lambda t: layer(t, training=False)
+        layer = _built(keras.layers.BatchNormalization(epsilon=1e-5), src)
+        return lambda t: _bn(t, layer)
 
     def conv(src, k, s):
-        kernel = src.get_weights()[0]
-        layer = keras.layers.Conv2D(kernel.shape[-1], k, strides=s, padding="same", use_bias=False)
-        layer.build((None, None, None, kernel.shape[2]))
-        _copy(layer, src)
-        return layer
+        filters = src.get_weights()[0].shape[-1]
+        return _built(
+            keras.layers.Conv2D(filters, k, strides=s, padding="same", use_bias=False), src
+        )
 
     relu = keras.ops.relu
     preact = relu(bn(unit.norm1)(inputs))
