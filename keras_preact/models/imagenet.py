@@ -3,9 +3,13 @@
 A depth table states each architecture (as fb.resnet.torch's preresnet.lua),
 and a `Layout` states how the public implementations differ:
 
-* `"paper"` (default): fb.resnet.torch's pre-activation ResNet, the paper's
-  ResNet-200: 7x7/2 conv -> BN -> ReLU -> 3x3/2 max-pool, stride on the 3x3
-  conv of the first unit of stages 2-4, ImageNet mean/std inputs.
+* `"paper"` (default): the paper's full pre-activation ResNet (its appendix):
+  7x7/2 conv -> BN -> ReLU -> 3x3/2 max-pool, every unit pre-activated, the
+  shared BN-ReLU feeding 1x1 projections, stride on the 3x3 conv of the first
+  unit of stages 2-4, ImageNet mean/std inputs. fb.resnet.torch's
+  `preresnet.lua` (where the public ResNet-200 weights come from) differs:
+  its stage-1 units have no pre-activation, and its projections are conv + BN
+  on the raw input; a converter for those weights needs a layout of its own.
 * `"timm"`: timm's `resnetv2_*`: no stem BN, PyTorch's symmetric padding and
   -inf max-pool padding, so converted timm weights give the same numbers;
   inputs in [-1, 1].
