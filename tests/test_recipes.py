@@ -173,14 +173,17 @@ def test_resuming_with_other_settings_is_refused(digits_run):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_at_its_step_and_learning_rate(tmp_path):
-    model_dir = str(tmp_path / "killed")
+def _interrupted_cifar_run(model_dir, checkpoint_every, started, sig):
+    """Starts a 400-step CIFAR-recipe run, waits until `started` exists, sends `sig`.
+
+    Returns the recipe's arguments (to run it again) and the process's (returncode, stderr).
+    """
     args = [
         *TINY,
         f"--model_dir={model_dir}",
         "--batch_size=32",
         "--train_steps=400",
-        "--checkpoint_every=20",
+        f"--checkpoint_every={checkpoint_every}",
         "--eval_every=0",
         "--verbose=0",
     ]
@@ -189,14 +192,24 @@ def test_killed_run_resumes_at_its_step_and_learning_rate(tmp_path):
         env=_env(),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    state = os.path.join(model_dir, "checkpoints", "checkpoint")
     deadline = time.time() + 240
-    while not os.path.exists(state) and proc.poll() is None and time.time() < deadline:
+    while not os.path.exists(started) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL
+    if sig == signal.SIGTERM:
+        time.sleep(0.3)  # a few steps in
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    return args, (proc.returncode, stderr)
+
+
+def test_killed_run_resumes_at_its_step_and_learning_rate(tmp_path):
+    model_dir = str(tmp_path / "killed")
+    state = os.path.join(model_dir, "checkpoints", "checkpoint")
+    args, (returncode, _) = _interrupted_cifar_run(model_dir, 20, state, signal.SIGKILL)
+    assert returncode == -signal.SIGKILL
     assert not os.path.exists(os.path.join(model_dir, "metrics.json")), "finished before the kill"
     killed_at = int(tf.train.latest_checkpoint(os.path.dirname(state)).rsplit("-", 1)[1])
     assert 20 <= killed_at < 400
@@ -234,31 +247,10 @@ def test_killed_run_resumes_at_its_step_and_learning_rate(tmp_path):
 def test_sigterm_stops_at_a_checkpoint_of_the_current_step(tmp_path):
     """SIGTERM between checkpoints loses no steps: the run saves where it is and resumes there."""
     model_dir = str(tmp_path / "terminated")
-    args = [
-        *TINY,
-        f"--model_dir={model_dir}",
-        "--batch_size=32",
-        "--train_steps=400",
-        "--checkpoint_every=1000",  # no periodic checkpoint before the end
-        "--eval_every=0",
-        "--verbose=0",
-    ]
-    proc = subprocess.Popen(
-        [sys.executable, CIFAR, *args],
-        env=_env(),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    events = os.path.join(model_dir, "logs", "train")
-    deadline = time.time() + 240
-    while not os.path.isdir(events) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # a few steps in
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143, stderr[-3000:]
+    started = os.path.join(model_dir, "logs", "train")  # written from the first step on
+    # No periodic checkpoint before the end: only SIGTERM's own can make a resume possible.
+    args, (returncode, stderr) = _interrupted_cifar_run(model_dir, 1000, started, signal.SIGTERM)
+    assert returncode == 143, stderr[-3000:]
     stopped = re.search(r"SIGTERM: stopped at step (\d+)", stderr)
     assert stopped, stderr[-3000:]
     step = int(stopped.group(1))
