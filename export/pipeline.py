@@ -6,6 +6,7 @@ Output layout (one version number for all artifacts of one export):
                                                      <output_dir>/<model_name>)
         assets.extra/labels.txt                      class names, one per line
         assets.extra/verification.json               the SavedModel's report
+        assets.extra/tf_serving_warmup_requests      a request TF Serving replays on load
     <output_dir>/tflite/<model_name>/<version>/
         float32.tflite, float16.tflite, dynamic_int8.tflite, int8.tflite
         <variant>.verification.json, labels.txt
@@ -268,6 +269,7 @@ def _export_all(
     if saved_model:
         _write_saved_model(
             result,
+            model_name,
             copy,
             bases["saved_model"],
             images,
@@ -355,7 +357,17 @@ def _export_all(
 
 
 def _write_saved_model(
-    result, copy, base, images, top_k, normalization, pixel_size, verify, saved_model_cli, overwrite
+    result,
+    model_name,
+    copy,
+    base,
+    images,
+    top_k,
+    normalization,
+    pixel_size,
+    verify,
+    saved_model_cli,
+    overwrite,
 ):
     """Writes, verifies and publishes the SavedModel version (fills `result`)."""
     labels, crop_size, resize_size = result.labels, result.crop_size, result.resize_size
@@ -363,7 +375,13 @@ def _write_saved_model(
         copy, labels, crop_size, resize_size, top_k, normalization, pixel_size
     )
     with _staging(base, result.version) as tmp:
-        saved_model_lib.write_saved_model(archive, tmp, labels)
+        saved_model_lib.write_saved_model(
+            archive,
+            tmp,
+            labels,
+            warmup_images=[data for _, data in images[:1]],
+            model_name=model_name,
+        )
         if verify:
             report = verify_lib.verify_saved_model(
                 tmp,

@@ -35,6 +35,7 @@ import uuid
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 from keras_preact.data.crops import decode_image, eval_crop
 from keras_preact.preprocessing import normalization_stats
@@ -47,6 +48,9 @@ INPUT_PIXELS = "pixels"
 OUTPUTS = ("probabilities", "classes", "scores", "labels")
 LABELS_ASSET = os.path.join("assets.extra", "labels.txt")
 REPORT_ASSET = os.path.join("assets.extra", "verification.json")
+# TF Serving replays these requests when it loads a version, before serving it, so the
+# first real request does not pay for graph warm-up.
+WARMUP_ASSET = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 _TMP_PATTERN = re.compile(r"^\.tmp-(\d+)-(\d+)-[0-9a-f]+$")
 _TRASH_PATTERN = re.compile(r"^\.old-(\d+)-(\d+)-[0-9a-f]+$")
@@ -261,9 +265,40 @@ def publish_dir(tmp_dir, final_dir, overwrite=False):
     return final_dir
 
 
-def write_saved_model(archive, directory, labels):
-    """Writes the archive as a SavedModel into `directory`, with `assets.extra/labels.txt`."""
+def write_saved_model(archive, directory, labels, warmup_images=(), model_name=""):
+    """Writes the archive as a SavedModel into `directory`, with `assets.extra/labels.txt`.
+
+    With `warmup_images` (encoded bytes) and tensorflow-serving-api installed (the
+    `serving` extra), also writes TF Serving's warm-up file: one `serving_default`
+    request per image.
+    """
     archive.write_out(directory, verbose=False)
     os.makedirs(os.path.join(directory, "assets.extra"), exist_ok=True)
     with open(os.path.join(directory, LABELS_ASSET), "w", encoding="utf-8") as f:
         f.write("".join(f"{label}\n" for label in labels))
+    if warmup_images:
+        write_warmup_requests(os.path.join(directory, WARMUP_ASSET), warmup_images, model_name)
+
+
+def write_warmup_requests(path, images, model_name=""):
+    """Writes `assets.extra/tf_serving_warmup_requests` (PredictionLog TFRecords); False if
+    tensorflow-serving-api is not installed."""
+    try:
+        from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+    except ImportError:
+        logging.warning(
+            "tensorflow-serving-api is not installed (pip install '.[serving]'): "
+            "no TF Serving warm-up file written."
+        )
+        return False
+    with tf.io.TFRecordWriter(path) as writer:
+        for image in images:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = "serving_default"
+            request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([image], dtype=tf.string))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+            writer.write(log.SerializeToString())
+    return True

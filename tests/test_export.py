@@ -249,6 +249,24 @@ def test_bad_images_fail_their_request_only(exported, photos):
         np.testing.assert_array_equal(serve(image_bytes=good)["probabilities"].numpy(), before)
 
 
+def test_tf_serving_warmup_file_replays_on_the_model(exported):
+    """assets.extra/tf_serving_warmup_requests holds PredictionLogs TF Serving can replay."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = os.path.join(exported.saved_model_dir, "assets.extra", "tf_serving_warmup_requests")
+    records = [r.numpy() for r in tf.data.TFRecordDataset(path)]
+    assert len(records) == 1
+    request = prediction_log_pb2.PredictionLog.FromString(records[0]).predict_log.request
+    assert request.model_spec.name == "tiny"
+    assert request.model_spec.signature_name == "serving_default"
+    assert list(request.inputs) == ["image_bytes"]
+    images = tf.make_ndarray(request.inputs["image_bytes"])
+    serve = tf.saved_model.load(exported.saved_model_dir).signatures["serving_default"]
+    probabilities = serve(image_bytes=tf.constant(images))["probabilities"].numpy()
+    assert probabilities.shape == (1, 1000)
+    np.testing.assert_allclose(probabilities.sum(), 1.0, rtol=1e-5)
+
+
 def test_in_graph_crop_is_eval_crop(photos):
     from PIL import Image
 
