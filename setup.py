@@ -25,6 +25,9 @@ setup(
         "scikit-learn>=1.3,<1.10",
         "numpy>=1.26,<2.5",
         "h5py>=3.10,<3.15",
+        # Foreign checkpoints: timm .safetensors (NumPy API, no torch) and fb.resnet.torch .t7.
+        "safetensors>=0.4,<0.9",
+        "torchfile>=0.1,<0.2",
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],

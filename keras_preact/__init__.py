@@ -3,6 +3,7 @@
 >>> import keras_preact
 >>> model = keras_preact.ResNet50V2(weights=None)            # the paper's layout
 >>> cifar = keras_preact.ResNet164V2(classes=100)            # CIFAR bottleneck net
+>>> r200 = keras_preact.ResNet200V2(weights="imagenet")      # doctest: +SKIP
 """
 
 from keras_preact.layers import (
@@ -36,9 +37,11 @@ from keras_preact.models import (
 from keras_preact.preprocessing import (
     NORMALIZATIONS,
     decode_predictions,
+    eval_preprocessing,
     imagenet_classes,
     preprocess_input,
 )
-from keras_preact.weights import load_weights
+from keras_preact import weights
+from keras_preact.weights import load_weights, sources
 
 __version__ = "0.1.0"

@@ -128,6 +128,8 @@ class _ResidualUnit(keras.layers.Layer):
         shortcut_dropout_rate=None,
         drop_path_rate=0.0,
         zero_init_last=False,
+        preactivate=True,
+        raw_projection=False,
         padding="same",
         output_bias=False,
         norm_epsilon=1e-5,
@@ -167,6 +169,11 @@ class _ResidualUnit(keras.layers.Layer):
             raise ValueError(
                 f"shortcut_dropout_rate must be in [0, 1), got {self.shortcut_dropout_rate}."
             )
+        if not preactivate and unit_variant not in ("full_preact", "relu_only_preact"):
+            raise ValueError(
+                f"preactivate=False removes the pre-activation of a pre-activation unit; "
+                f"unit_variant={unit_variant!r} has none."
+            )
         if shortcut == "conv1x1" and projection is False:
             raise ValueError(
                 "shortcut='conv1x1' puts a projection on every unit; projection=False contradicts it."
@@ -179,6 +186,8 @@ class _ResidualUnit(keras.layers.Layer):
         self.projection = projection
         self.drop_path_rate = float(drop_path_rate)
         self.zero_init_last = bool(zero_init_last)
+        self.preactivate = bool(preactivate)
+        self.raw_projection = bool(raw_projection)
         self.padding = padding
         self.output_bias = bool(output_bias)
         self.norm_epsilon = float(norm_epsilon)
@@ -247,6 +256,7 @@ class _ResidualUnit(keras.layers.Layer):
                 "channels; use projection=True (or None to decide automatically)."
             )
         self._project = project
+        self._projection_norm = variant in _POST_ACTIVATION or self.raw_projection
         # The ops of the unit in order of application, by attribute name; each is
         # built here with the shape it will see, so weights load before any call.
         shape = tuple(input_shape)
@@ -258,7 +268,7 @@ class _ResidualUnit(keras.layers.Layer):
 
         self._branch = []  # ("norm"|"relu"|"pad"|"conv", attr)
         norm_index = 1
-        if variant == "full_preact":
+        if variant == "full_preact" and self.preactivate:
             shape = add("norm1", self._norm("norm1"), shape)
             norm_index = 2
         specs = self._conv_specs()
@@ -294,7 +304,7 @@ class _ResidualUnit(keras.layers.Layer):
         if project:
             _, conv = self._conv("downsample", out_channels, 1, 1, self.output_bias)
             add("downsample", conv, shortcut_in)
-            if variant in _POST_ACTIVATION:
+            if self._projection_norm:
                 add("downsample_norm", self._norm("downsample_norm"), shape)
         if self.shortcut in ("exclusive_gating", "shortcut_only_gating"):
             gate = keras.layers.Conv2D(
@@ -329,15 +339,18 @@ class _ResidualUnit(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         variant = self.unit_variant
-        if variant == "full_preact":
+        if not self.preactivate:
+            preact = inputs
+        elif variant == "full_preact":
             preact = ops.relu(self.norm1(inputs, training=training))
         elif variant == "relu_only_preact":
             preact = ops.relu(inputs)
         else:
             preact = inputs
         # Identity units feed the raw input to the shortcut; a projection takes
-        # the pre-activated tensor (the shared BN-ReLU of the paper's appendix).
-        shortcut_in = preact if self._project else inputs
+        # the pre-activated tensor (the shared BN-ReLU of the paper's appendix),
+        # or with `raw_projection` the raw input (fb.resnet.torch).
+        shortcut_in = preact if self._project and not self.raw_projection else inputs
 
         residual = preact
         for kind, attr in self._branch:
@@ -354,7 +367,7 @@ class _ResidualUnit(keras.layers.Layer):
         shortcut = shortcut_in
         if self._project:
             shortcut = self.downsample(shortcut_in)
-            if variant in _POST_ACTIVATION:
+            if self._projection_norm:
                 shortcut = self.downsample_norm(shortcut, training=training)
 
         if self.shortcut == "constant_scaling":
@@ -395,6 +408,8 @@ class _ResidualUnit(keras.layers.Layer):
             shortcut_dropout_rate=self.shortcut_dropout_rate,
             drop_path_rate=self.drop_path_rate,
             zero_init_last=self.zero_init_last,
+            preactivate=self.preactivate,
+            raw_projection=self.raw_projection,
             padding=self.padding,
             output_bias=self.output_bias,
             norm_epsilon=self.norm_epsilon,
@@ -424,6 +439,11 @@ _COMMON_ARGS_DOC = """
         zero_init_last: initialise the last op of F (the last BN's gamma, or the
             last conv when F ends with a conv) to zero, so the unit starts as
             its shortcut.
+        preactivate: `False` drops the unit's leading BN -> ReLU (fb.resnet.torch's
+            `'first'` units, which follow the stem's own BN -> ReLU).
+        raw_projection: the projection shortcut takes the unit's raw input and
+            is followed by a BN (fb.resnet.torch's `preresnet.lua`), instead of
+            taking the pre-activated tensor (the paper's appendix).
         padding: `"same"` (TensorFlow) or `"symmetric"` (PyTorch: explicit
             k//2 zero padding on strided convs, for converted weights).
         output_bias: biases on the last conv and the projection

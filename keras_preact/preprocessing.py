@@ -74,11 +74,14 @@ class PixelNormalization(keras.layers.Layer):
     1.0
     """
 
-    def __init__(self, mean, std, **kwargs):
+    def __init__(self, mean, std, eval_preprocessing=None, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.mean_init = [float(v) for v in np.asarray(mean).reshape(-1)]
         self.std_init = [float(v) for v in np.asarray(std).reshape(-1)]
+        # How the model's weights were evaluated (interpolation, crop fraction,
+        # source): metadata saved with the model for eval pipelines and export.
+        self.eval_preprocessing = dict(eval_preprocessing) if eval_preprocessing else None
 
     def build(self, input_shape):
         channels = len(self.mean_init)
@@ -106,13 +109,39 @@ class PixelNormalization(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "mean": self.mean_init, "std": self.std_init}
+        config = {**super().get_config(), "mean": self.mean_init, "std": self.std_init}
+        if self.eval_preprocessing:
+            config["eval_preprocessing"] = self.eval_preprocessing
+        return config
 
 
-def normalization_layer(normalization, name="preprocessing"):
+def normalization_layer(normalization, name="preprocessing", eval_preprocessing=None):
     """A `PixelNormalization` layer for `normalization` (a name or a `(mean, std)` pair)."""
     mean, std = normalization_stats(normalization)
-    return PixelNormalization(mean, std, name=name)
+    return PixelNormalization(mean, std, eval_preprocessing=eval_preprocessing, name=name)
+
+
+DEFAULT_EVAL_PREPROCESSING = {"interpolation": "bilinear", "crop_fraction": None}
+
+
+def eval_preprocessing(model):
+    """How to make `model`'s evaluation crops: `{"interpolation", "crop_fraction", ...}`.
+
+    A model built with pretrained weights (`weights="imagenet"`, a named
+    source) carries its source's evaluation protocol in its `preprocessing`
+    layer, saved in `.keras` files; other models get the paper's
+    (`DEFAULT_EVAL_PREPROCESSING`: bilinear, 224 from 256, 320 from 320).
+    Pass the result to `keras_preact.data.make_dataset(eval_preprocessing=...)`
+    or unpack it into `keras_preact.data.crops.eval_crop`.
+
+    >>> eval_preprocessing(keras_preact.ResNet18V2())["interpolation"]  # doctest: +SKIP
+    'bilinear'
+    """
+    result = dict(DEFAULT_EVAL_PREPROCESSING)
+    for layer in getattr(model, "layers", ()):
+        if isinstance(layer, PixelNormalization) and layer.eval_preprocessing:
+            result.update(layer.eval_preprocessing)
+    return result
 
 
 def preprocess_input(x, normalization="torch"):

@@ -14,14 +14,28 @@ import tensorflow as tf
 EVAL_RESIZE = {224: 256, 320: 320}
 
 
-def default_resize_size(crop_size):
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def default_resize_size(crop_size, crop_fraction=None):
     """Shorter side to resize to before a `crop_size` centre crop.
+
+    Without `crop_fraction`, the paper's protocol (224 from 256, 320 from 320,
+    other sizes at 224/256). With a weights source's `crop_fraction` (timm's
+    `crop_pct`): floor(crop_size / crop_fraction), except at 320, which is the
+    paper's whole-shorter-side crop for every source.
 
     >>> default_resize_size(224), default_resize_size(320), default_resize_size(288)
     (256, 320, 329)
+    >>> default_resize_size(224, 0.95), default_resize_size(320, 0.95)
+    (235, 320)
     """
     crop_size = int(crop_size)
-    return EVAL_RESIZE.get(crop_size, int(round(crop_size * 256 / 224)))
+    if crop_fraction is None or crop_size == 320:
+        return EVAL_RESIZE.get(crop_size, int(round(crop_size * 256 / 224)))
+    if not 0.0 < float(crop_fraction) <= 1.0:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}.")
+    return int(crop_size / float(crop_fraction) + 1e-6)
 
 
 def decode_image(encoded, channels=3):
@@ -35,8 +49,17 @@ def decode_image(encoded, channels=3):
     return image
 
 
-def resize_shorter_side(image, size):
-    """Resizes `[H, W, C]` so that min(H, W) == size, keeping the aspect ratio (bilinear, antialiased)."""
+def resize_shorter_side(image, size, interpolation="bilinear"):
+    """Resizes `[H, W, C]` so that min(H, W) == size, keeping the aspect ratio (antialiased).
+
+    `interpolation` is `"bilinear"` (keras.applications, fb.resnet.torch) or
+    `"bicubic"` (timm's evaluation).
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"Unknown interpolation {interpolation!r}. Allowed values: "
+            f"{', '.join(map(repr, INTERPOLATIONS))}."
+        )
     shape = tf.shape(image)
     height = tf.cast(shape[0], tf.float32)
     width = tf.cast(shape[1], tf.float32)
@@ -44,7 +67,7 @@ def resize_shorter_side(image, size):
     new_height = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), size)
     new_width = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), size)
     resized = tf.image.resize(
-        tf.cast(image, tf.float32), [new_height, new_width], method="bilinear", antialias=True
+        tf.cast(image, tf.float32), [new_height, new_width], method=interpolation, antialias=True
     )
     return resized
 
@@ -57,8 +80,13 @@ def center_crop(image, crop_size):
     return tf.image.crop_to_bounding_box(image, top, left, crop_size, crop_size)
 
 
-def eval_crop(image, crop_size=224, resize_size=None):
+def eval_crop(image, crop_size=224, resize_size=None, interpolation="bilinear", crop_fraction=None):
     """Resize shorter side, then centre crop: float32 `[crop, crop, 3]` in [0, 255].
+
+    `resize_size` defaults to `default_resize_size(crop_size, crop_fraction)`;
+    pass a weights source's `interpolation` and `crop_fraction` (what
+    `keras_preact.preprocessing.eval_preprocessing(model)` returns) to
+    evaluate the way the source published its accuracy.
 
     Example:
 
@@ -66,10 +94,12 @@ def eval_crop(image, crop_size=224, resize_size=None):
     >>> eval_crop(np.zeros((300, 400, 3), np.uint8), 224).shape
     TensorShape([224, 224, 3])
     """
-    resize_size = default_resize_size(crop_size) if resize_size is None else int(resize_size)
+    if resize_size is None:
+        resize_size = default_resize_size(crop_size, crop_fraction)
+    resize_size = int(resize_size)
     if resize_size < crop_size:
         raise ValueError(f"resize_size ({resize_size}) must be >= crop_size ({crop_size}).")
-    image = resize_shorter_side(image, resize_size)
+    image = resize_shorter_side(image, resize_size, interpolation)
     image = center_crop(image, crop_size)
     image = tf.clip_by_value(image, 0.0, 255.0)
     image.set_shape([crop_size, crop_size, None])

@@ -206,6 +206,7 @@ def make_dataset(
     training=None,
     image_size=None,
     eval_crop_size=None,
+    eval_preprocessing=None,
     seed=None,
     input_context=None,
     drop_remainder=None,
@@ -235,6 +236,11 @@ def make_dataset(
       eval_crop_size: evaluation centre-crop size of the photo datasets
         (default `image_size`): 224 comes from the shorter side resized to 256,
         320 from 320 (`crops.eval_crop`).
+      eval_preprocessing: the `interpolation` and `crop_fraction` of the
+        photo datasets' eval crops, as a dict; pass
+        `keras_preact.preprocessing.eval_preprocessing(model)` to evaluate a
+        pretrained model the way its weights source published its accuracy
+        (default: bilinear, the paper's crops).
       seed: makes shuffling and augmentation reproducible (stateless ops and a
         seeded shuffle; each pass over the data still gets a new order).
       input_context: a `tf.distribute.InputContext`; the data is sharded over
@@ -283,6 +289,7 @@ def make_dataset(
         training=training,
         image_size=image_size,
         eval_crop_size=eval_crop_size,
+        eval_preprocessing=eval_preprocessing,
         seed=seed,
         input_context=input_context,
         drop_remainder=drop_remainder,
@@ -500,6 +507,7 @@ def _photo_pipeline(
     training,
     image_size,
     eval_crop_size,
+    eval_preprocessing,
     seed,
     color_augment,
     per_replica_batch,
@@ -515,6 +523,11 @@ def _photo_pipeline(
     """
     image_size = 224 if image_size is None else int(image_size)
     crop_size = image_size if eval_crop_size is None else int(eval_crop_size)
+    eval_options = {
+        k: v
+        for k, v in (eval_preprocessing or {}).items()
+        if k in ("interpolation", "crop_fraction")
+    }
 
     def read(source, label):
         encoded, label = read_fn(source, label)
@@ -541,7 +554,8 @@ def _photo_pipeline(
 
         def decode(source, label):
             encoded, label = read(source, label)
-            return crops.eval_crop(crops.decode_image(encoded), crop_size), label
+            image = crops.decode_image(encoded)
+            return crops.eval_crop(image, crop_size, **eval_options), label
 
         shape = [crop_size, crop_size, 3]
     ds = pipeline.decode_and_count(
@@ -569,6 +583,7 @@ def _photo_options(options):
             "training",
             "image_size",
             "eval_crop_size",
+            "eval_preprocessing",
             "seed",
             "color_augment",
             "per_replica_batch",

@@ -98,6 +98,7 @@ def CIFARResNetV2(
     True
     >>> table2_row = CIFARResNetV2(110, unit_variant="relu_before_addition")
     """
+    common.check_cifar_weights(weights)
     if unit is None:
         unit = CIFAR_DEPTHS.get(depth, "basic")
     units = cifar_units_per_stage(depth, unit)

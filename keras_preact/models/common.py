@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import keras
 
 from keras_preact import layers as preact_layers
@@ -82,6 +84,7 @@ def add_stages(
     stage_strides,
     *,
     stride_on_last_unit=False,
+    first_stage_preact=True,
     drop_path_rate=0.0,
     seed=None,
     **unit_options,
@@ -90,7 +93,9 @@ def add_stages(
 
     Stride sits on the first unit of a stage (the paper), or, with
     `stride_on_last_unit`, on the last unit of the previous stage with an
-    identity (subsampling) shortcut (keras.applications).
+    identity (subsampling) shortcut (keras.applications). Without
+    `first_stage_preact`, the units of the first stage have no pre-activation
+    of their own (fb.resnet.torch's `'first'` units after a BN-ReLU stem).
     """
     unit_class = UNIT_CLASSES[unit]
     extra = {"num_convs": 1} if unit == "one_layer" else {}
@@ -114,6 +119,7 @@ def add_stages(
             projection=projection,
             drop_path_rate=rate,
             seed=None if seed is None else seed + position,
+            preactivate=first_stage_preact or stage > 0,
             name=f"stage{stage + 1}_unit{index + 1}",
             **extra,
             **unit_options,
@@ -162,14 +168,32 @@ def check_head_args(include_top, pooling, classes):
         )
 
 
-def maybe_preprocess(x, include_preprocessing, normalization):
+def check_cifar_weights(weights):
+    """CIFAR nets load Keras files only: every public checkpoint is an ImageNet net."""
+    from keras_preact.weights import detect_format, registry
+
+    foreign = registry.is_source_name(weights)
+    if not foreign and isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):
+        foreign = not os.fspath(weights).endswith((".weights.h5", ".keras"))
+        foreign = foreign and detect_format(weights) != "keras"
+    if foreign:
+        raise ValueError(
+            f"weights={weights!r} are ImageNet weights; the CIFAR nets have no public "
+            "pretrained checkpoints. Use ResNet18V2 ... ResNet200V2 for ImageNet weights, or "
+            "pass a .weights.h5 / .keras file of a CIFAR net (train one with recipes/cifar.py)."
+        )
+
+
+def maybe_preprocess(x, include_preprocessing, normalization, eval_preprocessing=None):
     if include_preprocessing:
-        x = preprocessing.normalization_layer(normalization, name="preprocessing")(x)
+        x = preprocessing.normalization_layer(
+            normalization, name="preprocessing", eval_preprocessing=eval_preprocessing
+        )(x)
     return x
 
 
-def finish(inputs, outputs, name, weights):
-    """Wraps the graph in a functional Model and loads `weights`."""
+def finish(inputs, outputs, name, weights, resolved=None):
+    """Wraps the graph in a functional Model and loads `weights` (see `weights.load_weights`)."""
     if isinstance(inputs, keras.KerasTensor) and inputs._keras_history.operation is not None:
         source = keras.utils.get_source_inputs(inputs)
         inputs = source[0] if len(source) == 1 else source
@@ -177,5 +201,5 @@ def finish(inputs, outputs, name, weights):
     if weights is not None:
         from keras_preact.weights import load_weights
 
-        load_weights(model, weights)
+        load_weights(model, weights, resolved)
     return model

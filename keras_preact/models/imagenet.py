@@ -17,6 +17,15 @@ and a `Layout` states how the public implementations differ:
   the 3x3 of the last unit of stages 1-3 with a subsampling shortcut, biases on
   the stem conv, projections and last convs, BN epsilon 1.001e-5; inputs in
   [-1, 1].
+* `"fb"`: fb.resnet.torch's `preresnet.lua`, the code of the public ResNet-200
+  weights: the stem's BN-ReLU feeds stage 1, whose units have no pre-activation
+  of their own (`'first'`); a projection is a strided 1x1 conv followed by a BN
+  on the unit's raw input; PyTorch-style symmetric padding and -inf max-pool
+  padding; ImageNet mean/std inputs.
+
+`layout=None` (the default) takes the layout of the weights (`"timm"` for
+`weights="timm:..."`, the file's own for a foreign checkpoint) and `"paper"`
+when there are none.
 """
 
 from __future__ import annotations
@@ -54,12 +63,15 @@ class Layout:
     norm_epsilon: float
     norm_momentum: float
     normalization: str  # key of keras_preact.preprocessing.NORMALIZATIONS
+    stage1_preact: bool = True  # False: stage-1 units skip their BN-ReLU (fb's 'first' units)
+    raw_projection: bool = False  # projections: conv + BN on the raw input (fb.resnet.torch)
 
 
 LAYOUTS = {
     "paper": Layout("paper", True, "same", "same", False, False, 1e-5, 0.9, "torch"),
     "timm": Layout("timm", False, "symmetric", "-inf", False, False, 1e-5, 0.9, "tf"),
     "keras": Layout("keras", False, "symmetric", "zeros", True, True, 1.001e-5, 0.99, "tf"),
+    "fb": Layout("fb", True, "symmetric", "-inf", False, False, 1e-5, 0.9, "torch", False, True),
 }
 
 
@@ -110,7 +122,7 @@ def ImageNetResNetV2(
     classes=1000,
     classifier_activation="softmax",
     include_preprocessing=True,
-    layout="paper",
+    layout=None,
     unit_variant="full_preact",
     shortcut="identity",
     drop_path_rate=0.0,
@@ -125,14 +137,27 @@ def ImageNetResNetV2(
     Args:
         depth: one of 18, 34 (basic units), 50, 101, 152, 200 (bottlenecks).
         include_top, weights, input_tensor, input_shape, pooling, classes,
-        classifier_activation: as in keras.applications. `weights` is `None`
-            or a path to a `.weights.h5` / `.keras` file saved by this package.
+        classifier_activation: as in keras.applications. `weights` is `None`,
+            `"imagenet"` (this depth's default public checkpoint,
+            `keras_preact.weights.DEFAULT_SOURCES`), a named source such as
+            `"timm:resnetv2_50.a1h_in1k"`, `"keras:resnet50v2"` or
+            `"fb:resnet-200"` (`keras_preact.weights.sources()`), a foreign
+            checkpoint file (timm `.safetensors`/`.pth`, keras.applications
+            `.h5`, fb.resnet.torch `.t7`), or a `.weights.h5` / `.keras` file.
+            Downloads are cached in Keras' cache (`KERAS_HOME`);
+            `KERAS_PREACT_WEIGHTS_MIRROR` replaces the publishers' URLs. With
+            `include_top=False` or `classes != 1000` the backbone is loaded
+            and the classifier skipped (fine-tuning).
             `input_shape` defaults to `(None, None, 3)`: any size >= 32, so
             the 224 and 320 test crops run on one model.
         include_preprocessing: the model takes raw RGB in [0, 255] and applies
-            its layout's normalisation (ImageNet mean/std for `"paper"`,
-            [-1, 1] for `"timm"` and `"keras"`).
-        layout: `"paper"`, `"timm"` or `"keras"` (see the module docstring).
+            its layout's normalisation (ImageNet mean/std for `"paper"` and
+            `"fb"`, [-1, 1] for `"timm"` and `"keras"`); with a named source the
+            layer also records the source's evaluation protocol
+            (`keras_preact.preprocessing.eval_preprocessing(model)`).
+        layout: `"paper"`, `"timm"`, `"keras"` or `"fb"` (see the module
+            docstring); `None` follows the weights (else `"paper"`). An explicit
+            layout that the weights cannot fill is an error.
         unit_variant, shortcut, drop_path_rate, zero_init_last, **unit_options:
             passed to every unit (see `PreActBlock`).
         norm_momentum: BatchNormalization momentum (the layout's by default).
@@ -142,20 +167,28 @@ def ImageNetResNetV2(
     >>> model = ImageNetResNetV2(50, layout="timm")
     >>> model.count_params()
     25549352
+    >>> model = ImageNetResNetV2(200, weights="imagenet")  # doctest: +SKIP
     """
     if depth not in IMAGENET_DEPTHS:
         raise ValueError(
             f"Invalid ImageNet depth {depth!r}. Allowed values: "
             f"{', '.join(map(str, IMAGENET_DEPTHS))} (CIFAR depths: use CIFARResNetV2)."
         )
-    layout = get_layout(layout)
+    if layout is not None:
+        layout = get_layout(layout)
     unit, stage_units = IMAGENET_DEPTHS[depth]
     common.validate_unit_variant(unit_variant, shortcut)
     common.check_head_args(include_top, pooling, classes)
-    if isinstance(weights, str) and weights == "imagenet":
-        from keras_preact.weights import load_weights  # raises the explanatory error
+    from keras_preact.weights import resolve
 
-        load_weights(None, weights)
+    resolved = resolve(weights, depth=depth, layout=layout)
+    if resolved is not None and resolved.kind != "native":
+        if unit_variant != "full_preact" or shortcut != "identity":
+            raise ValueError(
+                f"weights={weights!r} are full pre-activation units with identity shortcuts; "
+                f"unit_variant={unit_variant!r} / shortcut={shortcut!r} cannot take them."
+            )
+    layout = layout or get_layout((resolved and resolved.layout) or "paper")
     kwargs = common.unit_kwargs(unit_options, unit_variant, shortcut)
     momentum = layout.norm_momentum if norm_momentum is None else norm_momentum
     inputs, x = common.model_input(
@@ -165,7 +198,12 @@ def ImageNetResNetV2(
         min_size=32,
         needs_rgb=True,
     )
-    x = common.maybe_preprocess(x, include_preprocessing, layout.normalization)
+    x = common.maybe_preprocess(
+        x,
+        include_preprocessing,
+        layout.normalization,
+        eval_preprocessing=resolved and resolved.eval_preprocessing,
+    )
     x = _stem(x, layout, momentum)
     x = common.add_stages(
         x,
@@ -174,6 +212,8 @@ def ImageNetResNetV2(
         stage_units=stage_units,
         stage_strides=STAGE_STRIDES,
         stride_on_last_unit=layout.stride_on_last_unit,
+        first_stage_preact=layout.stage1_preact,
+        raw_projection=layout.raw_projection,
         drop_path_rate=drop_path_rate,
         zero_init_last=zero_init_last,
         padding=layout.padding,
@@ -193,7 +233,7 @@ def ImageNetResNetV2(
         norm_epsilon=layout.norm_epsilon,
         norm_momentum=momentum,
     )
-    return common.finish(inputs, x, name or f"resnet{depth}v2", weights)
+    return common.finish(inputs, x, name or f"resnet{depth}v2", weights, resolved)
 
 
 def _named(depth):

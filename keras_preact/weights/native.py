@@ -102,8 +102,8 @@ def load_weights(model, weights):
     Args:
         model: a Keras model built by this package (or any Keras model).
         weights: path to a `.weights.h5` file or a `.keras` archive saved by
-            Keras 3. `"imagenet"` is reserved for converted public
-            checkpoints, which this release does not ship yet.
+            Keras 3 (`keras_preact.weights.load_weights` also takes named
+            sources and foreign checkpoints).
 
     Example:
 
@@ -116,12 +116,6 @@ def load_weights(model, weights):
             f"weights must be None or a path to a .weights.h5 / .keras file, got {weights!r}."
         )
     weights = os.fspath(weights)
-    if weights == "imagenet":
-        raise ValueError(
-            "weights='imagenet' is not available yet: keras-preact does not ship pretrained "
-            "ImageNet weights or converters in this release. Use weights=None to train from "
-            "scratch, or pass the path of a .weights.h5 / .keras file saved by keras-preact."
-        )
     if not weights.endswith((".weights.h5", ".keras")):
         raise ValueError(
             f"Unsupported weights file {weights!r}: expected a path ending in '.weights.h5' "
