@@ -237,7 +237,7 @@ def test_decode_predictions_and_class_list():
         (lambda: kp.ResNet50V2(weights="timm:nope"), "Unknown weights source 'timm:nope'"),
         (lambda: kp.ResNet50V2(weights="imagenet", shortcut="conv1x1"), "full pre-activation"),
         (lambda: kp.ResNet20V2(weights="missing.weights.h5"), "not found"),
-        (lambda: kp.ResNet20V2(weights="model.h5"), "'.weights.h5'"),
+        (lambda: kp.ResNet20V2(weights="model.h5"), "Weights file not found: 'model.h5'"),
         (lambda: kp.ResNet18V2(pooling="mean", include_top=False), "pooling"),
         (lambda: kp.ResNet20V2(shortcut_scale=0.5), "constant_scaling"),
     ],

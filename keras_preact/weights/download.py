@@ -82,11 +82,12 @@ def fetch(source, notop=False):
     if os.path.isfile(final):
         return final
     folder, name = os.path.split(final)
-    partial = f".{name}.{os.getpid()}.partial"
+    partial = os.path.join(folder, f".{name}.{os.getpid()}.partial")
+    os.makedirs(folder, exist_ok=True)  # get_file falls back to /tmp when it does not exist
     try:
         with _socket_timeout(TIMEOUT_S):
-            keras.utils.get_file(
-                fname=partial,
+            partial = keras.utils.get_file(
+                fname=os.path.basename(partial),
                 origin=url,
                 file_hash=file_hash,
                 hash_algorithm=source.hash_algorithm if file_hash else "auto",
@@ -95,10 +96,11 @@ def fetch(source, notop=False):
             )
     except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(folder, partial))
+            os.remove(partial)
         if not isinstance(error, Exception):
             raise  # KeyboardInterrupt and the like, after the cleanup
-        what = "failed its hash check" if "hash" in str(error) else "could not be downloaded"
+        hash_failed = isinstance(error, ValueError) and "file hash does not match" in str(error)
+        what = "failed its hash check" if hash_failed else "could not be downloaded"
         raise WeightsDownloadError(
             f"The weights {source.name!r} {what}: {url} ({error}). Nothing was cached at "
             f"{final}. Offline or behind a firewall? Download the file elsewhere and pass its "
@@ -106,7 +108,7 @@ def fetch(source, notop=False):
             f"put it at {final}, or set {MIRROR_ENV} to a mirror that holds "
             f"{source_file(source, notop)[1]}."
         ) from None
-    os.replace(os.path.join(folder, partial), final)
+    os.replace(partial, final)
     return final
 
 
