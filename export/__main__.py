@@ -38,7 +38,15 @@ flags.DEFINE_string(
 flags.DEFINE_integer(
     "crop_size", None, "Eval crop: 224 (from 256) or 320 (from 320); default: model's size or 224."
 )
-flags.DEFINE_integer("resize_size", None, "Shorter side before the crop (default: by crop).")
+flags.DEFINE_integer(
+    "resize_size", None, "Shorter side before the crop (default: by crop and the weights' source)."
+)
+flags.DEFINE_enum(
+    "interpolation",
+    None,
+    ["bilinear", "bicubic"],
+    "Resize interpolation of the image-bytes signature (default: the weights source's).",
+)
 flags.DEFINE_integer("top_k", 5, "Classes/scores/labels returned per image.")
 flags.DEFINE_list(
     "tflite", list(tflite_lib.VARIANTS), f"TFLite variants, subset of {tflite_lib.VARIANTS}."
@@ -101,6 +109,7 @@ def main(argv):
             labels=FLAGS.labels or _labels_beside(FLAGS.model_path),
             crop_size=FLAGS.crop_size,
             resize_size=FLAGS.resize_size,
+            interpolation=FLAGS.interpolation,
             top_k=FLAGS.top_k,
             tflite=[v for v in FLAGS.tflite if v],
             onnx=FLAGS.onnx,
@@ -136,6 +145,7 @@ def _calibration(model):
     if FLAGS.calibration_images is not None:
         raise ValueError("Give --calibration_images or --calibration_dataset, not both.")
     from keras_preact.data import make_dataset
+    from keras_preact.preprocessing import eval_preprocessing
 
     crop = FLAGS.crop_size or model.inputs[0].shape[1] or 224
     return make_dataset(
@@ -145,6 +155,7 @@ def _calibration(model):
         data_dir=FLAGS.calibration_data_dir,
         training=False,
         eval_crop_size=crop,
+        eval_preprocessing=eval_preprocessing(model),
     )
 
 

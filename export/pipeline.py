@@ -39,6 +39,7 @@ from export import saved_model as saved_model_lib
 from export import tflite as tflite_lib
 from export import verify as verify_lib
 from keras_preact.data.crops import default_resize_size
+from keras_preact.preprocessing import eval_preprocessing
 
 DEFAULT_CROP = 224
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -56,6 +57,7 @@ class ExportResult:
     labels_source: str
     crop_size: int
     resize_size: int
+    interpolation: str = "bilinear"
     tflite_dir: str | None = None
     tflite: dict = dataclasses.field(default_factory=dict)
     tflite_reports: dict = dataclasses.field(default_factory=dict)
@@ -66,7 +68,7 @@ class ExportResult:
         """A short table of the artifacts and their figures."""
         rows = [
             f"version {self.version}; labels from {self.labels_source}; image_bytes crop "
-            f"{self.crop_size} from shorter side {self.resize_size}"
+            f"{self.crop_size} from shorter side {self.resize_size} ({self.interpolation})"
         ]
         sm = self.saved_model_report
         if sm:
@@ -104,6 +106,7 @@ def export_all(
     labels=None,
     crop_size=None,
     resize_size=None,
+    interpolation=None,
     top_k=5,
     tflite=tflite_lib.VARIANTS,
     onnx=False,
@@ -130,7 +133,11 @@ def export_all(
             `export.model.resolve_labels`.
         crop_size, resize_size: the image-bytes signature's eval crop and the
             TFLite input size. Default: the model's fixed input size (resized
-            from the same shorter side) or else 224 (from 256).
+            from the same shorter side) or else 224, resized from the shorter
+            side its weights source evaluates at (`eval_preprocessing(model)`:
+            256 for the paper, 235 for timm's crop_pct 0.95).
+        interpolation: `"bilinear"` or `"bicubic"` resize before the crop;
+            default: the model's weights source's (bilinear without one).
         top_k: classes/scores/labels per image in the SavedModel outputs.
         tflite: TFLite variants to write (subset of `export.tflite.VARIANTS`).
         onnx: also write ONNX (needs tf2onnx and onnxruntime).
@@ -164,6 +171,7 @@ def _export_all(
     labels,
     crop_size,
     resize_size,
+    interpolation,
     top_k,
     tflite,
     onnx,
@@ -221,7 +229,9 @@ def _export_all(
         else:
             crop_size = DEFAULT_CROP
     crop_size = int(crop_size)
-    resize_size = int(resize_size or default_resize_size(crop_size))
+    protocol = eval_preprocessing(model)  # a pretrained source's, saved with the model
+    interpolation = interpolation or protocol["interpolation"]
+    resize_size = int(resize_size or default_resize_size(crop_size, protocol["crop_fraction"]))
     copy = model_lib.float32_copy(model)
     pixel_size = model_lib.image_size(copy)
     if pixel_size is not None and pixel_size != (crop_size, crop_size):
@@ -250,7 +260,7 @@ def _export_all(
 
     images = verify_lib.load_images(images)
     names = [name for name, _ in images]
-    crops = verify_lib.eval_crops(images, crop_size, resize_size)
+    crops = verify_lib.eval_crops(images, crop_size, resize_size, interpolation)
     reference = None
     if verify:
         model_input = crops if normalization is None else verify_lib.normalize(crops, normalization)
@@ -264,6 +274,7 @@ def _export_all(
         labels_source=labels_source,
         crop_size=crop_size,
         resize_size=resize_size,
+        interpolation=interpolation,
     )
 
     if saved_model:
@@ -291,6 +302,7 @@ def _export_all(
                 crop_size,
                 resize_size,
                 calibration_limit,
+                interpolation,
             )
         converted = tflite_lib.convert_all(copy, tflite, crop_size, representative, normalization)
         with _staging(bases["tflite"], version) as tmp:
@@ -372,7 +384,7 @@ def _write_saved_model(
     """Writes, verifies and publishes the SavedModel version (fills `result`)."""
     labels, crop_size, resize_size = result.labels, result.crop_size, result.resize_size
     archive = saved_model_lib.build_archive(
-        copy, labels, crop_size, resize_size, top_k, normalization, pixel_size
+        copy, labels, crop_size, resize_size, top_k, normalization, pixel_size, result.interpolation
     )
     with _staging(base, result.version) as tmp:
         saved_model_lib.write_saved_model(
@@ -392,6 +404,7 @@ def _write_saved_model(
                 resize_size,
                 normalization,
                 saved_model_cli=saved_model_cli,
+                interpolation=result.interpolation,
             )
             report["artifact"] = os.path.abspath(result.saved_model_dir)
             report["model"] = model_lib.describe(copy)

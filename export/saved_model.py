@@ -70,7 +70,7 @@ def _magic_ok(data):
     )
 
 
-def decode_and_crop(image_bytes, crop_size=224, resize_size=None):
+def decode_and_crop(image_bytes, crop_size=224, resize_size=None, interpolation="bilinear"):
     """A batch of encoded images -> float32 `[N, crop, crop, 3]` eval crops, in-graph.
 
     Each image goes through `decode_image` and `eval_crop`, so the crop is the
@@ -89,7 +89,7 @@ def decode_and_crop(image_bytes, crop_size=224, resize_size=None):
         check = tf.debugging.Assert(_magic_ok(data), [message])
         with tf.control_dependencies([check]):
             image = decode_image(data)
-        return eval_crop(image, crop_size, resize_size)
+        return eval_crop(image, crop_size, resize_size, interpolation)
 
     return tf.map_fn(
         one,
@@ -121,7 +121,14 @@ def classifier_outputs(model, pixels, labels, top_k=5, normalization=None):
 
 
 def build_archive(
-    model, labels, crop_size=224, resize_size=None, top_k=5, normalization=None, pixel_size=None
+    model,
+    labels,
+    crop_size=224,
+    resize_size=None,
+    top_k=5,
+    normalization=None,
+    pixel_size=None,
+    interpolation="bilinear",
 ):
     """A `keras.export.ExportArchive` with the three serving signatures.
 
@@ -129,8 +136,9 @@ def build_archive(
         model: float32 Keras model taking raw RGB `[N, H, W, 3]` in [0, 255]
             (see `export.model.float32_copy`).
         labels: class names, one per output index.
-        crop_size, resize_size: the `serving_default` eval crop (224 from shorter
-            side 256 by default; 320 from 320).
+        crop_size, resize_size, interpolation: the `serving_default` eval crop
+            (224 from shorter side 256, bilinear, by default; 320 from 320; a
+            pretrained model's own protocol, `eval_preprocessing(model)`).
         top_k: how many classes/scores/labels each signature returns.
         normalization: only for models without their own preprocessing layer.
         pixel_size: fixed `(H, W)` for the pixel signatures when the model needs
@@ -145,7 +153,7 @@ def build_archive(
     archive.track(model)
 
     def serve_bytes(image_bytes):
-        pixels = decode_and_crop(image_bytes, crop_size, resize_size)
+        pixels = decode_and_crop(image_bytes, crop_size, resize_size, interpolation)
         return classifier_outputs(model, pixels, labels, top_k, normalization)
 
     def serve_pixels(pixels):

@@ -59,7 +59,9 @@ def _write_source(model, directory, crop_size, normalization=None):
     archive.write_out(directory, verbose=False)
 
 
-def representative_images(source, crop_size=224, resize_size=None, limit=100):
+def representative_images(
+    source, crop_size=224, resize_size=None, limit=100, interpolation="bilinear"
+):
     """Eval crops for int8 calibration, float32 `[n, crop, crop, 3]` in [0, 255].
 
     `source` is a folder of images (or anything `verify.load_images` takes), a
@@ -81,7 +83,7 @@ def representative_images(source, crop_size=224, resize_size=None, limit=100):
         images = list(source if source.ndim == 4 else [source])
     else:
         crops = verify_lib.eval_crops(
-            verify_lib.load_images(source, limit=limit), crop_size, resize_size
+            verify_lib.load_images(source, limit=limit), crop_size, resize_size, interpolation
         )
         return crops.astype(np.float32)
     images = images[:limit]
@@ -91,7 +93,7 @@ def representative_images(source, crop_size=224, resize_size=None, limit=100):
     for image in images:
         image = np.asarray(image)
         if image.shape[:2] != (crop_size, crop_size):
-            image = eval_crop(image, crop_size, resize_size).numpy()
+            image = eval_crop(image, crop_size, resize_size, interpolation).numpy()
         if image.shape[-1] == 1:
             image = np.repeat(image, 3, axis=-1)
         out.append(image.astype(np.float32))

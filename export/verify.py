@@ -114,10 +114,13 @@ def load_images(source=None, limit=None):
     return images[:limit] if limit else images
 
 
-def eval_crops(images, crop_size=224, resize_size=None):
+def eval_crops(images, crop_size=224, resize_size=None, interpolation="bilinear"):
     """float32 `[N, crop, crop, 3]`: each image decoded and eval-cropped (as the signature does)."""
     return np.stack(
-        [eval_crop(decode_image(data), crop_size, resize_size).numpy() for _, data in images]
+        [
+            eval_crop(decode_image(data), crop_size, resize_size, interpolation).numpy()
+            for _, data in images
+        ]
     )
 
 
@@ -271,6 +274,7 @@ def verify_saved_model(
     normalization=None,
     tolerance=SAVED_MODEL_TOLERANCE,
     saved_model_cli=True,
+    interpolation="bilinear",
 ):
     """Checks a SavedModel version against the Keras `model`; returns the report dict.
 
@@ -281,7 +285,7 @@ def verify_saved_model(
     """
     start = time.time()
     images = load_images(images)
-    crops = eval_crops(images, crop_size, resize_size)
+    crops = eval_crops(images, crop_size, resize_size, interpolation)
     model_input = normalize(crops, normalization)
     reference = keras_probabilities(model, model_input)
     out = run_in_fresh_process(version_dir, images, crops)
@@ -306,6 +310,7 @@ def verify_saved_model(
         "image_names": [name for name, _ in images],
         "crop_size": int(crop_size),
         "resize_size": None if resize_size is None else int(resize_size),
+        "interpolation": interpolation,
         "tolerance": tolerance,
         "fresh_process": {
             "loader": "tf.saved_model.load in `python -I export/load_check.py`",

@@ -6,6 +6,7 @@
 >>> r200 = keras_preact.ResNet200V2(weights="imagenet")      # doctest: +SKIP
 """
 
+from keras_preact import weights
 from keras_preact.layers import (
     SHORTCUTS,
     UNIT_VARIANTS,
@@ -41,7 +42,6 @@ from keras_preact.preprocessing import (
     imagenet_classes,
     preprocess_input,
 )
-from keras_preact import weights
 from keras_preact.weights import load_weights, sources
 
 __version__ = "0.1.0"

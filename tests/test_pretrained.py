@@ -295,9 +295,7 @@ def test_corrupt_mirror_file_fails_hash_and_caches_nothing(mirrored_source):
 
 def test_unhashed_source_is_cached_atomically(mirrored_source, rng):
     source, mirrored, state = mirrored_source
-    unhashed = kp.weights.register_source(
-        dataclasses.replace(source, file_hash=None)
-    )
+    unhashed = kp.weights.register_source(dataclasses.replace(source, file_hash=None))
     folder = os.path.dirname(download.downloaded_path(unhashed))
     os.makedirs(folder)
     # What an interrupted download leaves is a temporary name, which no later call loads.
@@ -336,3 +334,25 @@ def test_imagenet_offline_fails_fast_with_instructions(tmp_path):
     assert "https://huggingface.co/timm/resnetv2_18.ra4_e3600_r224_in1k" in last
     assert str(tmp_path) in last and "KERAS_PREACT_WEIGHTS_MIRROR" in last
     assert elapsed < 30
+
+
+def test_export_and_keras_file_follow_the_source_protocol(mirrored_source, tmp_path):
+    """The source's bicubic crop_pct-0.95 crops reach the SavedModel and survive a .keras file."""
+    import tensorflow as tf
+
+    from export import pipeline, verify
+    from keras_preact.data.crops import decode_image, eval_crop
+
+    model = kp.ResNet18V2(weights="test:r18")
+    model.save(tmp_path / "r18.keras")
+    reloaded = keras.models.load_model(tmp_path / "r18.keras")
+    assert kp.eval_preprocessing(reloaded)["crop_fraction"] == 0.95
+    result = pipeline.export_all(reloaded, tmp_path / "out", tflite=[], verify=False)
+    assert (result.crop_size, result.resize_size, result.interpolation) == (224, 235, "bicubic")
+    _, data = verify.load_images(None)[0]
+    served = tf.saved_model.load(result.saved_model_dir).signatures["serving_default"]
+    got = served(image_bytes=tf.constant([data]))["probabilities"].numpy()
+    crop = eval_crop(decode_image(data), 224, 235, "bicubic").numpy()[None]
+    np.testing.assert_allclose(got, model.predict(crop, verbose=0), atol=1e-5)
+    bilinear = eval_crop(decode_image(data), 224, 256, "bilinear").numpy()[None]
+    assert np.abs(model.predict(bilinear, verbose=0) - got).max() > 1e-4  # the check can fail
