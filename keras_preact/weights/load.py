@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 from keras_preact.weights import convert, download, native, registry
 
@@ -105,7 +106,9 @@ def load_weights(model, weights, resolved=None):
     >>> model.save_weights("r20.weights.h5")
     >>> load_weights(keras_preact.ResNet20V2(), "r20.weights.h5")  # doctest: +SKIP
     """
-    resolved = resolved or resolve(weights)
+    if resolved is None:
+        match = re.fullmatch(r"resnet(\d+)v2", model.name)  # the builders' default names
+        resolved = resolve(weights, depth=int(match.group(1)) if match else None)
     if resolved.kind == "native":
         return native.load_weights(model, resolved.weights)
     if resolved.kind == "source":

@@ -269,8 +269,10 @@ def get_source(name, depth=None):
     if name == "imagenet":
         if depth not in DEFAULT_SOURCES:
             raise ValueError(
-                f"weights='imagenet' has no checkpoint for depth {depth!r}. ImageNet weights "
-                f"exist for depths {', '.join(map(str, DEFAULT_SOURCES))}."
+                f"weights='imagenet' has no checkpoint for depth {depth!r}: ImageNet weights "
+                f"exist for depths {', '.join(map(str, DEFAULT_SOURCES))}. Pass it to a "
+                "builder (keras_preact.ResNet50V2(weights='imagenet')) or name a source "
+                "(keras_preact.weights.sources())."
             )
         name = DEFAULT_SOURCES[depth]
     if name not in _SOURCES:
