@@ -1,6 +1,7 @@
 """The body both recipes share: flags, training, export (if asked), the result line last."""
 
 import os
+import sys
 
 from absl import app, flags
 
@@ -29,6 +30,7 @@ def finish(config, metrics):
             data_dir=config.data_dir,
             training=False,
             image_size=config.image_size,
+            eval_preprocessing=metrics["eval_preprocessing"],
         )
         result = export_all(
             os.path.join(config.model_dir, "model.keras"),
@@ -47,6 +49,8 @@ def main(family):
     def run(argv):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        if flags.FLAGS.eval_only and flags.FLAGS.export_dir:
+            sys.exit("Error: --eval_only trains no model, so --export_dir has nothing to export.")
         config, metrics = training_flags.main(family)
         finish(config, metrics)
 

@@ -52,7 +52,7 @@ def test_imagenet_parameter_counts(builder, paper, timm):
 def test_fb_layout_parameter_counts():
     """fb.resnet.torch's preresnet.lua: the paper's count, less the norm1 of every stage-1 unit
     ('first' units), plus a BN after each of the four projections (gamma and beta)."""
-    for depth, stage1_units, stage1_in in ((18, 2, (64, 64)), (200, 3, (64, 256, 256))):
+    for depth, stage1_in in ((18, (64, 64)), (200, (64, 256, 256))):
         paper = dict((b.__name__, p) for b, p, _ in IMAGENET_SIZES)[f"ResNet{depth}V2"]
         widths = (64, 128, 256, 512) if depth == 18 else (256, 512, 1024, 2048)
         projected = widths if depth != 18 else widths[1:]

@@ -14,9 +14,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from foreign_nets import timm_state_dict
+from safetensors.numpy import save_file
 
 import keras_preact
-from keras_preact import data, training
+from keras_preact import data, preprocessing, training
 from keras_preact.data import crops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -343,3 +345,163 @@ def test_imagenet_recipe_evaluates_at_every_crop_size(tmp_path, photo_folder):
     assert metrics["test_loss_64"] != metrics["test_loss_96"]
     with open(model_dir / "labels.txt") as f:
         assert f.read().splitlines() == ["china", "flower"]
+
+
+# ------------------------------------------- imagenet recipe, pretrained weights
+
+
+def _timm_file(path, classes):
+    """A timm ResNet-18 checkpoint with random weights (`.safetensors`, as timm publishes)."""
+    state = timm_state_dict(18, np.random.default_rng(0), classes=classes)
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path))
+    return str(path)
+
+
+def _val_photos(photo_folder):
+    """The folder's val images and labels (classes are the sorted folder names)."""
+    files = sorted((photo_folder / "val").glob("*/*.jpg"))
+    names = sorted({f.parent.name for f in files})
+    return files, np.array([names.index(f.parent.name) for f in files])
+
+
+@pytest.mark.slow
+def test_imagenet_recipe_fine_tunes_from_a_converted_checkpoint(tmp_path, photo_folder):
+    weights = _timm_file(tmp_path / "model.safetensors", classes=1000)
+    model_dir = tmp_path / "finetuned"
+    args = [
+        "--dataset=folder",
+        f"--data_dir={photo_folder}",
+        f"--model_dir={model_dir}",
+        "--depth=18",
+        f"--weights={weights}",
+        "--schedule=finetune",
+        "--image_size=64",
+        "--eval_crop_sizes=64",
+        "--batch_size=4",
+        "--train_steps=3",
+        "--seed=0",
+    ]
+    proc = _run(IMAGENET, *args)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    # 1,000-class checkpoint, 2-class folder: the backbone loads, the head starts fresh.
+    assert "loaded the backbone" in proc.stderr
+    with open(model_dir / "builder.json") as f:
+        spec = json.load(f)
+    assert spec["kwargs"]["layout"] == "timm" and "weights" not in spec["kwargs"]
+    assert spec["eval_preprocessing"] == {"interpolation": "bilinear", "crop_fraction": None}
+    with open(model_dir / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["weights"] == weights and metrics["steps"] == 3
+    # finetune at batch 4 over 3 steps: peak 0.01 * 4/256, warm-up 1 step from 0, cosine to 0.
+    peak = 0.01 * 4 / 256
+    lrs = _scalars(os.path.join(model_dir, "logs", "train"), "learning_rate")
+    np.testing.assert_allclose([lrs[s] for s in (1, 2, 3)], [0, peak, peak / 2], atol=1e-9)
+
+    # model.weights.h5 in the builder builder.json names = model.keras.
+    files, _ = _val_photos(photo_folder)
+    batch = np.stack(
+        [crops.eval_crop(crops.decode_image(tf.io.read_file(str(f))), 64) for f in files]
+    )
+    saved = keras.models.load_model(model_dir / "model.keras").predict(batch, verbose=0)
+    rebuilt = getattr(keras_preact, spec["builder"])(
+        weights=str(model_dir / "model.weights.h5"), **spec["kwargs"]
+    )
+    np.testing.assert_allclose(rebuilt.predict(batch, verbose=0), saved, atol=1e-5)
+
+    # The same command again resumes: the checkpoint wins over --weights (not even read).
+    again = _run(IMAGENET, *args)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "Resuming from step 3" in again.stdout
+    assert "loaded the backbone" not in again.stderr
+    resumed = keras.models.load_model(model_dir / "model.keras").predict(batch, verbose=0)
+    np.testing.assert_allclose(resumed, saved, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["file", "source"])
+def test_imagenet_recipe_eval_only_measures_the_weights_as_given(
+    tmp_path, photo_folder, monkeypatch, kind
+):
+    """--eval_only on a 2-class timm checkpoint: a local file, or a named source (mirrored)."""
+    weights = _timm_file(tmp_path / "two_classes.safetensors", classes=2)
+    if kind == "source":  # served from a local mirror, with the source's eval protocol
+        weights = keras_preact.weights.DEFAULT_SOURCES[18]
+        source = keras_preact.weights.get_source(weights)
+        mirrored = tmp_path / "mirror" / source.mirror_path
+        mirrored.parent.mkdir(parents=True)
+        os.rename(tmp_path / "two_classes.safetensors", mirrored)
+        monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+        monkeypatch.setenv(keras_preact.weights.MIRROR_ENV, (tmp_path / "mirror").as_uri())
+    model_dir = tmp_path / "eval"
+    proc = _run(
+        IMAGENET,
+        "--dataset=folder",
+        f"--data_dir={photo_folder}",
+        f"--model_dir={model_dir}",
+        "--depth=18",
+        f"--weights={weights}",
+        "--eval_only",
+        "--eval_crop_sizes=64,80",
+        "--batch_size=4",
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "loaded the backbone" not in proc.stderr  # the 2-class head fits: all of it loads
+    assert sorted(os.listdir(model_dir)) == ["metrics.json"]
+    with open(model_dir / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["weights"] == weights and metrics["test_examples"] == 4
+    published = {k: v for k, v in metrics.items() if k.startswith("published_top")}
+    if kind == "file":  # no source: the default protocol, no published figures
+        assert published == {}
+    else:
+        assert published["published_top1_224"] == pytest.approx(source.accuracy[224][0] / 100)
+
+    model = keras_preact.ResNet18V2(weights=weights, classes=2)
+    protocol = preprocessing.eval_preprocessing(model)
+    assert metrics["eval_preprocessing"] == protocol
+    expected = ("bilinear", None) if kind == "file" else ("bicubic", source.crop_fraction)
+    assert (protocol["interpolation"], protocol["crop_fraction"]) == expected
+    files, labels = _val_photos(photo_folder)
+    options = {k: protocol[k] for k in ("interpolation", "crop_fraction")}
+    for size in (64, 80):
+        batch = np.stack(
+            [
+                crops.eval_crop(crops.decode_image(tf.io.read_file(str(f))), size, **options)
+                for f in files
+            ]
+        )
+        probs = model.predict(batch, verbose=0)
+        assert metrics[f"test_top1_{size}"] == np.mean(np.argmax(probs, axis=1) == labels)
+        nll = -np.mean(np.log(probs[np.arange(len(labels)), labels]))
+        assert metrics[f"test_loss_{size}"] == pytest.approx(nll, rel=1e-3)
+    assert proc.stdout.strip().splitlines()[-1].startswith("Test accuracy:")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "recipe, flags_, expected",
+    [
+        (IMAGENET, ["--eval_only"], ["--eval_only", "--weights"]),
+        (IMAGENET, ["--weights={timm}", "--layout=paper"], ["--weights=", "--layout='timm'"]),
+        (CIFAR, ["--weights={timm}"], ["--weights=", "ImageNet weights"]),
+    ],
+    ids=["eval_only_without_weights", "layout_against_weights", "cifar_with_imagenet_weights"],
+)
+def test_bad_weights_flags_are_one_line_errors(tmp_path, recipe, flags_, expected):
+    timm = tmp_path / "model.safetensors"
+    timm.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}" + b" " * 14)  # a safetensors header
+    dataset = "--dataset=folder" if recipe == IMAGENET else "--dataset=digits"
+    model_dir = tmp_path / "m"
+    proc = _run(
+        recipe,
+        dataset,
+        f"--data_dir={tmp_path}",
+        "--depth=18" if recipe == IMAGENET else "--depth=8",
+        f"--model_dir={model_dir}",
+        *[f.format(timm=timm) for f in flags_],
+    )
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and all(word in errors[0] for word in expected), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert not model_dir.exists()

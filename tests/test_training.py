@@ -52,6 +52,23 @@ def test_imagenet_schedule_scales_lr_with_batch_and_decays_every_30_epochs():
     np.testing.assert_allclose(_lrs(schedule, steps), [0.4, 0.4, 0.04, 0.004, 0.0004], rtol=1e-6)
 
 
+def test_finetune_schedule_warms_up_linearly_then_decays_to_zero():
+    # Batch 512: peak 0.01 * 512/256 = 0.02; warm-up over 5% of 1,000 steps (50) from 0,
+    # then a cosine over the other 950, half-way (0.01) at step 50 + 475, 0 at step 1,000.
+    schedule = training.finetune_schedule(512, total_steps=1000)
+    steps = [0, 25, 50, 525, 1000]
+    np.testing.assert_allclose(_lrs(schedule, steps), [0, 0.01, 0.02, 0.01, 0], atol=1e-9)
+    lrs = np.array(_lrs(schedule, range(1001)))
+    assert np.all(np.diff(lrs[:51]) > 0) and np.all(np.diff(lrs[50:]) < 0)
+    # --learning_rate is at batch 256 too; a short run warms up for (at least) one step.
+    short = training.finetune_schedule(128, total_steps=3, base_learning_rate=0.1)
+    np.testing.assert_allclose(_lrs(short, [0, 1, 2, 3]), [0, 0.05, 0.025, 0], atol=1e-9)
+    restored = keras.optimizers.schedules.deserialize(
+        keras.optimizers.schedules.serialize(schedule)
+    )
+    assert _lrs(restored, steps) == _lrs(schedule, steps)
+
+
 def test_schedule_and_optimizer_serialize():
     schedule = training.cifar_schedule(256, total_steps=1000)
     restored = keras.optimizers.schedules.deserialize(
@@ -152,6 +169,29 @@ def test_table_rows_are_one_command_each(tmp_path):
     imagenet.validate()
     assert (imagenet.depth, imagenet.batch_size, imagenet.eval_crop_sizes) == (200, 256, (224, 320))
     assert imagenet.schedule == "imagenet"
+
+
+def test_weights_flags_layout_follows_the_weights(tmp_path):
+    info = data.dataset_info("imagenet2012")
+    base = [f"--model_dir={tmp_path}", "--depth=50", "--weights=keras:resnet50v2"]
+    config = _parse("imagenet", [*base, "--schedule=finetune", "--epochs=1"])
+    config.validate()
+    assert (config.weights, config.layout, config.schedule) == (
+        "keras:resnet50v2",
+        None,
+        "finetune",
+    )
+    assert config.base_learning_rate is None  # the schedule's own: 0.01 for finetune
+    name, kwargs = training.builder_call(config, info)  # resolves, downloads nothing
+    assert (name, kwargs["layout"]) == ("ImageNetResNetV2", "keras") and "weights" not in kwargs
+    assert (
+        training.builder_call(_parse("imagenet", [f"--model_dir={tmp_path}"]), info)[1]["layout"]
+        == "paper"
+    )
+    with pytest.raises(training.ConfigError, match="--eval_only needs --weights"):
+        _parse("imagenet", [f"--model_dir={tmp_path}", "--eval_only"])
+    with pytest.raises(ValueError, match="no default length"):
+        _parse("imagenet", [*base, "--schedule=finetune"]).validate()
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ Pieces, usable on their own:
 * `make_strategy(name)`: `default`, `one_device`, `mirrored`,
   `multi_worker_mirrored`, `tpu`; `is_chief(strategy)`.
 * `cifar_schedule`, `imagenet_schedule`, `step_schedule`: stock Keras
-  `PiecewiseConstantDecay` schedules in steps, scaled to the global batch.
+  `PiecewiseConstantDecay` schedules in steps, scaled to the global batch;
+  `finetune_schedule`: warm-up and cosine decay (a stock `CosineDecay`).
 * `CoupledSGD`: SGD momentum 0.9 with L2 weight decay added to the gradient
   before momentum (the authors' Torch `optim.sgd`).
 * `Trainer`: the training loop (strategy.run + optimizer.apply) used under
@@ -23,6 +24,7 @@ from keras_preact.training.run import build_model, builder_call, run, synchroniz
 from keras_preact.training.schedules import (
     cifar_schedule,
     cifar_total_steps,
+    finetune_schedule,
     imagenet_schedule,
     step_schedule,
 )
@@ -38,6 +40,7 @@ __all__ = [
     "builder_call",
     "cifar_schedule",
     "cifar_total_steps",
+    "finetune_schedule",
     "imagenet_schedule",
     "is_chief",
     "make_strategy",

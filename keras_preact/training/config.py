@@ -44,6 +44,12 @@ class TrainConfig:
     `keras_preact.training.run(config)`; the flags' help texts describe the
     fields. `None` means "the paper's default" (or the dataset's, for sizes).
 
+    `weights` starts the network from pretrained weights (what the builders
+    take as `weights=`: `"imagenet"`, a source name, a checkpoint file); a
+    resumed run restores its checkpoint instead. `layout=None` follows the
+    weights (else `"paper"`). `eval_only=True` evaluates `weights` on the
+    eval split without training.
+
     Example:
 
     >>> config = TrainConfig(dataset="digits", model_dir="demo_run", depth=20, epochs=15)
@@ -59,7 +65,8 @@ class TrainConfig:
     depth: int = 110
     unit: str | None = None
     width: int = 16
-    layout: str = "paper"
+    layout: str | None = None
+    weights: str | None = None
     unit_variant: str = "full_preact"
     shortcut: str = "identity"
     shortcut_scale: float | None = None
@@ -72,12 +79,12 @@ class TrainConfig:
     eval_crop_sizes: tuple = ()
     color_augment: bool = False
     # Schedule (the paper's by default; see keras_preact.training.schedules).
-    schedule: str = "cifar"
+    schedule: str = "cifar"  # "cifar", "imagenet" or "finetune"
     batch_size: int = 128
     epochs: float | None = None
     train_steps: int | None = None
     steps_per_epoch: int | None = None
-    base_learning_rate: float = 0.1
+    base_learning_rate: float | None = None  # None: the schedule's (0.1; finetune 0.01)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     # Distribution and speed.
@@ -92,6 +99,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     eval_every: int = 1
     export: bool = False
+    eval_only: bool = False
     verbose: int = 1
 
     def validate(self):
@@ -118,7 +126,8 @@ class TrainConfig:
             from keras_preact.models.imagenet import IMAGENET_DEPTHS, LAYOUTS
 
             _choice("depth", self.depth, tuple(IMAGENET_DEPTHS))
-            _choice("layout", self.layout, tuple(LAYOUTS))
+            if self.layout is not None:
+                _choice("layout", self.layout, tuple(LAYOUTS))
             if self.unit is not None:
                 raise ValueError("unit is fixed by the depth for ImageNet nets; leave it unset.")
         for name in ("batch_size", "checkpoint_every", "keep_checkpoints", "steps_per_loop"):
@@ -137,7 +146,15 @@ class TrainConfig:
             raise ValueError(
                 f"eval_every must be >= 0 (0: only at the end), got {self.eval_every}."
             )
-        if self.base_learning_rate <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0:
+        if self.eval_only and self.weights is None:
+            raise ValueError("eval_only needs weights: the model to evaluate.")
+        if self.schedule == "finetune" and not self.eval_only:
+            if self.epochs is None and self.train_steps is None:
+                raise ValueError(
+                    "The finetune schedule has no default length: give epochs or train_steps."
+                )
+        lr = 0.1 if self.base_learning_rate is None else self.base_learning_rate
+        if lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0:
             raise ValueError("Need base_learning_rate > 0, 0 <= momentum < 1, weight_decay >= 0.")
         if self.image_size is not None and self.image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}.")

@@ -12,21 +12,40 @@ and (Table 1, exclusive gating with b_g = -6, on the original unit):
 
     python recipes/cifar.py --depth=110 --unit_variant=original \\
         --shortcut=exclusive_gating --gate_bias_init=-6 --model_dir=runs/t1_gating
+
+Fine-tuning from a public checkpoint (the layout follows the weights), and
+evaluating one as published (its own resize interpolation and crop fraction):
+
+    python recipes/imagenet.py --dataset=folder --data_dir=photos --depth=50 \\
+        --weights=keras:resnet50v2 --schedule=finetune --epochs=10 --model_dir=runs/ft
+    python recipes/imagenet.py --eval_only --weights=timm:resnetv2_50.a1h_in1k \\
+        --data_dir=/data/tensorflow_datasets --model_dir=runs/eval_r50
 """
 
 from __future__ import annotations
 
+import re
 import sys
 
 from absl import flags
 
 from keras_preact.layers import SHORTCUTS, UNIT_VARIANTS
 from keras_preact.training.config import CIFAR_UNITS, ConfigError, TrainConfig
+from keras_preact.training.schedules import (
+    CIFAR_REFERENCE_BATCH,
+    FINETUNE_LEARNING_RATE,
+    FINETUNE_REFERENCE_BATCH,
+    IMAGENET_REFERENCE_BATCH,
+)
 from keras_preact.training.strategy import STRATEGIES
 
 DEFAULTS = {
-    "cifar": dict(dataset="cifar10", depth=110, batch_size=128),
-    "imagenet": dict(dataset="imagenet2012", depth=200, batch_size=256),
+    "cifar": dict(
+        dataset="cifar10", depth=110, batch_size=128, reference_batch=CIFAR_REFERENCE_BATCH
+    ),
+    "imagenet": dict(
+        dataset="imagenet2012", depth=200, batch_size=256, reference_batch=IMAGENET_REFERENCE_BATCH
+    ),
 }
 
 
@@ -66,9 +85,34 @@ def define_flags(family, flag_values=flags.FLAGS):
         )
         define("integer", "width", 16, "Channels of the first stage (16 in the paper).")
         define("integer", "image_size", None, "Image size (default: the dataset's, 32).")
+        define(
+            "string",
+            "weights",
+            None,
+            "Start from these weights: a .weights.h5 / .keras file of a CIFAR net built with the "
+            "same flags (e.g. an earlier run's model.weights.h5). A resumed run restores its "
+            "checkpoint instead.",
+        )
     else:
         define(
-            "enum", "layout", "paper", tuple(LAYOUTS), "ImageNet layout (paper = fb.resnet.torch)."
+            "enum",
+            "layout",
+            None,
+            tuple(LAYOUTS),
+            "Network layout: paper (the paper's appendix), timm, keras or fb "
+            "(keras_preact.models.imagenet). Default: the one --weights need, else paper.",
+        )
+        define(
+            "string",
+            "weights",
+            None,
+            "Start from these weights: 'imagenet' (the depth's default public checkpoint), a "
+            "source name (keras_preact.weights.sources(): timm:resnetv2_50.a1h_in1k, "
+            "keras:resnet50v2, fb:resnet-200, ...) or a checkpoint file (timm .safetensors, "
+            "keras.applications .h5, fb.resnet.torch .t7, Keras .weights.h5/.keras). The "
+            "classifier is loaded only if it has the dataset's number of classes; evaluation "
+            "uses the source's resize interpolation and crop fraction. A resumed run restores "
+            "its checkpoint instead.",
         )
         define("integer", "image_size", 224, "Training crop size.")
         define(
@@ -108,6 +152,15 @@ def define_flags(family, flag_values=flags.FLAGS):
         False,
         "Batch statistics over all replicas (default: per replica, as the paper).",
     )
+    define(
+        "bool",
+        "eval_only",
+        False,
+        "Only evaluate --weights on the eval split"
+        + (" at every --eval_crop_sizes" if family == "imagenet" else "")
+        + " (with the weights' own eval preprocessing) and write metrics.json to --model_dir; "
+        "no training.",
+    )
     define("integer", "batch_size", d["batch_size"], "GLOBAL batch size (split over the replicas).")
     define("float", "epochs", None, "Training length in epochs (default: the paper's).")
     define("integer", "train_steps", None, "Training length in steps (instead of --epochs).")
@@ -118,10 +171,23 @@ def define_flags(family, flag_values=flags.FLAGS):
         "Steps per epoch (default: training examples // batch_size).",
     )
     define(
+        "enum",
+        "schedule",
+        family,
+        (family, "finetune"),
+        f"Learning-rate schedule: {family} (the paper's) or finetune (for --weights: linear "
+        "warm-up from 0 over the first 5% of the steps, then cosine decay to 0 at the last; "
+        "needs --epochs or --train_steps).",
+    )
+    finetune_lr = f"{FINETUNE_LEARNING_RATE} with --schedule=finetune"
+    if family == "cifar":
+        finetune_lr += f", at batch {FINETUNE_REFERENCE_BATCH}"
+    define(
         "float",
         "learning_rate",
-        0.1,
-        f"Learning rate at batch {128 if family == 'cifar' else 256}; scaled linearly with --batch_size.",
+        None,
+        f"Learning rate at batch {d['reference_batch']} (default 0.1; {finetune_lr}); "
+        "scaled linearly with --batch_size.",
     )
     define("float", "momentum", 0.9, "SGD momentum.")
     define(
@@ -164,7 +230,7 @@ def config_from_flags(family, values=None):
         shortcut_dropout_rate=f.shortcut_dropout_rate,
         sync_batchnorm=f.sync_batchnorm,
         image_size=f.image_size,
-        schedule=family,
+        schedule=f.schedule,
         batch_size=f.batch_size,
         epochs=f.epochs,
         train_steps=f.train_steps,
@@ -182,7 +248,14 @@ def config_from_flags(family, values=None):
         keep_checkpoints=f.keep_checkpoints,
         eval_every=f.eval_every,
         verbose=f.verbose,
+        weights=f.weights,
+        eval_only=f.eval_only,
     )
+    if f.eval_only and f.weights is None:
+        raise ConfigError(
+            "--eval_only needs --weights: the model to evaluate ('imagenet', a source name or "
+            "a checkpoint file)."
+        )
     if family == "cifar":
         config.unit = f.unit
         config.width = f.width
@@ -213,7 +286,17 @@ def main(family):
         config = config_from_flags(family)
         return config, run(config)
     except ConfigError as e:
-        sys.exit(f"Error: {e}")
+        sys.exit(f"Error: {flag_words(str(e))}")
+
+
+def flag_words(message):
+    """A library error in command-line words: `weights=`, `layout=` -> `--weights=`, `--layout=`.
+
+    >>> flag_words("weights='x' need layout='keras'. Leave layout unset, or use ResNet50V2.")
+    "--weights='x' need --layout='keras'. Leave --layout unset, or use --depth=50."
+    """
+    message = re.sub(r"(?<![\w-])(weights|layout)(=| unset)", r"--\1\2", message)
+    return re.sub(r"\b([Uu]se) ResNet(\d+)V2\b", r"\1 --depth=\2", message)
 
 
 def result_line(metrics):

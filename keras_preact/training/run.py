@@ -7,22 +7,36 @@ restore the latest checkpoint, train with `Trainer`, evaluate on the held-out
 split (ImageNet: at every `eval_crop_sizes`), save. Anything wrong with the
 input raises `ConfigError` before the first training step.
 
+`config.weights` (a source name, `"imagenet"` or a checkpoint file) starts the
+network from pretrained weights; the layout follows them unless
+`config.layout` is set, and on a resumed run the checkpoint wins (the weights
+are not loaded). Evaluation crops use the weights' evaluation protocol
+(a named source's resize interpolation and crop fraction, else the paper's:
+`keras_preact.preprocessing.eval_preprocessing`). With `config.eval_only`,
+`run` evaluates the weights at every eval crop size and writes only
+`metrics.json` (no training, no other files).
+
 Files the chief writes to `model_dir` (each through a temporary name and a
 rename, so none is ever half-written):
 
 * `config.json`: the run's `TrainConfig` (a resumed run must match it).
 * `checkpoints/`, `logs/`, `history.csv`, `history.json`: see `Trainer`.
-* `metrics.json`: final test metrics (top-1 / top-5 / loss), steps, time.
+* `metrics.json`: final test metrics (top-1 / top-5 / loss, per crop size for
+  ImageNet), steps, time, the initial `weights` and the `eval_preprocessing` used.
 * `model.keras`: the trained model with a softmax head, float32 (loadable
-  with `keras.models.load_model` once `keras_preact` is imported).
+  with `keras.models.load_model` once `keras_preact` is imported); it carries
+  the eval preprocessing (`eval_preprocessing(model)`), as a builder does.
 * `model.weights.h5`: the same weights, for `keras_preact.<Builder>(weights=path)`
   with the same architecture arguments.
-* `builder.json`: that builder and its arguments, `{"builder": ..., "kwargs": ...}`.
+* `builder.json`: that builder and its arguments, `{"builder": ..., "kwargs": ...,
+  "eval_preprocessing": ...}`: the kwargs name the layout explicitly and no
+  weights (the trained ones are `model.weights.h5`).
 * `labels.txt`: the class names, one per line, in label order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -31,6 +45,11 @@ import time
 import keras
 import tensorflow as tf
 
+from keras_preact.preprocessing import (
+    DEFAULT_EVAL_PREPROCESSING,
+    PixelNormalization,
+    eval_preprocessing,
+)
 from keras_preact.training.config import ConfigError, TrainConfig
 from keras_preact.training.loop import Trainer, atomic_write_text
 from keras_preact.training.optimizer import CoupledSGD
@@ -38,9 +57,47 @@ from keras_preact.training.schedules import (
     IMAGENET_EPOCHS,
     cifar_schedule,
     cifar_total_steps,
+    finetune_schedule,
     imagenet_schedule,
 )
 from keras_preact.training.strategy import is_chief, make_strategy
+
+
+def resolve_weights(config):
+    """`config.weights` resolved (`keras_preact.weights.ResolvedWeights`), or None without weights.
+
+    Raises ValueError, before anything is built or downloaded, for an unknown
+    source, a missing file, weights of another depth, an explicit layout the
+    weights cannot fill, or ImageNet weights for a CIFAR net.
+    """
+    from keras_preact import weights as weights_lib
+
+    w = config.weights
+    if w is None:
+        return None
+    if config.family == "cifar":
+        from keras_preact.models.common import check_cifar_weights
+
+        try:
+            check_cifar_weights(w)
+        except ValueError:
+            raise ValueError(
+                f"weights={w!r} are ImageNet weights; a CIFAR net starts from a .weights.h5 / "
+                ".keras file of a CIFAR net (ImageNet weights: family 'imagenet', "
+                "recipes/imagenet.py)."
+            ) from None
+        resolved = weights_lib.resolve(w)
+    else:
+        resolved = weights_lib.resolve(w, depth=config.depth, layout=config.layout)
+    if resolved.kind != "source" and not os.path.isfile(resolved.weights):
+        raise ValueError(f"Weights file not found: weights={w!r}.")
+    return resolved
+
+
+def run_layout(config):
+    """The layout of an ImageNet run's network: `config.layout`, else its weights', else "paper"."""
+    resolved = None if config.layout else resolve_weights(config)
+    return config.layout or (resolved and resolved.layout) or "paper"
 
 
 def builder_call(config, info):
@@ -48,7 +105,9 @@ def builder_call(config, info):
 
     Written to `model_dir/builder.json`, so `model.weights.h5` can be loaded
     with `getattr(keras_preact, name)(weights=path, **kwargs)` (the
-    normalisation, for one, is an argument and not in the weights file).
+    normalisation, for one, is an argument and not in the weights file). The
+    ImageNet layout is always explicit (`run_layout`); `config.weights` is not
+    an argument here (`build_model` takes it).
 
     >>> builder_call(TrainConfig(dataset="digits", depth=20), dataset_info("digits"))[1]["depth"]
     20
@@ -73,7 +132,7 @@ def builder_call(config, info):
             width=config.width,
         )
         return "CIFARResNetV2", kwargs
-    kwargs.update(layout=config.layout)
+    kwargs.update(layout=run_layout(config))
     return "ImageNetResNetV2", kwargs
 
 
@@ -81,6 +140,7 @@ def build_model(config, info, *, classifier_activation=None, weights=None):
     """The network `config` describes, for dataset `info` (a `DatasetInfo`).
 
     Training uses logits (`classifier_activation=None`); the saved model a softmax.
+    `weights` is what the builder takes (`config.weights` for a fresh run).
     """
     import keras_preact
 
@@ -102,7 +162,8 @@ def run(config: TrainConfig):
     """Trains, evaluates and saves the model `config` describes; returns the final metrics.
 
     The metrics are those written to `model_dir/metrics.json`, plus `chief`
-    (whether this process wrote the files).
+    (whether this process wrote the files). With `config.eval_only`, only
+    evaluates `config.weights` (see the module docstring).
 
     Example:
 
@@ -111,7 +172,8 @@ def run(config: TrainConfig):
     """
     previous_policy = keras.mixed_precision.global_policy()
     try:
-        return _Run(config).train()
+        job = _Run(config)
+        return job.evaluate() if config.eval_only else job.train()
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -120,9 +182,17 @@ class _Run:
     def __init__(self, config):
         from keras_preact import data
 
-        self.config = config
         try:
             config.validate()
+            self.resolved = resolve_weights(config)
+            if config.family == "imagenet":  # builder.json and config.json name the layout
+                config = dataclasses.replace(config, layout=run_layout(config))
+            self.config = config
+            # A named source's protocol, saved with the model as its builder would.
+            self.source_protocol = self.resolved and self.resolved.eval_preprocessing
+            self.eval_preprocessing = dict(
+                DEFAULT_EVAL_PREPROCESSING, **(self.source_protocol or {})
+            )
             if config.data_dir is not None and not tf.io.gfile.isdir(config.data_dir):
                 raise ValueError(
                     f"data_dir {config.data_dir!r} does not exist (or is not a folder)."
@@ -138,9 +208,11 @@ class _Run:
             self.info = data.dataset_info(config.dataset, config.data_dir)
             self.eval_crops = tuple(config.eval_crop_sizes) or (None,)
             # Build (not read) every pipeline once, so missing data fails here.
-            for split, training in (("train", True), (self.info.eval_split, False)):
+            splits = [] if config.eval_only else [("train", True)]
+            for split, training in [*splits, (self.info.eval_split, False)]:
                 self._dataset(split, training, None, self.eval_crops[0])
-            self._plan_steps()
+            if not config.eval_only:
+                self._plan_steps()
             self._check_model_dir()
         except ValueError as e:  # includes data.MissingDataError
             raise ConfigError(str(e)) from e
@@ -164,7 +236,11 @@ class _Run:
             input_context=input_context,
             repeat=training,
             color_augment=c.color_augment and training,
+            eval_preprocessing=self.eval_preprocessing,
         )
+
+    def _eval_fn(self, crop):
+        return lambda ctx: self._dataset(self.info.eval_split, False, ctx, crop)
 
     def _plan_steps(self):
         c = self.config
@@ -190,17 +266,26 @@ class _Run:
             self.total_steps = cifar_total_steps(c.batch_size)
         else:
             self.total_steps = IMAGENET_EPOCHS * self.steps_per_epoch
+        lr = {} if c.base_learning_rate is None else {"base_learning_rate": c.base_learning_rate}
         if c.schedule == "cifar":
-            self.schedule = cifar_schedule(c.batch_size, self.total_steps, c.base_learning_rate)
+            self.schedule = cifar_schedule(c.batch_size, self.total_steps, **lr)
+        elif c.schedule == "finetune":
+            self.schedule = finetune_schedule(c.batch_size, self.total_steps, **lr)
         else:
-            self.schedule = imagenet_schedule(
-                c.batch_size, self.steps_per_epoch, c.base_learning_rate
-            )
+            self.schedule = imagenet_schedule(c.batch_size, self.steps_per_epoch, **lr)
 
     def _check_model_dir(self):
         c = self.config
         path = os.path.join(c.model_dir, "config.json")
         has_checkpoint = tf.train.latest_checkpoint(os.path.join(c.model_dir, "checkpoints"))
+        self.resuming = bool(has_checkpoint)  # then the checkpoint wins over config.weights
+        if c.eval_only:
+            if has_checkpoint:
+                raise ValueError(
+                    f"model_dir {c.model_dir!r} holds a training run; evaluating there would "
+                    "replace its metrics.json. Use a new --model_dir."
+                )
+            return
         if has_checkpoint and tf.io.gfile.exists(path):
             with tf.io.gfile.GFile(path) as f:
                 saved = json.load(f)
@@ -217,17 +302,21 @@ class _Run:
             tf.io.gfile.makedirs(c.model_dir)
             atomic_write_text(path, c.to_json())
 
-    def _build_trainer(self):
+    def _build_trainer(self, weights):
+        """The `Trainer`, its model built with `weights`; unusable weights raise `ConfigError`."""
+        from keras_preact.weights import WeightsDownloadError
+
         c = self.config
 
         def model_fn():
             if c.seed is not None:
                 keras.utils.set_random_seed(c.seed)
-            model = build_model(c, self.info)
+            model = build_model(c, self.info, weights=weights)
             return synchronize_batchnorm(model) if c.sync_batchnorm else model
 
         def optimizer_fn():
-            optimizer = CoupledSGD(self.schedule, momentum=c.momentum, l2=c.weight_decay)
+            schedule = 0.0 if c.eval_only else self.schedule  # eval_only never applies it
+            optimizer = CoupledSGD(schedule, momentum=c.momentum, l2=c.weight_decay)
             if c.mixed_precision and not isinstance(self.strategy, tf.distribute.TPUStrategy):
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             return optimizer
@@ -235,24 +324,91 @@ class _Run:
         if c.mixed_precision:
             tpu = isinstance(self.strategy, tf.distribute.TPUStrategy)
             keras.mixed_precision.set_global_policy("mixed_bfloat16" if tpu else "mixed_float16")
-        return Trainer(
-            self.strategy,
-            model_fn,
-            optimizer_fn,
-            global_batch_size=c.batch_size,
-            model_dir=c.model_dir,
-            checkpoint_every=c.checkpoint_every,
-            keep_checkpoints=c.keep_checkpoints,
-            steps_per_loop=c.steps_per_loop,
-            jit_compile=c.jit_compile,
-            verbose=c.verbose if self.chief else 0,
-        )
+        try:
+            return Trainer(
+                self.strategy,
+                model_fn,
+                optimizer_fn,
+                global_batch_size=c.batch_size,
+                model_dir=None if c.eval_only else c.model_dir,
+                checkpoint_every=c.checkpoint_every,
+                keep_checkpoints=c.keep_checkpoints,
+                steps_per_loop=c.steps_per_loop,
+                jit_compile=c.jit_compile,
+                verbose=c.verbose if self.chief else 0,
+            )
+        except (ValueError, WeightsDownloadError) as e:  # weights that do not fit, or no download
+            raise ConfigError(str(e)) from e
+
+    def _weights_name(self):
+        """The initial weights as metrics.json names them (a source's full name for "imagenet")."""
+        source = self.resolved and self.resolved.source
+        return source.name if source else self.config.weights
+
+    def _test_metrics(self, results):
+        """metrics.json's test entries from `{crop size: Trainer.evaluate(...)}`."""
+        first = results[self.eval_crops[0]]
+        metrics = {
+            "test_examples": first["count"],
+            "test_loss": first["loss"],
+            "test_accuracy": first["top1"],
+            "test_top1": first["top1"],
+            "test_top5": first["top5"],
+        }
+        if self.eval_crops != (None,):
+            for crop, result in results.items():
+                metrics[f"test_top1_{crop}"] = result["top1"]
+                metrics[f"test_top5_{crop}"] = result["top5"]
+                metrics[f"test_loss_{crop}"] = result["loss"]
+        return metrics
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluate(self):
+        """eval_only: evaluates `config.weights` at every eval crop size, writes metrics.json."""
+        c = self.config
+        trainer = self._build_trainer(c.weights)
+        began = time.time()
+        results = {crop: trainer.evaluate(self._eval_fn(crop)) for crop in self.eval_crops}
+        trainer.close()
+        metrics = {
+            "dataset": c.dataset,
+            "eval_split": self.info.eval_split,
+            "model": trainer.model.name,
+            "parameters": trainer.model.count_params(),
+            "weights": self._weights_name(),
+            "eval_preprocessing": self.eval_preprocessing,
+            "strategy": c.strategy,
+            "replicas": self.strategy.num_replicas_in_sync,
+            "global_batch_size": c.batch_size,
+            "eval_seconds": round(time.time() - began, 2),
+            **self._test_metrics(results),
+        }
+        source = self.resolved.source
+        if source is not None:  # the publisher's figures, as fractions like the measurements
+            metrics["published_in"] = source.published
+            for size, (top1, top5) in sorted(source.accuracy.items()):
+                metrics[f"published_top1_{size}"] = round(top1 / 100, 6)
+                metrics[f"published_top5_{size}"] = None if top5 is None else round(top5 / 100, 6)
+        if self.chief:
+            for crop, result in results.items():
+                published = source and source.accuracy.get(crop)
+                if c.verbose:  # one line per crop size, the publisher's top-1 beside ours
+                    print(
+                        f"{metrics['weights']} at {crop or 'its size'}: top-1 {result['top1']:.2%}"
+                        + (f" (published: {published[0]:.2f}%)" if published else "")
+                    )
+            tf.io.gfile.makedirs(c.model_dir)
+            atomic_write_text(
+                os.path.join(c.model_dir, "metrics.json"), json.dumps(metrics, indent=1)
+            )
+        return dict(metrics, chief=self.chief)
 
     # --------------------------------------------------------------- training
 
     def train(self):
         c = self.config
-        trainer = self._build_trainer()
+        trainer = self._build_trainer(None if self.resuming else c.weights)
         start = trainer.restore()
         if self.chief and c.verbose:
             params = trainer.model.count_params()
@@ -270,15 +426,12 @@ class _Run:
         def train_fn(ctx):
             return self._dataset("train", True, ctx, seed=seed)
 
-        def eval_fn(crop):
-            return lambda ctx: self._dataset(self.info.eval_split, False, ctx, crop)
-
         began = time.time()
         history = trainer.fit(
             train_fn,
             total_steps=self.total_steps,
             steps_per_epoch=self.steps_per_epoch,
-            eval_dataset_fn=eval_fn(self.eval_crops[0]),
+            eval_dataset_fn=self._eval_fn(self.eval_crops[0]),
             eval_every=c.eval_every,
         )
         train_seconds = time.time() - began
@@ -288,9 +441,8 @@ class _Run:
             results[self.eval_crops[0]] = last  # fit evaluated after its last step
         for crop in self.eval_crops:
             if crop not in results:
-                results[crop] = trainer.evaluate(eval_fn(crop))
+                results[crop] = trainer.evaluate(self._eval_fn(crop))
         trainer.close()
-        first = results[self.eval_crops[0]]
         metrics = {
             "dataset": c.dataset,
             "eval_split": self.info.eval_split,
@@ -306,17 +458,10 @@ class _Run:
             "train_seconds": round(train_seconds, 2),
             "final_learning_rate": trainer.learning_rate(),
             "train_loss": history[-1]["loss"] if history else None,
-            "test_examples": first["count"],
-            "test_loss": first["loss"],
-            "test_accuracy": first["top1"],
-            "test_top1": first["top1"],
-            "test_top5": first["top5"],
+            "weights": self._weights_name(),
+            "eval_preprocessing": self.eval_preprocessing,
+            **self._test_metrics(results),
         }
-        if self.eval_crops != (None,):
-            for crop, result in results.items():
-                metrics[f"test_top1_{crop}"] = result["top1"]
-                metrics[f"test_top5_{crop}"] = result["top5"]
-                metrics[f"test_loss_{crop}"] = result["loss"]
         if self.chief:
             self._save(trainer.model, metrics)
         return dict(metrics, chief=self.chief)
@@ -327,6 +472,10 @@ class _Run:
         keras.mixed_precision.set_global_policy("float32")
         model = build_model(c, self.info, classifier_activation="softmax")
         model.set_weights(trained.get_weights())
+        if self.source_protocol:  # saved in model.keras, as a builder given the source does
+            for layer in model.layers:
+                if isinstance(layer, PixelNormalization):
+                    layer.eval_preprocessing = dict(self.source_protocol)
         for name, save in (
             ("model.keras", model.save),
             ("model.weights.h5", model.save_weights),
@@ -338,7 +487,14 @@ class _Run:
         name, kwargs = builder_call(c, self.info)
         atomic_write_text(
             os.path.join(c.model_dir, "builder.json"),
-            json.dumps({"builder": name, "kwargs": kwargs}, indent=1),
+            json.dumps(
+                {
+                    "builder": name,
+                    "kwargs": kwargs,
+                    "eval_preprocessing": eval_preprocessing(model),
+                },
+                indent=1,
+            ),
         )
         atomic_write_text(
             os.path.join(c.model_dir, "labels.txt"),

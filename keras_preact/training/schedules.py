@@ -1,6 +1,6 @@
-"""The paper's learning-rate schedules, in optimizer steps, scaled to the global batch size.
+"""The learning-rate schedules, in optimizer steps, scaled to the global batch size.
 
-Both are stock `keras.optimizers.schedules.PiecewiseConstantDecay` objects, so
+All are stock Keras schedules (`PiecewiseConstantDecay`, `CosineDecay`), so
 they serialize with the optimizer and are indexed by `optimizer.iterations`
 (the number of updates already applied): a run resumed at step `s` gets the
 same learning rate as an uninterrupted one.
@@ -13,6 +13,9 @@ same learning rate as an uninterrupted one.
   at 50% and 75% of the run, warm-up for the first 0.625% (400 / 64k).
 * ImageNet: lr 0.1 x B / 256 (no warm-up), divided by 10 every 30 epochs
   (at epochs 30, 60 and 90 of a 90-epoch run by default, as fb.resnet.torch).
+* Fine-tuning (not the paper's: for starting from pretrained weights):
+  lr 0.01 x B / 256, reached by a linear warm-up from 0 over the first 5% of
+  the run (at least one step), then a cosine decay to 0 at the run's end.
 """
 
 from __future__ import annotations
@@ -28,7 +31,11 @@ IMAGENET_REFERENCE_BATCH = 256
 IMAGENET_EPOCHS = 90
 IMAGENET_DECAY_EPOCHS = (30, 60, 90)
 
-SCHEDULES = ("cifar", "imagenet")
+FINETUNE_REFERENCE_BATCH = 256
+FINETUNE_LEARNING_RATE = 0.01
+FINETUNE_WARMUP_FRACTION = 0.05
+
+SCHEDULES = ("cifar", "imagenet", "finetune")
 
 
 def step_schedule(learning_rate, decay_steps, *, warmup_steps=0, warmup_learning_rate=None):
@@ -111,6 +118,30 @@ def imagenet_schedule(global_batch_size, steps_per_epoch, base_learning_rate=0.1
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
     lr = base_learning_rate * global_batch_size / IMAGENET_REFERENCE_BATCH
     return step_schedule(lr, [e * steps_per_epoch for e in IMAGENET_DECAY_EPOCHS])
+
+
+def finetune_schedule(global_batch_size, total_steps, base_learning_rate=FINETUNE_LEARNING_RATE):
+    """Fine-tuning: linear warm-up to `base_learning_rate x B / 256`, then cosine decay to 0.
+
+    The warm-up goes from 0 (step 0) to the peak at step `w`, the first 5% of
+    `total_steps` (at least 1); the cosine then reaches 0 at step `total_steps`
+    (a stock `CosineDecay` with `warmup_target`).
+
+    >>> schedule = finetune_schedule(256, total_steps=1000)
+    >>> [round(float(schedule(s)), 6) for s in (0, 25, 50, 525, 1000)]
+    [0.0, 0.005, 0.01, 0.005, 0.0]
+    """
+    _check_batch(global_batch_size)
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
+    lr = base_learning_rate * global_batch_size / FINETUNE_REFERENCE_BATCH
+    warmup = min(max(1, round(FINETUNE_WARMUP_FRACTION * total_steps)), max(1, total_steps - 1))
+    return keras.optimizers.schedules.CosineDecay(
+        0.0,
+        decay_steps=max(1, total_steps - warmup),
+        warmup_target=float(lr),
+        warmup_steps=warmup,
+    )
 
 
 def _check_batch(global_batch_size):
