@@ -345,6 +345,21 @@ class _Run:
         source = self.resolved and self.resolved.source
         return source.name if source else self.config.weights
 
+    def _run_metrics(self, trainer):
+        """metrics.json's description of the run: data, model, weights, distribution."""
+        c = self.config
+        return {
+            "dataset": c.dataset,
+            "eval_split": self.info.eval_split,
+            "model": trainer.model.name,
+            "parameters": trainer.model.count_params(),
+            "weights": self._weights_name(),
+            "eval_preprocessing": self.eval_preprocessing,
+            "strategy": c.strategy,
+            "replicas": self.strategy.num_replicas_in_sync,
+            "global_batch_size": c.batch_size,
+        }
+
     def _test_metrics(self, results):
         """metrics.json's test entries from `{crop size: Trainer.evaluate(...)}`."""
         first = results[self.eval_crops[0]]
@@ -372,15 +387,7 @@ class _Run:
         results = {crop: trainer.evaluate(self._eval_fn(crop)) for crop in self.eval_crops}
         trainer.close()
         metrics = {
-            "dataset": c.dataset,
-            "eval_split": self.info.eval_split,
-            "model": trainer.model.name,
-            "parameters": trainer.model.count_params(),
-            "weights": self._weights_name(),
-            "eval_preprocessing": self.eval_preprocessing,
-            "strategy": c.strategy,
-            "replicas": self.strategy.num_replicas_in_sync,
-            "global_batch_size": c.batch_size,
+            **self._run_metrics(trainer),
             "eval_seconds": round(time.time() - began, 2),
             **self._test_metrics(results),
         }
@@ -444,13 +451,7 @@ class _Run:
                 results[crop] = trainer.evaluate(self._eval_fn(crop))
         trainer.close()
         metrics = {
-            "dataset": c.dataset,
-            "eval_split": self.info.eval_split,
-            "model": trainer.model.name,
-            "parameters": trainer.model.count_params(),
-            "strategy": c.strategy,
-            "replicas": self.strategy.num_replicas_in_sync,
-            "global_batch_size": c.batch_size,
+            **self._run_metrics(trainer),
             "steps": trainer.current_step,
             "steps_per_epoch": self.steps_per_epoch,
             "epochs": trainer.current_step / self.steps_per_epoch,
@@ -458,8 +459,6 @@ class _Run:
             "train_seconds": round(train_seconds, 2),
             "final_learning_rate": trainer.learning_rate(),
             "train_loss": history[-1]["loss"] if history else None,
-            "weights": self._weights_name(),
-            "eval_preprocessing": self.eval_preprocessing,
             **self._test_metrics(results),
         }
         if self.chief:
