@@ -15,6 +15,15 @@ setup(
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["keras_preact", "keras_preact.*"]),
     package_data={"keras_preact": ["imagenet_classes.tsv"]},
+    # The README's jobs without a checkout (from one: recipes/*.py, python -m export).
+    entry_points={
+        "console_scripts": [
+            "keras-preact-cifar = keras_preact.training.cli:cifar",
+            "keras-preact-imagenet = keras_preact.training.cli:imagenet",
+            "keras-preact-export = keras_preact.export.cli:run",
+            "keras-preact-client = keras_preact.export.client:run",
+        ]
+    },
     install_requires=[
         # Tested upper bounds; TF >= 2.16 is the first release on Keras 3.
         "tensorflow>=2.16,<2.22",

@@ -1,7 +1,7 @@
 """How much faster is batch-1 inference with the exported TFLite files than with the Keras model?
 
 Builds a keras-preact model (weights random: latency does not depend on their
-values), converts it with `export.tflite` to float32, float16, dynamic-range
+values), converts it with `keras_preact.export.tflite` to float32, float16, dynamic-range
 int8 and full-integer int8 (calibrated on the sample photos that scikit-learn
 and scikit-image ship), and times single-image inference in one run, the
 contenders alternating for `--rounds` rounds:
@@ -30,8 +30,8 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import keras_preact  # noqa: E402
-from export import tflite as tflite_lib  # noqa: E402
-from export import verify as verify_lib  # noqa: E402
+from keras_preact.export import tflite as tflite_lib  # noqa: E402
+from keras_preact.export import verify as verify_lib  # noqa: E402
 
 flags.DEFINE_string("model", "ResNet18V2", "keras-preact builder name")
 flags.DEFINE_integer("crop_size", 224, "input size")

@@ -19,25 +19,10 @@ def finish(config, metrics):
     """Exports on the chief when --export_dir is set, then prints the test accuracy (last line)."""
     export_dir = flags.FLAGS.export_dir
     if export_dir and metrics["chief"]:
-        from export import export_all
-        from keras_preact import data
+        from keras_preact.export import export_all
 
-        # int8 calibration on training images (eval crops, no augmentation), never test data.
-        calibration = data.make_dataset(
-            config.dataset,
-            "train",
-            batch_size=32,
-            data_dir=config.data_dir,
-            training=False,
-            image_size=config.image_size,
-            eval_preprocessing=metrics["eval_preprocessing"],
-        )
-        result = export_all(
-            os.path.join(config.model_dir, "model.keras"),
-            export_dir,
-            model_name=config.dataset,
-            calibration=calibration,
-        )
+        # The run directory says the rest: labels, crop, interpolation, calibration images.
+        result = export_all(config.model_dir, export_dir, model_name=config.dataset)
         print(result.summary())
     print(training_flags.result_line(metrics))
 

@@ -25,12 +25,12 @@ import pytest
 import tensorflow as tf
 
 import keras_preact
-from export import model as model_lib
-from export import onnx_export
-from export import saved_model as saved_model_lib
-from export.pipeline import export_all
-from export.serving import client
-from export.verify import VerificationError, eval_crops, sample_images
+from keras_preact.export import model as model_lib
+from keras_preact.export import onnx_export
+from keras_preact.export import saved_model as saved_model_lib
+from keras_preact.export.pipeline import export_all
+from keras_preact.export import client
+from keras_preact.export.verify import VerificationError, eval_crops, sample_images
 from keras_preact.data.crops import decode_image, eval_crop
 from keras_preact.preprocessing import imagenet_classes
 
@@ -359,7 +359,7 @@ def test_float32_disagreement_fails_export(trained, photos, tmp_path):
 
 
 def test_representative_data_from_a_pipeline(photos):
-    from export.tflite import representative_images
+    from keras_preact.export.tflite import representative_images
 
     images = [decode_image(d).numpy() for _, d in photos[:3]]
     small = np.stack([tf.image.resize(i, (40, 48)).numpy() for i in images])
@@ -443,8 +443,8 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras, numpy as np
 import keras_preact
-from export.pipeline import export_all
-from export.verify import eval_crops, sample_images
+from keras_preact.export.pipeline import export_all
+from keras_preact.export.verify import eval_crops, sample_images
 
 keras.mixed_precision.set_global_policy("mixed_float16")
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -623,7 +623,7 @@ def test_client_round_trip_rest_and_grpc(exported, trained, photos, tmp_path):
     try:
         rest = serving.start_rest()
         proc = _run(
-            [sys.executable, "-m", "export.serving.client", f"--server={rest}"]
+            [sys.executable, "-m", "keras_preact.export.client", f"--server={rest}"]
             + ["--model_name=tiny", "--top_k=3", *files]
         )
         lines = proc.stdout.splitlines()
@@ -635,7 +635,7 @@ def test_client_round_trip_rest_and_grpc(exported, trained, photos, tmp_path):
         bad = tmp_path / "notes.jpg"
         bad.write_bytes(b"not an image at all")
         proc = _run(
-            [sys.executable, "-m", "export.serving.client", f"--server={rest}"]
+            [sys.executable, "-m", "keras_preact.export.client", f"--server={rest}"]
             + ["--model_name=tiny", files[0], str(bad)],
             check=False,
         )
@@ -657,7 +657,7 @@ def test_models_config_parses():
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    text = (REPO / "export" / "serving" / "models.config").read_text()
+    text = (REPO / "docs" / "serving" / "models.config").read_text()
     config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
     (entry,) = config.model_config_list.config
     assert (entry.name, entry.base_path, entry.model_platform) == (

@@ -18,7 +18,7 @@ from foreign_nets import timm_state_dict
 from safetensors.numpy import save_file
 
 import keras_preact
-from keras_preact import data, preprocessing, training
+from keras_preact import data, preprocessing, run_dir, training
 from keras_preact.data import crops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,22 +104,27 @@ def test_cifar_recipe_reports_held_out_accuracy_it_can_reproduce(digits_run):
     nll = -np.mean(np.log(probs[np.arange(len(labels)), labels]))
     assert metrics["test_loss"] == pytest.approx(nll, rel=1e-3)
 
-    # The weights file loads into the builder call that builder.json records.
-    with open(os.path.join(model_dir, "builder.json")) as f:
-        spec = json.load(f)
-    assert spec["builder"] == "CIFARResNetV2"
-    assert {k: spec["kwargs"][k] for k in ("depth", "width", "classes", "normalization")} == {
+    # The weights file loads into the builder call that spec.json records.
+    spec = run_dir.read_spec(model_dir)
+    assert spec.builder == "CIFARResNetV2"
+    assert {k: spec.kwargs[k] for k in ("depth", "width", "classes", "normalization")} == {
         "depth": 8,
         "width": 4,
         "classes": 10,
         "normalization": "digits",
     }
-    rebuilt = getattr(keras_preact, spec["builder"])(
-        weights=os.path.join(model_dir, "model.weights.h5"), **spec["kwargs"]
+    assert (spec.normalization, spec.image_size, spec.crop_size, spec.resize_size()) == (
+        "digits",
+        32,
+        32,
+        32,
     )
+    rebuilt = spec.build(weights=os.path.join(model_dir, run_dir.WEIGHTS))
     np.testing.assert_allclose(rebuilt.predict(images, verbose=0), probs, atol=1e-5)
-    with open(os.path.join(model_dir, "labels.txt")) as f:
-        assert tuple(f.read().splitlines()) == data.dataset_info("digits").class_names
+    class_names = data.dataset_info("digits").class_names
+    assert tuple(spec.labels) == class_names
+    with open(os.path.join(model_dir, run_dir.LABELS)) as f:
+        assert tuple(f.read().splitlines()) == class_names
 
 
 @pytest.mark.slow
@@ -385,10 +390,10 @@ def test_imagenet_recipe_fine_tunes_from_a_converted_checkpoint(tmp_path, photo_
     assert proc.returncode == 0, proc.stderr[-4000:]
     # 1,000-class checkpoint, 2-class folder: the backbone loads, the head starts fresh.
     assert "loaded the backbone" in proc.stderr
-    with open(model_dir / "builder.json") as f:
-        spec = json.load(f)
-    assert spec["kwargs"]["layout"] == "timm" and "weights" not in spec["kwargs"]
-    assert spec["eval_preprocessing"] == {"interpolation": "bilinear", "crop_fraction": None}
+    spec = run_dir.read_spec(model_dir)
+    assert spec.kwargs["layout"] == "timm" and "weights" not in spec.kwargs
+    assert spec.eval_preprocessing == {"interpolation": "bilinear", "crop_fraction": None}
+    assert (spec.normalization, spec.crop_size, spec.resize_size()) == ("tf", 64, 73)
     with open(model_dir / "metrics.json") as f:
         metrics = json.load(f)
     assert metrics["weights"] == weights and metrics["steps"] == 3
@@ -397,15 +402,13 @@ def test_imagenet_recipe_fine_tunes_from_a_converted_checkpoint(tmp_path, photo_
     lrs = _scalars(os.path.join(model_dir, "logs", "train"), "learning_rate")
     np.testing.assert_allclose([lrs[s] for s in (1, 2, 3)], [0, peak, peak / 2], atol=1e-9)
 
-    # model.weights.h5 in the builder builder.json names = model.keras.
+    # model.weights.h5 in the builder spec.json names = model.keras.
     files, _ = _val_photos(photo_folder)
     batch = np.stack(
         [crops.eval_crop(crops.decode_image(tf.io.read_file(str(f))), 64) for f in files]
     )
     saved = keras.models.load_model(model_dir / "model.keras").predict(batch, verbose=0)
-    rebuilt = getattr(keras_preact, spec["builder"])(
-        weights=str(model_dir / "model.weights.h5"), **spec["kwargs"]
-    )
+    rebuilt = spec.build(weights=str(model_dir / run_dir.WEIGHTS))
     np.testing.assert_allclose(rebuilt.predict(batch, verbose=0), saved, atol=1e-5)
 
     # The same command again resumes: the checkpoint wins over --weights (not even read).

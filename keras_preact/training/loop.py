@@ -46,6 +46,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from keras_preact import run_dir
 from keras_preact.training.strategy import is_chief, task_info
 
 HISTORY_FIELDS = (
@@ -88,14 +89,6 @@ def _sigterm_flag(enabled):
         yield received
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def atomic_write_text(path, text):
-    """Writes `text` to `path` through a temporary file and a rename (local paths and GCS)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 class Trainer:
@@ -184,7 +177,7 @@ class Trainer:
         self._manager = None
         self._worker_dir = None
         if model_dir:
-            self.checkpoint_dir = os.path.join(model_dir, "checkpoints")
+            self.checkpoint_dir = os.path.join(model_dir, run_dir.CHECKPOINTS)
             write_dir = self.checkpoint_dir
             if not self.chief:
                 _, task_id = task_info(strategy)
@@ -430,14 +423,14 @@ class Trainer:
             return
         if name not in self._writers:
             self._writers[name] = tf.summary.create_file_writer(
-                os.path.join(self.model_dir, "logs", name)
+                os.path.join(self.model_dir, run_dir.LOGS, name)
             )
         with self._writers[name].as_default(step=step):
             for key, value in scalars.items():
                 tf.summary.scalar(key, float(value))
 
     def _read_history(self):
-        path = os.path.join(self.model_dir, "history.json")
+        path = os.path.join(self.model_dir, run_dir.HISTORY_JSON)
         if not tf.io.gfile.exists(path):
             return []
         with tf.io.gfile.GFile(path) as f:
@@ -447,12 +440,12 @@ class Trainer:
         if not (self.chief and self.model_dir):
             return
         rows = [{k: _plain(row.get(k)) for k in HISTORY_FIELDS} for row in self.history]
-        atomic_write_text(os.path.join(self.model_dir, "history.json"), json.dumps(rows, indent=1))
+        run_dir.write_json(os.path.join(self.model_dir, run_dir.HISTORY_JSON), rows)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, HISTORY_FIELDS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        atomic_write_text(os.path.join(self.model_dir, "history.csv"), buffer.getvalue())
+        run_dir.atomic_write(os.path.join(self.model_dir, run_dir.HISTORY_CSV), buffer.getvalue())
 
 
 def _plain(value):

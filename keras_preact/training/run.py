@@ -16,8 +16,8 @@ are not loaded). Evaluation crops use the weights' evaluation protocol
 `run` evaluates the weights at every eval crop size and writes only
 `metrics.json` (no training, no other files).
 
-Files the chief writes to `model_dir` (each through a temporary name and a
-rename, so none is ever half-written):
+Files the chief writes to `model_dir` (names and the one atomic write:
+`keras_preact.run_dir`; none is ever half-written):
 
 * `config.json`: the run's `TrainConfig` (a resumed run must match it).
 * `checkpoints/`, `logs/`, `history.csv`, `history.json`: see `Trainer`.
@@ -28,10 +28,10 @@ rename, so none is ever half-written):
   the eval preprocessing (`eval_preprocessing(model)`), as a builder does.
 * `model.weights.h5`: the same weights, for `keras_preact.<Builder>(weights=path)`
   with the same architecture arguments.
-* `builder.json`: that builder and its arguments, `{"builder": ..., "kwargs": ...,
-  "eval_preprocessing": ...}`: the kwargs name the layout explicitly and no
-  weights (the trained ones are `model.weights.h5`).
-* `labels.txt`: the class names, one per line, in label order.
+* `spec.json` (+ `labels.txt`): the `keras_preact.run_dir.ModelSpec`: the
+  builder and its arguments (explicit layout, no weights), class names,
+  normalisation, eval crop sizes, interpolation and crop fraction, and the
+  training data. `python -m export --model_dir=...` reads it.
 """
 
 from __future__ import annotations
@@ -45,13 +45,11 @@ import time
 import keras
 import tensorflow as tf
 
-from keras_preact.preprocessing import (
-    DEFAULT_EVAL_PREPROCESSING,
-    PixelNormalization,
-    eval_preprocessing,
-)
+from keras_preact import run_dir
+from keras_preact.models.float32 import float32_copy
+from keras_preact.preprocessing import DEFAULT_EVAL_PREPROCESSING, PixelNormalization
 from keras_preact.training.config import ConfigError, TrainConfig
-from keras_preact.training.loop import Trainer, atomic_write_text
+from keras_preact.training.loop import Trainer
 from keras_preact.training.optimizer import CoupledSGD
 from keras_preact.training.schedules import (
     IMAGENET_EPOCHS,
@@ -103,7 +101,7 @@ def run_layout(config):
 def builder_call(config, info):
     """`(builder name, keyword arguments)`: the `keras_preact` call that builds the network.
 
-    Written to `model_dir/builder.json`, so `model.weights.h5` can be loaded
+    Saved in `model_dir/spec.json`, so `model.weights.h5` can be loaded
     with `getattr(keras_preact, name)(weights=path, **kwargs)` (the
     normalisation, for one, is an argument and not in the weights file). The
     ImageNet layout is always explicit (`run_layout`); `config.weights` is not
@@ -185,7 +183,7 @@ class _Run:
         try:
             config.validate()
             self.resolved = resolve_weights(config)
-            if config.family == "imagenet":  # builder.json and config.json name the layout
+            if config.family == "imagenet":  # spec.json and config.json name the layout
                 config = dataclasses.replace(config, layout=run_layout(config))
             self.config = config
             # A named source's protocol, saved with the model as its builder would.
@@ -276,8 +274,8 @@ class _Run:
 
     def _check_model_dir(self):
         c = self.config
-        path = os.path.join(c.model_dir, "config.json")
-        has_checkpoint = tf.train.latest_checkpoint(os.path.join(c.model_dir, "checkpoints"))
+        path = os.path.join(c.model_dir, run_dir.CONFIG)
+        has_checkpoint = tf.train.latest_checkpoint(os.path.join(c.model_dir, run_dir.CHECKPOINTS))
         self.resuming = bool(has_checkpoint)  # then the checkpoint wins over config.weights
         if c.eval_only:
             if has_checkpoint:
@@ -300,7 +298,7 @@ class _Run:
                 )
         if self.chief:
             tf.io.gfile.makedirs(c.model_dir)
-            atomic_write_text(path, c.to_json())
+            run_dir.atomic_write(path, c.to_json())
 
     def _build_trainer(self, weights):
         """The `Trainer`, its model built with `weights`; unusable weights raise `ConfigError`."""
@@ -406,9 +404,7 @@ class _Run:
                         + (f" (published: {published[0]:.2f}%)" if published else "")
                     )
             tf.io.gfile.makedirs(c.model_dir)
-            atomic_write_text(
-                os.path.join(c.model_dir, "metrics.json"), json.dumps(metrics, indent=1)
-            )
+            run_dir.write_json(os.path.join(c.model_dir, run_dir.METRICS), metrics)
         return dict(metrics, chief=self.chief)
 
     # --------------------------------------------------------------- training
@@ -466,37 +462,41 @@ class _Run:
         return dict(metrics, chief=self.chief)
 
     def _save(self, trained, metrics):
-        """Writes model.keras, model.weights.h5, labels.txt and metrics.json (temp + rename)."""
+        """Writes model.keras, model.weights.h5, spec.json, labels.txt and metrics.json."""
         c = self.config
-        keras.mixed_precision.set_global_policy("float32")
-        model = build_model(c, self.info, classifier_activation="softmax")
-        model.set_weights(trained.get_weights())
+        model = float32_copy(trained, dynamic_hw=False, classifier_activation="softmax")
         if self.source_protocol:  # saved in model.keras, as a builder given the source does
             for layer in model.layers:
                 if isinstance(layer, PixelNormalization):
                     layer.eval_preprocessing = dict(self.source_protocol)
-        for name, save in (
-            ("model.keras", model.save),
-            ("model.weights.h5", model.save_weights),
-        ):
-            final = os.path.join(c.model_dir, name)
-            tmp = os.path.join(c.model_dir, f".tmp-{os.getpid()}-{name}")
-            save(tmp)
-            tf.io.gfile.rename(tmp, final, overwrite=True)
+        for name, save in ((run_dir.MODEL, model.save), (run_dir.WEIGHTS, model.save_weights)):
+            with run_dir.atomic_path(os.path.join(c.model_dir, name)) as tmp:
+                save(tmp)
+        run_dir.write_spec(c.model_dir, self.spec())
+        run_dir.write_json(os.path.join(c.model_dir, run_dir.METRICS), metrics)
+
+    def spec(self):
+        """The run's `keras_preact.run_dir.ModelSpec`."""
+        c = self.config
         name, kwargs = builder_call(c, self.info)
-        atomic_write_text(
-            os.path.join(c.model_dir, "builder.json"),
-            json.dumps(
-                {
-                    "builder": name,
-                    "kwargs": kwargs,
-                    "eval_preprocessing": eval_preprocessing(model),
-                },
-                indent=1,
-            ),
+        normalization = kwargs.get("normalization")
+        if normalization is None:
+            from keras_preact.models.imagenet import LAYOUTS
+
+            normalization = LAYOUTS[kwargs["layout"]].normalization
+        size = c.image_size or self.info.image_size or 224
+        return run_dir.ModelSpec(
+            builder=name,
+            kwargs=kwargs,
+            labels=list(self.info.class_names),
+            normalization=normalization,
+            image_size=int(size),
+            # ImageNet-style nets evaluate centre crops; CIFAR-style ones whole images.
+            eval_crop_sizes=[int(s) for s in c.eval_crop_sizes]
+            or ([int(size)] if c.family == "imagenet" else []),
+            interpolation=self.eval_preprocessing["interpolation"],
+            crop_fraction=self.eval_preprocessing["crop_fraction"],
+            dataset=c.dataset,
+            data_dir=c.data_dir,
+            weights=self._weights_name(),
         )
-        atomic_write_text(
-            os.path.join(c.model_dir, "labels.txt"),
-            "".join(f"{n}\n" for n in self.info.class_names),
-        )
-        atomic_write_text(os.path.join(c.model_dir, "metrics.json"), json.dumps(metrics, indent=1))

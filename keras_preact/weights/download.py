@@ -22,6 +22,8 @@ import socket
 import h5py
 import numpy as np
 
+from keras_preact.run_dir import atomic_path
+
 MIRROR_ENV = "KERAS_PREACT_WEIGHTS_MIRROR"
 TIMEOUT_S = 20  # per socket operation: an unreachable host fails in seconds, never hangs
 _FORMAT_VERSION = 1  # of the converted-cache files
@@ -121,18 +123,12 @@ def converted_path(source, notop=False):
 def write_converted(path, values, source):
     """Writes `{variable path: array}` to `path` atomically (temp file, rename)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    partial = f"{path}.{os.getpid()}.partial"
-    try:
-        with h5py.File(partial, "w") as h5:
-            h5.attrs["source"] = source.name
-            h5.attrs["layout"] = source.layout
-            h5.attrs["format_version"] = _FORMAT_VERSION
-            for name, value in values.items():
-                h5.create_dataset(name, data=np.asarray(value))
-        os.replace(partial, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(partial)
+    with atomic_path(path) as partial, h5py.File(partial, "w") as h5:
+        h5.attrs["source"] = source.name
+        h5.attrs["layout"] = source.layout
+        h5.attrs["format_version"] = _FORMAT_VERSION
+        for name, value in values.items():
+            h5.create_dataset(name, data=np.asarray(value))
 
 
 def read_converted(path):

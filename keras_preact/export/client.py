@@ -1,12 +1,18 @@
-"""Query a TF Serving model exported by `python -m export` with image files; print top-k labels.
+"""Query a model exported by `keras-preact-export` with image files; print top-k labels.
 
-REST (port 8501, no extra packages):
+Installed, the command is `keras-preact-client` (from a checkout:
+`python -m keras_preact.export.client`). REST (port 8501, no extra packages):
 
-    python -m export.serving.client --model_name=preact photo.jpg other.png
+    keras-preact-client --model_name=preact photo.jpg other.png
 
 gRPC (port 8500; needs `tensorflow-serving-api`):
 
-    python -m export.serving.client --protocol=grpc --model_name=preact photo.jpg
+    keras-preact-client --protocol=grpc --model_name=preact photo.jpg
+
+Without a server, straight from the exported SavedModel (a version folder, or
+the model's base folder for its latest version), as TF Serving would run it:
+
+    keras-preact-client --saved_model=exported/preact photo.jpg
 
 The request formats are TF Serving's documented ones:
 
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import urllib.error
 import urllib.request
 
@@ -156,6 +163,45 @@ def predict_grpc(server, model_name, images, signature_name=SIGNATURE, version=N
     return parse_grpc_response(response)
 
 
+def saved_model_version(path):
+    """A SavedModel version folder: `path` itself, or the highest integer version inside it."""
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = (
+        sorted(int(n) for n in os.listdir(path) if n.isdigit()) if os.path.isdir(path) else []
+    )
+    if not versions:
+        raise FileNotFoundError(
+            f"No SavedModel at {path!r}: give a version folder (with saved_model.pb) or the "
+            "model's base folder (with numbered versions), e.g. exported/preact."
+        )
+    return os.path.join(path, str(versions[-1]))
+
+
+def predict_saved_model(path, images, signature_name=SIGNATURE):
+    """Runs a SavedModel's signature in this process; one dict of outputs per image.
+
+    Loaded with `tf.saved_model.load` (no keras_preact code), so it answers
+    like the server: a bad image raises `InvalidArgumentError` naming it.
+    """
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(saved_model_version(path))
+    if signature_name not in loaded.signatures:
+        raise ValueError(
+            f"The SavedModel has no signature {signature_name!r}; it has "
+            f"{', '.join(sorted(loaded.signatures))}."
+        )
+    outputs = loaded.signatures[signature_name](**{INPUT: tf.constant(list(images))})
+    rows = {key: value.numpy().tolist() for key, value in outputs.items()}
+    decoded = {
+        key: [[v.decode("utf-8") if isinstance(v, bytes) else v for v in row] for row in value]
+        for key, value in rows.items()
+    }
+    return [{key: values[i] for key, values in decoded.items()} for i in range(len(images))]
+
+
 def format_predictions(names, predictions, top_k=None):
     """Readable lines: each file, then `score  label (class)` for its top-k."""
     lines = []
@@ -181,6 +227,17 @@ def main(argv):
                 images.append(f.read())
         except OSError as e:
             raise SystemExit(f"Cannot read {path}: {e.strerror}") from None
+    if FLAGS.saved_model:
+        import tensorflow as tf
+
+        try:
+            predictions = predict_saved_model(FLAGS.saved_model, images, FLAGS.signature_name)
+        except (ValueError, OSError) as e:
+            raise SystemExit(f"--saved_model: {e}") from None
+        except tf.errors.OpError as e:  # InvalidArgumentError: a file the model cannot read
+            raise SystemExit(f"The model refused the request: {e.message}") from None
+        print(format_predictions(files, predictions, FLAGS.top_k))
+        return
     port = REST_PORT if FLAGS.protocol == "rest" else GRPC_PORT
     server = FLAGS.server or f"localhost:{port}"
     predict = predict_rest if FLAGS.protocol == "rest" else predict_grpc
@@ -200,10 +257,21 @@ def _define_flags():
     flags.DEFINE_integer("version", None, "Model version (default: the server's latest).")
     flags.DEFINE_string("signature_name", SIGNATURE, "Signature taking image_bytes.")
     flags.DEFINE_integer("top_k", None, "Print at most this many classes per image.")
+    flags.DEFINE_string(
+        "saved_model",
+        None,
+        "Run this exported SavedModel here instead of asking a server (a version folder, or "
+        "the model's base folder for its latest version).",
+    )
 
 
-if __name__ == "__main__":
+def run():
+    """The `keras-preact-client` console script."""
     from absl import app
 
     _define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -23,7 +23,8 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from export import verify as verify_lib
+from keras_preact.export import verify as verify_lib
+from keras_preact.run_dir import atomic_path
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
@@ -76,16 +77,15 @@ def export_onnx(model, path, normalization=None, opset=None):
     inputs = [t.name for t in frozen.inputs]
     outputs = [t.name for t in frozen.outputs]
     _patch_tf2onnx()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    tf2onnx.convert.from_graph_def(
-        frozen.graph.as_graph_def(),
-        input_names=inputs,
-        output_names=outputs,
-        opset=opset,
-        tensors_to_rename={inputs[0]: INPUT_NAME, outputs[0]: OUTPUT_NAME},
-        output_path=tmp,
-    )
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tf2onnx.convert.from_graph_def(
+            frozen.graph.as_graph_def(),
+            input_names=inputs,
+            output_names=outputs,
+            opset=opset,
+            tensors_to_rename={inputs[0]: INPUT_NAME, outputs[0]: OUTPUT_NAME},
+            output_path=tmp,
+        )
     return path
 
 

@@ -134,7 +134,7 @@ def build_archive(
 
     Args:
         model: float32 Keras model taking raw RGB `[N, H, W, 3]` in [0, 255]
-            (see `export.model.float32_copy`).
+            (see `keras_preact.export.model.float32_copy`).
         labels: class names, one per output index.
         crop_size, resize_size, interpolation: the `serving_default` eval crop
             (224 from shorter side 256, bilinear, by default; 320 from 320; a

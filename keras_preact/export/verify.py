@@ -6,9 +6,9 @@ the probabilities, top-1 agreement, plus the artifact's size and batch-1
 latency. Reports are JSON files written beside the artifacts.
 
 * `verify_saved_model` loads the SavedModel in a separate, fresh Python
-  process (`export/load_check.py`, which never imports keras_preact) and, with
+  process (`keras_preact/export/load_check.py`, which never imports keras_preact) and, with
   `saved_model_cli run`, through the session-based loader the server uses.
-* `verify_tflite` (in `export.tflite`) and `verify_onnx` (in `export.onnx_export`)
+* `verify_tflite` (in `keras_preact.export.tflite`) and `verify_onnx` (in `keras_preact.export.onnx_export`)
   run the artifacts in their runtimes and use `compare` from here.
 
 The default images are the sample photos that scikit-learn ships (and
@@ -170,16 +170,6 @@ def directory_size(path):
     )
 
 
-def write_report(path, report):
-    """Writes a JSON report atomically (temporary file, then rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
-
-
 def _versions():
     import keras
 
@@ -194,7 +184,7 @@ def _pack_bytes(items):
 
 
 def run_in_fresh_process(version_dir, images, pixels, timeout=300):
-    """Runs `export/load_check.py` in a new `python -I` process; returns its outputs dict."""
+    """Runs `keras_preact/export/load_check.py` in a new `python -I` process; returns its outputs dict."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "load_check.py")
     encoded = [data for _, data in images]
     bad = [encoded[0], b"this is not an image"]
@@ -313,7 +303,7 @@ def verify_saved_model(
         "interpolation": interpolation,
         "tolerance": tolerance,
         "fresh_process": {
-            "loader": "tf.saved_model.load in `python -I export/load_check.py`",
+            "loader": "tf.saved_model.load in `python -I keras_preact/export/load_check.py`",
             "imported_keras_preact": bool(out["imported_keras_preact"]),
             "checks": checks,
             "labels_match_classes": label_check("serving_default") and label_check("pixels"),

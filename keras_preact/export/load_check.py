@@ -4,7 +4,7 @@ Run as a script with `python -I` (isolated: this folder is not on sys.path), so
 the process imports only TensorFlow and NumPy, never `keras_preact` or Keras
 model code:
 
-    python -I export/load_check.py VERSION_DIR INPUTS.npz OUTPUTS.npz
+    python -I keras_preact/export/load_check.py VERSION_DIR INPUTS.npz OUTPUTS.npz
 
 INPUTS.npz holds `image_bytes` (encoded images as one uint8 buffer plus
 `image_offsets`), `pixels` (float32 crops) and `bad_image_bytes` /

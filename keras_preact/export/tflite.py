@@ -29,8 +29,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from export import verify as verify_lib
 from keras_preact.data.crops import eval_crop
+from keras_preact.export import verify as verify_lib
 from keras_preact.preprocessing import normalization_stats
 
 VARIANTS = ("float32", "float16", "dynamic_int8", "int8")

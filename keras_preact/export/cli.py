@@ -1,0 +1,198 @@
+"""Command line: export a trained model for TF Serving, TFLite and (optionally) ONNX.
+
+Installed: `keras-preact-export`; from a checkout: `python -m export`.
+
+    keras-preact-export --model_dir=runs/cifar --output_dir=exported --model_name=cifar
+    keras-preact-export --model_path=model.keras --output_dir=exported
+    keras-preact-export --builder=ResNet50V2 --weights=resnet50v2.weights.h5 \\
+        --output_dir=exported --model_name=resnet50v2 --crop_size=320
+
+A training run's directory (`--model_dir`) says everything else: class
+names, crop and resize sizes, interpolation and the int8 calibration data
+(`keras_preact.run_dir`). Writes `<output_dir>/<model_name>/<version>/`
+(SavedModel), `<output_dir>/tflite/<model_name>/<version>/` and, with --onnx,
+`<output_dir>/onnx/<model_name>/<version>/`, each verified against the Keras
+model on real images (reports beside the artifacts). See
+`keras_preact.export.pipeline`.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+
+from keras_preact.export import tflite as tflite_lib
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defines the export flags on absl's FLAGS (once)."""
+    if "output_dir" in FLAGS:
+        return
+    flags.DEFINE_string(
+        "model_dir", None, "A training run's directory (reads model.keras and spec.json)."
+    )
+    flags.DEFINE_string("model_path", None, "Or a .keras file.")
+    flags.DEFINE_string("builder", None, "Or a keras-preact builder name, e.g. ResNet50V2.")
+    flags.DEFINE_string("weights", None, "Weights file (.weights.h5 / .keras) for --builder.")
+    flags.DEFINE_string(
+        "builder_kwargs", "{}", "JSON of extra builder arguments, e.g. '{\"classes\": 10}'."
+    )
+    flags.DEFINE_string("output_dir", None, "Root folder of the exported artifacts.")
+    flags.DEFINE_string("model_name", "preact", "TF Serving model name (folder under output_dir).")
+    flags.DEFINE_integer("version", None, "Version number; default: the next free one.")
+    flags.DEFINE_boolean("overwrite", False, "Replace an existing version (otherwise refuse).")
+    flags.DEFINE_string(
+        "labels", None, "Class names file, one per line (default: the run's, or labels.txt beside)."
+    )
+    flags.DEFINE_integer(
+        "crop_size",
+        None,
+        "Eval crop (default: the run's first eval crop, else the model's size, else 224).",
+    )
+    flags.DEFINE_integer(
+        "resize_size", None, "Shorter side before the crop (default: the run's / weights source's)."
+    )
+    flags.DEFINE_enum(
+        "interpolation",
+        None,
+        ["bilinear", "bicubic"],
+        "Resize interpolation of the image-bytes signature (default: the run's / weights').",
+    )
+    flags.DEFINE_integer("top_k", 5, "Classes/scores/labels returned per image.")
+    flags.DEFINE_list(
+        "tflite", list(tflite_lib.VARIANTS), f"TFLite variants, subset of {tflite_lib.VARIANTS}."
+    )
+    flags.DEFINE_boolean("onnx", False, "Also export ONNX (needs tf2onnx and onnxruntime).")
+    flags.DEFINE_string(
+        "images", None, "Folder of real images for verification (default: packaged sample photos)."
+    )
+    flags.DEFINE_string(
+        "calibration_images",
+        None,
+        "Folder of images for int8 calibration (default: the run's training data, else --images).",
+    )
+    flags.DEFINE_string(
+        "calibration_dataset",
+        None,
+        "Or int8 calibration from the training pipeline: a keras_preact.data dataset name "
+        "(digits, cifar10, imagenet2012, folder, ...), evaluation crops of --calibration_split.",
+    )
+    flags.DEFINE_string("calibration_split", "train", "Split for --calibration_dataset.")
+    flags.DEFINE_string("calibration_data_dir", None, "data_dir for --calibration_dataset.")
+    flags.DEFINE_integer("calibration_limit", 100, "At most this many calibration images.")
+    flags.DEFINE_string(
+        "normalization", None, "Only for models built with include_preprocessing=False."
+    )
+    flags.DEFINE_boolean("verify", True, "Verify every artifact against the Keras model.")
+    flags.DEFINE_integer("num_threads", 1, "TFLite interpreter threads for the latency figure.")
+    flags.DEFINE_string("summary_json", None, "Also write the result (paths, reports) here.")
+
+
+def main(argv):
+    """Exports what the flags name; prints the summary and the serving commands."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.output_dir is None:
+        raise app.UsageError("--output_dir is required.")
+    try:
+        builder_kwargs = json.loads(FLAGS.builder_kwargs)
+    except json.JSONDecodeError as e:
+        raise app.UsageError(f"--builder_kwargs is not valid JSON: {e}") from None
+    import tensorflow as tf
+
+    if not FLAGS["verbosity"].present:  # TF's INFO lines drown the summary
+        logging.set_verbosity(logging.WARNING)
+        tf.get_logger().setLevel("ERROR")
+    from keras_preact.export import pipeline
+    from keras_preact.export.verify import VerificationError
+    from keras_preact.run_dir import write_json
+
+    try:
+        source = _source(builder_kwargs)
+        result = pipeline.export_all(
+            source,
+            FLAGS.output_dir,
+            model_name=FLAGS.model_name,
+            version=FLAGS.version,
+            overwrite=FLAGS.overwrite,
+            labels=FLAGS.labels,
+            crop_size=FLAGS.crop_size,
+            resize_size=FLAGS.resize_size,
+            interpolation=FLAGS.interpolation,
+            top_k=FLAGS.top_k,
+            tflite=[v for v in FLAGS.tflite if v],
+            onnx=FLAGS.onnx,
+            images=FLAGS.images,
+            calibration=_calibration(source),
+            calibration_limit=FLAGS.calibration_limit,
+            normalization=FLAGS.normalization,
+            verify=FLAGS.verify,
+            num_threads=FLAGS.num_threads,
+        )
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+        sys.exit(f"export: {e}")
+    except VerificationError as e:
+        sys.exit(f"export: verification failed: {e}")
+    print(result.summary())
+    if FLAGS.summary_json:
+        summary = dataclasses.asdict(result)
+        summary.pop("labels")
+        write_json(FLAGS.summary_json, summary)
+    base = os.path.abspath(os.path.join(FLAGS.output_dir, FLAGS.model_name))
+    print(
+        f"\nServe:  docker run --rm -p 8500:8500 -p 8501:8501 "
+        f"-v {base}:/models/{FLAGS.model_name} "
+        f"-e MODEL_NAME={FLAGS.model_name} tensorflow/serving\n"
+        f"Query:  keras-preact-client --model_name={FLAGS.model_name} IMAGE.jpg"
+    )
+
+
+def _source(builder_kwargs):
+    """What to export: a run directory, a .keras file or a builder call (exactly one)."""
+    from keras_preact.export import model as model_lib
+
+    given = [f"--{n}" for n in ("model_dir", "model_path", "builder") if FLAGS[n].value]
+    if len(given) != 1:
+        raise ValueError(
+            "Give exactly one of --model_dir (a training run), --model_path (a .keras file) or "
+            f"--builder (with --weights); got {', '.join(given) or 'none'}."
+        )
+    if FLAGS.model_dir:
+        if not os.path.isdir(FLAGS.model_dir):
+            raise FileNotFoundError(f"--model_dir {FLAGS.model_dir!r} is not a folder.")
+        return FLAGS.model_dir
+    if FLAGS.model_path:
+        return FLAGS.model_path
+    return model_lib.load_model(
+        builder=FLAGS.builder, weights=FLAGS.weights, builder_kwargs=builder_kwargs
+    )
+
+
+def _calibration(source):
+    """--calibration_images, or a dataset from the training pipeline (eval crops, no shuffle)."""
+    if FLAGS.calibration_dataset is None:
+        return FLAGS.calibration_images
+    if FLAGS.calibration_images is not None:
+        raise ValueError("Give --calibration_images or --calibration_dataset, not both.")
+    from keras_preact.export import model as model_lib
+    from keras_preact.preprocessing import eval_preprocessing
+
+    model, spec, _ = model_lib.load_source(source)
+    crop, _, _ = model_lib.serving_geometry(model, spec, FLAGS.crop_size)
+    return model_lib.calibration_data(
+        FLAGS.calibration_dataset,
+        crop,
+        spec.eval_preprocessing if spec else eval_preprocessing(model),
+        split=FLAGS.calibration_split,
+        data_dir=FLAGS.calibration_data_dir,
+    )
+
+
+def run():
+    """The `keras-preact-export` console script."""
+    define_flags()
+    app.run(main)

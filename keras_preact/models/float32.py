@@ -1,0 +1,78 @@
+"""`float32_copy`: the copy of a trained model that is saved and exported.
+
+Training may run in mixed precision under a tf.distribute strategy and ends
+in logits; what is saved (`model.keras`) and exported (SavedModel, TFLite)
+is one float32 model with plain variables and, for serving, a softmax head
+and any input height/width. One function makes that copy for both.
+
+>>> import keras_preact
+>>> trained = keras_preact.ResNet20V2(classes=3, classifier_activation=None)
+>>> served = float32_copy(trained, classifier_activation="softmax")
+>>> served.input_shape, served.get_layer("predictions").activation.__name__
+((None, None, None, 3), 'softmax')
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import keras
+import tensorflow as tf
+
+_KEEP = object()
+
+
+@contextlib.contextmanager
+def _global_dtype_policy(name):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def float32_copy(model, dynamic_hw=True, classifier_activation=_KEEP):
+    """A float32 copy of a functional model with the same weights, outside any strategy.
+
+    Mixed-precision layers become float32; variables are plain (not mirrored),
+    so the copy saves and exports the same way whatever strategy trained the
+    original. With `dynamic_hw`, the copy takes `[N, H, W, C]` of any H/W
+    when the network allows it (convolutions and global pooling); otherwise it
+    keeps the original input size. `classifier_activation` replaces the
+    activation of the `predictions` layer (e.g. `"softmax"` on a model trained
+    on logits).
+    """
+    if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+        raise RuntimeError("float32_copy must not run inside a replica function (strategy.run).")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(
+            f"Export expects one image input and one probability output; {model.name!r} has "
+            f"{len(model.inputs)} inputs and {len(model.outputs)} outputs."
+        )
+
+    def float32_layer(layer):
+        config = layer.get_config()
+        if "dtype" in config:
+            config["dtype"] = "float32"
+        if layer.name == "predictions" and classifier_activation is not _KEEP:
+            config["activation"] = classifier_activation
+        return layer.__class__.from_config(config)
+
+    weights = model.get_weights()  # numpy; reads mirrored/distributed variables too
+    with _global_dtype_policy("float32"):
+        copy = None
+        if dynamic_hw:
+            channels = model.inputs[0].shape[-1]
+            name = model.inputs[0].name or "image"
+            try:
+                inputs = keras.Input((None, None, channels), name=name, dtype="float32")
+                copy = keras.models.clone_model(
+                    model, input_tensors=inputs, clone_function=float32_layer
+                )
+            except (ValueError, TypeError):
+                copy = None  # e.g. a Flatten head: keep the trained size
+        if copy is None:
+            copy = keras.models.clone_model(model, clone_function=float32_layer)
+    copy.set_weights(weights)
+    return copy
