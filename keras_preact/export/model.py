@@ -249,12 +249,15 @@ def prepare(
     return plan
 
 
-def calibration_data(dataset, crop_size, eval_preprocessing, split="train", data_dir=None):
+def calibration_data(
+    dataset, crop_size, eval_preprocessing, split="train", data_dir=None, image_size=None
+):
     """Eval crops of a `keras_preact.data` dataset (a tf.data.Dataset) for int8 calibration.
 
     Training images, never test data; `eval_preprocessing` is the model's
-    (`{"interpolation", "crop_fraction"}`). Raises ValueError when the data
-    is not there.
+    (`{"interpolation", "crop_fraction"}`); `image_size` the dataset's
+    training size where it has one to choose (default: `crop_size`). Raises
+    ValueError when the data is not there.
     """
     from keras_preact import data
 
@@ -265,7 +268,7 @@ def calibration_data(dataset, crop_size, eval_preprocessing, split="train", data
             batch_size=32,
             data_dir=data_dir,
             training=False,
-            image_size=crop_size,
+            image_size=image_size or crop_size,
             eval_crop_size=crop_size,
             eval_preprocessing=eval_preprocessing,
         )
@@ -281,7 +284,11 @@ def _run_calibration(spec, crop_size):
         return None
     try:
         return calibration_data(
-            spec.dataset, crop_size, spec.eval_preprocessing, data_dir=spec.data_dir
+            spec.dataset,
+            crop_size,
+            spec.eval_preprocessing,
+            data_dir=spec.data_dir,
+            image_size=spec.image_size,
         )
     except ValueError as e:
         logging.warning("int8 calibration: the run's data is not here (%s).", e)

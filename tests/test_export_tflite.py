@@ -1,0 +1,118 @@
+"""TFLite (float32, float16, dynamic-range and full int8) and ONNX against the Keras model.
+
+Fixtures (`photos`, `trained`, `exported`): conftest.py.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from export_helpers import keras_reference
+
+from keras_preact.data.crops import decode_image, eval_crop
+from keras_preact.export import onnx_export
+from keras_preact.export.pipeline import export_all
+from keras_preact.export.verify import VerificationError
+
+# ---------------------------------------------------------------------------------- TFLite
+
+
+def _litert(path, crops):
+    """Runs a .tflite file on float32 crops with ai-edge-litert, independently of export.tflite."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    results = []
+    for crop in crops:
+        x = crop[None]
+        if inp["dtype"] != np.float32:
+            scale, zero = inp["quantization"]
+            x = np.clip(np.round(x / scale + zero), 0, 255).astype(inp["dtype"])
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        y = interpreter.get_tensor(out["index"])[0]
+        if out["dtype"] != np.float32:
+            scale, zero = out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        results.append(y)
+    return np.stack(results), inp, out
+
+
+def test_tflite_variants_agree_with_keras(exported, trained):
+    reference = keras_reference(trained)
+    _, _, crops = trained
+    assert set(exported.tflite) == {"float32", "float16", "dynamic_int8", "int8"}
+    top1 = reference.argmax(1)
+    figures = {}
+    for variant, path in exported.tflite.items():
+        probabilities, inp, out = _litert(path, crops)
+        delta = float(np.abs(probabilities - reference).max())
+        agreement = float((probabilities.argmax(1) == top1).mean())
+        figures[variant] = (delta, agreement)
+        report_path = path[: -len(".tflite")] + ".verification.json"
+        with open(report_path) as f:
+            report = json.load(f)
+        assert report == exported.tflite_reports[variant]
+        assert report["size_bytes"] == os.path.getsize(path)
+        assert report["checks"]["images"] == len(crops)
+        assert report["checks"]["max_abs_diff"] == pytest.approx(delta, abs=1e-6)
+        assert report["checks"]["top1_agreement"] == pytest.approx(agreement)
+        assert report["latency_batch1"]["median_ms"] > 0
+        if variant == "int8":
+            assert (inp["dtype"], out["dtype"]) == (np.uint8, np.uint8)
+            assert inp["quantization"] == (1.0, 0)  # raw pixel values go in unchanged
+    assert figures["float32"][0] <= 1e-4 and figures["float32"][1] == 1.0
+    assert exported.tflite_reports["float32"]["passed"]
+    assert figures["float16"][1] >= 0.99
+    # int8 sanity floor: a broken quantization (wrong input scale, saturated
+    # output) lands at chance (1/1000) top-1 and O(1) deltas. The floor leaves
+    # room for the full-integer error of a 20k-parameter net calibrated on 15 images.
+    assert figures["int8"][1] >= 0.5 and figures["int8"][0] <= 0.35
+    assert figures["dynamic_int8"][1] >= 0.5
+
+
+def test_float32_disagreement_fails_export(trained, photos, tmp_path):
+    path, _, _ = trained
+    # XNNPACK sums in another order than TF, so float32 TFLite is never bit-identical
+    # to Keras on these photos; a 1e-15 tolerance must therefore reject the file.
+    with pytest.raises(VerificationError, match="TFLite float32 disagrees"):
+        export_all(
+            str(path),
+            str(tmp_path),
+            model_name="strict",
+            saved_model=False,
+            tflite=["float32"],
+            images=photos[:3],
+            float32_tolerance=1e-15,
+        )
+    base = tmp_path / "tflite" / "strict"
+    assert os.listdir(base) == []  # nothing published, temporary removed
+
+
+def test_representative_data_from_a_pipeline(photos):
+    from keras_preact.export.tflite import representative_images
+
+    images = [decode_image(d).numpy() for _, d in photos[:3]]
+    small = np.stack([tf.image.resize(i, (40, 48)).numpy() for i in images])
+    dataset = tf.data.Dataset.from_tensor_slices((small, np.arange(3))).batch(2)
+    got = representative_images(dataset, crop_size=32, limit=3)
+    expected = np.stack([eval_crop(i, 32).numpy() for i in small])
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.skipif(not onnx_export.available(), reason="the onnx extra is not installed")
+def test_onnx_matches_keras(exported, trained):
+    import onnxruntime
+
+    _, model, crops = trained
+    assert exported.onnx_report["passed"]
+    session = onnxruntime.InferenceSession(exported.onnx_path, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    odd = np.random.default_rng(2).uniform(0, 255, (2, 72, 56, 3)).astype(np.float32)
+    for x in (crops[:4], odd):
+        (got,) = session.run(["probabilities"], {"image": x})
+        np.testing.assert_allclose(got, model(x), rtol=0, atol=1e-5)
