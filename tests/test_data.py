@@ -704,7 +704,7 @@ def tfrecord_dir(photo_folder, tmp_path_factory):
 
 
 def test_tfrecord_pipeline_labels_skips_and_shards(tfrecord_dir):
-    from keras_preact.data.datasets import tfrecord_files, tfrecord_label_offset
+    from keras_preact.data.sources.tfrecord import tfrecord_files, tfrecord_label_offset
 
     directory, train_labels, val_labels = tfrecord_dir
     assert tfrecord_label_offset(tfrecord_files(str(directory), "train")) == 1

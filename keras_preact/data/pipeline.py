@@ -1,25 +1,247 @@
-"""The tf.data stages shared by every source: decode/augment, skip-and-count, batch.
+"""The tf.data stages shared by every source, in order: shard, shuffle, repeat, decode/augment, batch.
+
+A source reads one split into a `Raw` (its `(x, label)` elements and how to
+turn them into images); `finish(raw, request)` does the rest:
+
+1. shard by `request.input_context` (unless the source did, `raw.sharded`);
+2. training only: a seeded shuffle of `raw.shuffle_buffer` elements, a new
+   order on each pass;
+3. `repeat` forever when asked;
+4. decoded images (`x` is an image): training applies `raw.augment(image,
+   seed)`, one stateless seed per element; encoded photos (`raw.read_bytes`
+   turns `x` into image bytes): training takes a random-resized crop and flip
+   (plus colour noise with `color_augment`), evaluation the centre crop
+   (`crops.eval_crop`), and a failing element is skipped and counted;
+5. batch (parallel, in order) and prefetch, with deterministic tf.data options.
 
 A corrupt image never stops an epoch: an element whose decoding fails (bad
-bytes, unknown format, a truncated JPEG, an unreadable file) is dropped, and
-`skipped_images()` counts it (logged with absl). Only an element that is
-actually dropped from the stream is counted, exactly once, when the stream
-moves past it.
+bytes, unknown format, a truncated JPEG, an unreadable file, a label outside
+the classes) is dropped, and `skipped_images()` counts it (logged with absl).
+Only an element that is actually dropped from the stream is counted, exactly
+once, when the stream moves past it. How: the elements are numbered
+(`enumerate`) before the decoding `map`, the failing ones are dropped by
+`ignore_errors`, and a `scan` after it adds up the gaps in the numbering. A
+sentinel element closes a finite stream so that failures at its very end are
+counted too.
 
-How: the elements are numbered (`enumerate`) before the decoding `map`, the
-failing ones are dropped by `ignore_errors`, and a `scan` after it adds up the
-gaps in the numbering. A sentinel element closes a finite stream so that
-failures at its very end are counted too.
+Example (two in-memory images, evaluation order, batches of 2):
+
+>>> import numpy as np
+>>> raw = Raw(tf.data.Dataset.from_tensor_slices((np.zeros([2, 4, 4, 3], np.uint8), [3, 1])))
+>>> images, labels = next(iter(finish(raw, Request(per_replica_batch=2))))
+>>> images.dtype.name, labels.numpy().tolist()
+('float32', [3, 1])
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from collections.abc import Callable
 
 import tensorflow as tf
 from absl import logging
 
+from keras_preact.data import augment, crops
+
 AUTOTUNE = tf.data.AUTOTUNE
+
+# Records read ahead and shuffled for the photo datasets read from records
+# (imagenet2012, tfrecord), as in the TF-official ResNet pipeline.
+RECORD_SHUFFLE_BUFFER = 10_000
+
+# Training crop size of the photo datasets when `image_size` is not given.
+PHOTO_IMAGE_SIZE = 224
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """The settings of one `make_dataset` call that the sources and the shared stages read.
+
+    `per_replica_batch` is the batch of this input pipeline; the other fields
+    are `make_dataset`'s arguments after their defaults were resolved.
+
+    >>> context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1)
+    >>> request = Request(training=True, seed=5, input_context=context)
+    >>> request.num_pipelines, request.pipeline_seed, request.record_shuffle_buffer
+    (2, 1000008, 10000)
+    """
+
+    training: bool = False
+    per_replica_batch: int = 1
+    drop_remainder: bool = False
+    repeat: bool = False
+    seed: int | None = None
+    input_context: tf.distribute.InputContext | None = None
+    data_dir: str | None = None
+    download: bool = False
+    image_size: int | None = None
+    eval_crop_size: int | None = None
+    eval_preprocessing: dict | None = None
+    color_augment: bool = False
+    shuffle_buffer: int | None = None
+
+    @property
+    def num_pipelines(self):
+        """How many input pipelines share the data (1 without an input context)."""
+        return 1 if self.input_context is None else self.input_context.num_input_pipelines
+
+    @property
+    def pipeline_seed(self):
+        """The seed of this input pipeline: sharded pipelines shuffle and augment independently."""
+        if self.seed is None:
+            return None
+        pipeline_id = self.input_context.input_pipeline_id if self.input_context else 0
+        return int(self.seed) + 1_000_003 * pipeline_id
+
+    @property
+    def record_shuffle_buffer(self):
+        """Training shuffle buffer of the record-based sources (`shuffle_buffer` or the default)."""
+        return self.shuffle_buffer or RECORD_SHUFFLE_BUFFER
+
+
+@dataclasses.dataclass(frozen=True)
+class Raw:
+    """One split as a source reads it: `(x, label)` elements, before the shared stages.
+
+    Attributes:
+      ds: the elements in their stored order. `x` is a decoded image (any
+        real dtype; the same size for all) unless `read_bytes` is given, and
+        `label` an integer >= 0 (with `read_bytes`, a negative one marks the
+        end of the stream: return labels from `read_bytes` instead).
+      shuffle_buffer: how many elements training shuffles (the whole split for
+        data held in memory or a file list); None: never shuffled.
+      sharded: `ds` already holds only this input pipeline's share (for
+        sources that shard files or tfds splits); otherwise `finish` shards it.
+      augment: decoded images only: the training augmentation
+        `augment(image, seed) -> float32 image`; None: none.
+      read_bytes: encoded photos: `read_bytes(x, label) -> (encoded image,
+        label)` (a file read, a record parse, or nothing). Elements that fail
+        here or in decoding are skipped and counted.
+      num_classes: with `read_bytes`: labels outside `[0, num_classes)` are
+        skipped and counted.
+
+    >>> Raw(tf.data.Dataset.range(3), shuffle_buffer=3).sharded
+    False
+    """
+
+    ds: tf.data.Dataset
+    shuffle_buffer: int | None = None
+    sharded: bool = False
+    augment: Callable | None = None
+    read_bytes: Callable | None = None
+    num_classes: int | None = None
+
+
+def finish(raw, request):
+    """The batched, prefetched dataset of `(float32 images, int32 labels)` made from `raw`.
+
+    See the module docstring for the stages.
+    """
+    ds = raw.ds if raw.sharded else shard(raw.ds, request.input_context)
+    if request.training and raw.shuffle_buffer is not None:
+        ds = ds.shuffle(
+            raw.shuffle_buffer, seed=request.pipeline_seed, reshuffle_each_iteration=True
+        )
+    if request.repeat:
+        ds = ds.repeat()
+    if raw.read_bytes is None:
+        ds = _decoded_images(ds, raw.augment, request)
+    else:
+        ds = _photo_crops(ds, raw.read_bytes, raw.num_classes, request)
+    ds = batch_and_prefetch(ds, request.per_replica_batch, request.drop_remainder)
+    options = tf.data.Options()
+    options.deterministic = True
+    if request.input_context is not None:
+        # Sharded here already; stop tf.distribute from sharding again.
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options)
+
+
+def shard(ds, input_context):
+    """This input pipeline's share of `ds` (every n-th element), or `ds` with one pipeline.
+
+    >>> context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1)
+    >>> [int(i) for i in shard(tf.data.Dataset.range(5), context)]
+    [1, 3]
+    """
+    if input_context is None or input_context.num_input_pipelines <= 1:
+        return ds
+    return ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+
+
+def element_seeds(request):
+    """An endless dataset of shape-[2] int64 seeds, one stream per input pipeline.
+
+    Seeded, it is reproducible, and each pass over the data gets new seeds.
+
+    >>> next(iter(element_seeds(Request(seed=0)))).shape
+    TensorShape([2])
+    """
+    return tf.data.Dataset.random(
+        seed=request.pipeline_seed, rerandomize_each_iteration=True
+    ).batch(2, drop_remainder=True)
+
+
+def _decoded_images(ds, augment_fn, request):
+    """Casts to `(float32, int32)`, applying `augment_fn(image, seed)` when training."""
+    if request.training and augment_fn is not None:
+        ds = tf.data.Dataset.zip(ds, element_seeds(request))
+        return ds.map(
+            lambda pair, seed: (
+                tf.cast(augment_fn(pair[0], seed), tf.float32),
+                tf.cast(pair[1], tf.int32),
+            ),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
+    return ds.map(
+        lambda image, label: (tf.cast(image, tf.float32), tf.cast(label, tf.int32)),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def _photo_crops(ds, read_bytes, num_classes, request):
+    """Decodes `(x, label)` into training crops or eval crops; failures are skipped and counted."""
+    image_size = PHOTO_IMAGE_SIZE if request.image_size is None else int(request.image_size)
+    crop_size = image_size if request.eval_crop_size is None else int(request.eval_crop_size)
+    eval_options = {
+        k: v
+        for k, v in (request.eval_preprocessing or {}).items()
+        if k in ("interpolation", "crop_fraction")
+    }
+
+    def read(x, label):
+        encoded, label = read_bytes(x, label)
+        label = tf.cast(label, tf.int32)
+        in_range = tf.logical_and(label >= 0, label < num_classes)
+        with tf.control_dependencies(
+            [tf.debugging.Assert(in_range, ["Label out of range:", label])]
+        ):
+            return augment.check_encoded_image(encoded), tf.identity(label)
+
+    def train_crop(x, label, seed):
+        crop_seed, flip_seed, color_seed = augment.split_seed(seed, 3)
+        encoded, label = read(x, label)
+        image = augment.random_resized_crop(encoded, crop_seed, image_size)
+        if request.color_augment:
+            image = augment.color_augment(image, color_seed)
+        return tf.image.stateless_random_flip_left_right(image, flip_seed), label
+
+    def eval_crop(x, label):
+        encoded, label = read(x, label)
+        image = crops.decode_image(encoded)
+        return crops.eval_crop(image, crop_size, **eval_options), label
+
+    size = image_size if request.training else crop_size
+    return decode_and_count(
+        ds,
+        train_crop if request.training else eval_crop,
+        image_shape=[size, size, 3],
+        finite=not request.repeat,
+        seeds=element_seeds(request) if request.training else None,
+    )
 
 
 class SkipCounter:
@@ -88,6 +310,15 @@ def decode_and_count(ds, decode_fn, *, image_shape, finite, seeds=None):
     label inside). Returns a dataset of `(image, int32 label)` in input order.
     `finite` says whether `ds` ends (then a sentinel closes it, so failures at
     its very end are counted too).
+
+    >>> ds = tf.data.Dataset.from_tensor_slices((["4", "x", "2"], [0, 1, 2]))
+    >>> def decode(text, label):
+    ...     return tf.fill([1], tf.strings.to_number(text)), label
+    >>> reset_skipped_images()
+    >>> [int(label) for _, label in decode_and_count(ds, decode, image_shape=[1], finite=True)]
+    [0, 2]
+    >>> skipped_images()
+    1
     """
     if finite:
         sentinel = (tf.constant(b""), tf.constant(-1, ds.element_spec[1].dtype))
@@ -130,7 +361,11 @@ def decode_and_count(ds, decode_fn, *, image_shape, finite, seeds=None):
 
 
 def batch_and_prefetch(ds, batch_size, drop_remainder):
-    """Batches (parallel, in order) and prefetches (AUTOTUNE)."""
+    """Batches (parallel, in order) and prefetches (AUTOTUNE).
+
+    >>> [b.numpy().tolist() for b in batch_and_prefetch(tf.data.Dataset.range(5), 2, False)]
+    [[0, 1], [2, 3], [4]]
+    """
     ds = ds.batch(
         batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE, deterministic=True
     )
