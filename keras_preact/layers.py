@@ -6,6 +6,8 @@ expansion) are one unit class with the paper's variants as arguments:
 * `unit_variant` is where BN and ReLU sit (the paper's Fig. 4 / Table 2):
   `"original"` (a), `"bn_after_addition"` (b), `"relu_before_addition"` (c),
   `"relu_only_preact"` (d) and `"full_preact"` (e, the proposal; default).
+  `UNIT_VARIANT_FACTS` states what each means for a unit and for a whole net
+  (e.g. whether it ends with a BN-ReLU after the last unit).
 * `shortcut` is what the skip connection computes (Fig. 2 / Table 1):
   `"identity"` (a projection only where shapes change; default),
   `"constant_scaling"`, `"exclusive_gating"`, `"shortcut_only_gating"`,
@@ -22,16 +24,89 @@ run on any backend and serialize with `get_config`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 from keras import ops
 
-UNIT_VARIANTS = (
-    "original",
-    "bn_after_addition",
-    "relu_before_addition",
-    "relu_only_preact",
-    "full_preact",
-)
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VariantFacts:
+    """Where one `unit_variant` puts BN and ReLU; the units and the model builders read these."""
+
+    preact_norm: bool  # F starts with a BN (-> ReLU): `norm1`
+    preact_relu: bool  # F starts with a ReLU: the unit has a pre-activation (`preactivate`)
+    ends_with_norm: bool  # F ends with a BN (zero_init_last zeroes its gamma, else the last conv)
+    branch_relu: bool  # a ReLU on F after its last BN, before the addition
+    output_norm: bool  # a BN after the addition (`output_norm`)
+    output_relu: bool  # a ReLU after the addition: the unit's output is activated
+    post_activation: bool  # no pre-activation: a projection is conv + BN (ResNet-v1)
+    final_norm: bool  # outputs are not activated: the net adds BN-ReLU after the last unit
+
+
+# The five units of the paper's Fig. 4, compared in its Table 2 (F is the residual branch,
+# "weight" a conv); the table below states what each means for the units and the builders:
+#   (a) original:                 weight-BN-ReLU-weight-BN, addition, ReLU
+#   (b) BN after addition:        weight-BN-ReLU-weight, addition, BN-ReLU
+#   (c) ReLU before addition:     weight-BN-ReLU-weight-BN-ReLU, addition
+#   (d) ReLU-only pre-activation: ReLU-weight-BN-ReLU-weight-BN, addition
+#   (e) full pre-activation:      BN-ReLU-weight-BN-ReLU-weight, addition (the proposal)
+# (c), (d) and (e) leave the sum unactivated, so their nets add an extra BN-ReLU after the
+# last unit's addition (`final_norm`); (a) to (c) are post-activation units, whose
+# projection shortcuts are conv + BN as in ResNet-v1 (`post_activation`).
+UNIT_VARIANT_FACTS = {
+    "original": VariantFacts(  # (a)
+        preact_norm=False,
+        preact_relu=False,
+        ends_with_norm=True,
+        branch_relu=False,
+        output_norm=False,
+        output_relu=True,
+        post_activation=True,
+        final_norm=False,
+    ),
+    "bn_after_addition": VariantFacts(  # (b)
+        preact_norm=False,
+        preact_relu=False,
+        ends_with_norm=False,
+        branch_relu=False,
+        output_norm=True,
+        output_relu=True,
+        post_activation=True,
+        final_norm=False,
+    ),
+    "relu_before_addition": VariantFacts(  # (c)
+        preact_norm=False,
+        preact_relu=False,
+        ends_with_norm=True,
+        branch_relu=True,
+        output_norm=False,
+        output_relu=False,
+        post_activation=True,
+        final_norm=True,
+    ),
+    "relu_only_preact": VariantFacts(  # (d)
+        preact_norm=False,
+        preact_relu=True,
+        ends_with_norm=True,
+        branch_relu=False,
+        output_norm=False,
+        output_relu=False,
+        post_activation=False,
+        final_norm=True,
+    ),
+    "full_preact": VariantFacts(  # (e)
+        preact_norm=True,
+        preact_relu=True,
+        ends_with_norm=False,
+        branch_relu=False,
+        output_norm=False,
+        output_relu=False,
+        post_activation=False,
+        final_norm=True,
+    ),
+}
+UNIT_VARIANTS = tuple(UNIT_VARIANT_FACTS)
 SHORTCUTS = (
     "identity",
     "constant_scaling",
@@ -41,11 +116,6 @@ SHORTCUTS = (
     "dropout",
 )
 PADDINGS = ("same", "symmetric")
-
-# Variants whose residual branch ends in a BN (zero_init_last zeroes that BN's gamma).
-_ENDS_WITH_NORM = ("original", "relu_before_addition", "relu_only_preact")
-# Variants whose shortcut input is not normalised: projections get a BN, as in ResNet-v1.
-_POST_ACTIVATION = ("original", "bn_after_addition", "relu_before_addition")
 
 # Per-shortcut options and their defaults (the paper's settings).
 _SHORTCUT_OPTIONS = {
@@ -70,6 +140,28 @@ def _check_choice(name, value, allowed):
         )
 
 
+def _shortcut_options(shortcut, given):
+    """`{option: value}` for every shortcut option: the given value or the paper's default for
+    options of `shortcut`, None for the others (an error if one was given)."""
+    options = {}
+    for option, value in given.items():
+        owners, default = _SHORTCUT_OPTIONS[option]
+        owners = (owners,) if isinstance(owners, str) else owners
+        if shortcut in owners:
+            options[option] = float(default if value is None else value)
+        elif value is not None:
+            raise ValueError(
+                f"{option} applies only to shortcut={' or '.join(map(repr, owners))}, "
+                f"but shortcut={shortcut!r}."
+            )
+        else:
+            options[option] = None
+    rate = options["shortcut_dropout_rate"]
+    if shortcut == "dropout" and not 0.0 <= rate < 1.0:
+        raise ValueError(f"shortcut_dropout_rate must be in [0, 1), got {rate}.")
+    return options
+
+
 @keras.saving.register_keras_serializable(package="keras_preact")
 class SymmetricMaxPooling2D(keras.layers.Layer):
     """Max pooling with PyTorch's symmetric padding, padded values ignored.
@@ -81,7 +173,7 @@ class SymmetricMaxPooling2D(keras.layers.Layer):
     Example:
 
     >>> pool = SymmetricMaxPooling2D(pool_size=3, strides=2, padding=1)
-    >>> pool(keras.ops.ones((1, 112, 112, 64))).shape
+    >>> tuple(pool(keras.ops.ones((1, 112, 112, 64))).shape)
     (1, 56, 56, 64)
     """
 
@@ -147,29 +239,18 @@ class _ResidualUnit(keras.layers.Layer):
             raise ValueError(f"strides must be a positive integer, got {strides!r}.")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
-        given = {
-            "shortcut_scale": shortcut_scale,
-            "residual_scale": residual_scale,
-            "gate_bias_init": gate_bias_init,
-            "shortcut_dropout_rate": shortcut_dropout_rate,
-        }
-        for option, value in given.items():
-            owners, default = _SHORTCUT_OPTIONS[option]
-            owners = (owners,) if isinstance(owners, str) else owners
-            if shortcut in owners:
-                setattr(self, option, float(default if value is None else value))
-            elif value is not None:
-                raise ValueError(
-                    f"{option} applies only to shortcut={' or '.join(map(repr, owners))}, "
-                    f"but shortcut={shortcut!r}."
-                )
-            else:
-                setattr(self, option, None)
-        if shortcut == "dropout" and not 0.0 <= self.shortcut_dropout_rate < 1.0:
-            raise ValueError(
-                f"shortcut_dropout_rate must be in [0, 1), got {self.shortcut_dropout_rate}."
-            )
-        if not preactivate and unit_variant not in ("full_preact", "relu_only_preact"):
+        options = _shortcut_options(
+            shortcut,
+            {
+                "shortcut_scale": shortcut_scale,
+                "residual_scale": residual_scale,
+                "gate_bias_init": gate_bias_init,
+                "shortcut_dropout_rate": shortcut_dropout_rate,
+            },
+        )
+        for option, value in options.items():
+            setattr(self, option, value)
+        if not preactivate and not UNIT_VARIANT_FACTS[unit_variant].preact_relu:
             raise ValueError(
                 f"preactivate=False removes the pre-activation of a pre-activation unit; "
                 f"unit_variant={unit_variant!r} has none."
@@ -203,6 +284,11 @@ class _ResidualUnit(keras.layers.Layer):
     @property
     def output_filters(self):
         return self.filters * self.expansion
+
+    @property
+    def variant_facts(self):
+        """The `VariantFacts` of this unit's `unit_variant`."""
+        return UNIT_VARIANT_FACTS[self.unit_variant]
 
     # ----------------------------------------------------------------- building
     def _norm(self, name, zero_gamma=False):
@@ -243,7 +329,6 @@ class _ResidualUnit(keras.layers.Layer):
                 f"{type(self).__name__} needs a known channel count, got {input_shape}."
             )
         out_channels = self.output_filters
-        variant = self.unit_variant
         if self.shortcut == "conv1x1":
             project = True
         elif self.projection is None:
@@ -256,56 +341,67 @@ class _ResidualUnit(keras.layers.Layer):
                 "channels; use projection=True (or None to decide automatically)."
             )
         self._project = project
-        self._projection_norm = variant in _POST_ACTIVATION or self.raw_projection
+        self._projection_norm = self.variant_facts.post_activation or self.raw_projection
         # The ops of the unit in order of application, by attribute name; each is
         # built here with the shape it will see, so weights load before any call.
-        shape = tuple(input_shape)
+        shape = self._build_branch(tuple(input_shape))
+        self._build_shortcut(input_shape, shape)
+        if self.variant_facts.output_norm:
+            self._add("output_norm", self._norm("output_norm"), shape)
+        self.built = True
 
-        def add(attr, layer, in_shape):
-            setattr(self, attr, layer)
-            layer.build(in_shape)
-            return tuple(layer.compute_output_shape(in_shape))
+    def _add(self, attr, layer, in_shape):
+        """Sets `layer` as attribute `attr`, builds it on `in_shape`; returns its output shape."""
+        setattr(self, attr, layer)
+        layer.build(in_shape)
+        return tuple(layer.compute_output_shape(in_shape))
 
+    def _build_branch(self, shape):
+        """Builds F (and `norm1`), recording its ops in `self._branch`; returns F's output shape."""
+        facts = self.variant_facts
         self._branch = []  # ("norm"|"relu"|"pad"|"conv", attr)
         norm_index = 1
-        if variant == "full_preact" and self.preactivate:
-            shape = add("norm1", self._norm("norm1"), shape)
+        if facts.preact_norm and self.preactivate:
+            shape = self._add("norm1", self._norm("norm1"), shape)
             norm_index = 2
         specs = self._conv_specs()
         last = len(specs) - 1
-        ends_with_norm = variant in _ENDS_WITH_NORM
         for i, (kernel_size, multiplier, strided) in enumerate(specs):
             if i > 0:
                 attr = f"norm{norm_index}"
-                shape = add(attr, self._norm(attr), shape)
+                shape = self._add(attr, self._norm(attr), shape)
                 self._branch += [("norm", attr), ("relu", None)]
                 norm_index += 1
             strides = self.strides if strided else 1
-            zero = self.zero_init_last and i == last and not ends_with_norm
+            zero = self.zero_init_last and i == last and not facts.ends_with_norm
             use_bias = self.output_bias and i == last
             pad, conv = self._conv(
                 f"conv{i + 1}", self.filters * multiplier, kernel_size, strides, use_bias, zero
             )
             if pad is not None:
-                shape = add(f"conv{i + 1}_pad", pad, shape)
+                shape = self._add(f"conv{i + 1}_pad", pad, shape)
                 self._branch.append(("pad", f"conv{i + 1}_pad"))
-            shape = add(f"conv{i + 1}", conv, shape)
+            shape = self._add(f"conv{i + 1}", conv, shape)
             self._branch.append(("conv", f"conv{i + 1}"))
-        if ends_with_norm:
+        if facts.ends_with_norm:
             attr = f"norm{norm_index}"
-            shape = add(attr, self._norm(attr, zero_gamma=self.zero_init_last), shape)
+            shape = self._add(attr, self._norm(attr, zero_gamma=self.zero_init_last), shape)
             self._branch.append(("norm", attr))
-            if variant == "relu_before_addition":
-                self._branch.append(("relu", None))
+        if facts.branch_relu:
+            self._branch.append(("relu", None))
+        return shape
 
+    def _build_shortcut(self, input_shape, shape):
+        """Builds the projection, its BN, the gate and the shortcut dropout, as the unit has them."""
+        out_channels = self.output_filters
         # Strided 1x1 convs run as subsample + stride-1 conv: the same numbers, and it
         # sidesteps a oneDNN crash in the filter gradient of strided 1x1 convs (TF 2.21).
         shortcut_in = self.compute_output_shape(input_shape)[:3] + (input_shape[-1],)
-        if project:
+        if self._project:
             _, conv = self._conv("downsample", out_channels, 1, 1, self.output_bias)
-            add("downsample", conv, shortcut_in)
+            self._add("downsample", conv, shortcut_in)
             if self._projection_norm:
-                add("downsample_norm", self._norm("downsample_norm"), shape)
+                self._add("downsample_norm", self._norm("downsample_norm"), shape)
         if self.shortcut in ("exclusive_gating", "shortcut_only_gating"):
             gate = keras.layers.Conv2D(
                 out_channels,
@@ -316,14 +412,11 @@ class _ResidualUnit(keras.layers.Layer):
                 name="gate",
                 dtype=self.dtype_policy,
             )
-            add("gate", gate, shortcut_in)
+            self._add("gate", gate, shortcut_in)
         if self.shortcut == "dropout":
             self.shortcut_dropout = keras.layers.Dropout(
                 self.shortcut_dropout_rate, seed=self.seed, name="shortcut_dropout"
             )
-        if variant == "bn_after_addition":
-            add("output_norm", self._norm("output_norm"), shape)
-        self.built = True
 
     # ------------------------------------------------------------------ calling
     def _drop_path(self, residual, training):
@@ -338,15 +431,12 @@ class _ResidualUnit(keras.layers.Layer):
         return residual * mask / keep
 
     def call(self, inputs, training=None):
-        variant = self.unit_variant
-        if not self.preactivate:
-            preact = inputs
-        elif variant == "full_preact":
-            preact = ops.relu(self.norm1(inputs, training=training))
-        elif variant == "relu_only_preact":
-            preact = ops.relu(inputs)
-        else:
-            preact = inputs
+        facts = self.variant_facts
+        preact = inputs
+        if self.preactivate and facts.preact_norm:
+            preact = self.norm1(preact, training=training)
+        if self.preactivate and facts.preact_relu:
+            preact = ops.relu(preact)
         # Identity units feed the raw input to the shortcut; a projection takes
         # the pre-activated tensor (the shared BN-ReLU of the paper's appendix),
         # or with `raw_projection` the raw input (fb.resnet.torch).
@@ -382,9 +472,9 @@ class _ResidualUnit(keras.layers.Layer):
             shortcut = self.shortcut_dropout(shortcut, training=training)
 
         outputs = shortcut + self._drop_path(residual, training)
-        if variant == "bn_after_addition":
-            outputs = ops.relu(self.output_norm(outputs, training=training))
-        elif variant == "original":
+        if facts.output_norm:
+            outputs = self.output_norm(outputs, training=training)
+        if facts.output_relu:
             outputs = ops.relu(outputs)
         return outputs
 

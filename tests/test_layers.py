@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_preact import PreActBlock, PreActBottleneck, SymmetricMaxPooling2D
+from keras_preact.layers import UNIT_VARIANT_FACTS, UNIT_VARIANTS
 
 
 def _copy(dst, src):
@@ -212,3 +213,38 @@ def test_bad_unit_arguments(kwargs, match):
 def test_identity_shortcut_cannot_change_channels():
     with pytest.raises(ValueError, match="cannot map 8 to 16 channels"):
         PreActBlock(16, projection=False)(keras.Input((4, 4, 8)))
+
+
+def test_unit_variant_facts_agree_with_each_other():
+    """Fig. 4: a unit whose sum is activated needs no final BN-ReLU; post-activation units
+    are those without a pre-activation; only (e) starts with a BN."""
+    assert UNIT_VARIANTS == tuple(UNIT_VARIANT_FACTS)
+    for variant, facts in UNIT_VARIANT_FACTS.items():
+        assert facts.final_norm == (not facts.output_relu), variant
+        assert facts.post_activation == (not facts.preact_relu), variant
+        assert not facts.output_norm or facts.output_relu, variant  # (b): BN -> ReLU
+        assert not facts.branch_relu or facts.ends_with_norm, variant  # (c): BN -> ReLU
+    assert [v for v, f in UNIT_VARIANT_FACTS.items() if f.preact_norm] == ["full_preact"]
+    assert [v for v, f in UNIT_VARIANT_FACTS.items() if f.final_norm] == [
+        "relu_before_addition",
+        "relu_only_preact",
+        "full_preact",
+    ]
+
+
+@pytest.mark.parametrize("variant", UNIT_VARIANTS)
+def test_units_are_built_as_their_variant_facts_say(variant, rng):
+    facts = UNIT_VARIANT_FACTS[variant]
+    unit = PreActBlock(8, strides=2, unit_variant=variant)
+    x = keras.Input((6, 6, 4))
+    model = keras.Model(x, unit(x))
+    names = {layer.name for layer in unit._layers}
+    norms = {name for name in names if name.startswith("norm")}
+    assert len(norms) == 1 + facts.preact_norm + facts.ends_with_norm  # one BN between the convs
+    last = "relu" if facts.branch_relu else "norm" if facts.ends_with_norm else "conv"
+    assert unit._branch[-1][0] == last  # F's last op
+    assert ("output_norm" in names) == facts.output_norm
+    assert ("downsample_norm" in names) == facts.post_activation
+    assert unit.variant_facts is facts
+    out = model(rng.normal(size=(2, 6, 6, 4)).astype("float32"), training=False).numpy()
+    assert (out.min() >= 0) == facts.output_relu  # an activated sum is never negative

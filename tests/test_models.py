@@ -1,4 +1,6 @@
-"""The model zoo against SPEC.md's exact sizes, keras.applications and the paper's variants."""
+"""The model zoo against exact parameter counts, keras.applications and the paper's variants."""
+
+import inspect
 
 import keras
 import numpy as np
@@ -12,7 +14,9 @@ def trainable_params(model):
     return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
-# SPEC.md section 2: trainable parameters (BN gamma/beta counted, moving statistics not).
+# Exact trainable parameters (BN gamma/beta counted, moving statistics not), as timm and
+# PyTorch count them. CIFAR: without the BN parameters ResNet-164 has 1,679,034 and
+# ResNet-1001 10,178,490, the paper's "1.7M" and "10.2M" (Table 3).
 CIFAR_SIZES = [
     (kp.ResNet20V2, 10, 272_282),
     (kp.ResNet56V2, 10, 855_578),
@@ -22,6 +26,7 @@ CIFAR_SIZES = [
     (kp.ResNet1001V2, 10, 10_327_706),
     (kp.ResNet1001V2, 100, 10_350_836),
 ]
+# ImageNet: timm's resnetv2_* (no stem BN); the paper layout adds the stem BN's 2 x 64.
 IMAGENET_SIZES = [  # (builder, paper layout with stem BN, timm layout)
     (kp.ResNet18V2, 11_687_848, 11_687_720),
     (kp.ResNet34V2, 21_796_008, 21_795_880),
@@ -30,7 +35,8 @@ IMAGENET_SIZES = [  # (builder, paper layout with stem BN, timm layout)
     (kp.ResNet152V2, 60_185_256, 60_185_128),
     (kp.ResNet200V2, 64_666_280, 64_666_152),
 ]
-# keras.applications' documented model sizes (all parameters, BN statistics included).
+# keras.applications.ResNet{50,101,152}V2(weights=None).count_params(): all parameters, BN
+# moving statistics included (ResNet50V2: 25,568,360 of them trainable).
 KERAS_APPLICATIONS_SIZES = [
     (kp.ResNet50V2, 25_613_800),
     (kp.ResNet101V2, 44_675_560),
@@ -82,6 +88,68 @@ def test_keras_layout_reproduces_keras_applications(randomize_batchnorm, rng):
         got = ours.predict(images, verbose=0)
         assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
         assert np.array_equal(got.argmax(-1), expected.argmax(-1))
+
+
+IMAGENET_BUILDERS = [kp.ResNet18V2, kp.ResNet34V2, kp.ResNet50V2, kp.ResNet101V2]
+IMAGENET_BUILDERS += [kp.ResNet152V2, kp.ResNet200V2]
+CIFAR_BUILDERS = [kp.ResNet20V2, kp.ResNet32V2, kp.ResNet44V2, kp.ResNet56V2, kp.ResNet110V2]
+CIFAR_BUILDERS += [kp.ResNet164V2, kp.ResNet1001V2]
+APPLICATIONS_ARGS = ["include_top", "weights", "input_tensor", "input_shape", "pooling"]
+APPLICATIONS_ARGS += ["classes", "classifier_activation"]
+
+
+@pytest.mark.parametrize(
+    "builder,general,fixed",
+    [(b, kp.ImageNetResNetV2, ["depth"]) for b in IMAGENET_BUILDERS]
+    + [(b, kp.CIFARResNetV2, ["depth", "unit"]) for b in CIFAR_BUILDERS],
+    ids=lambda b: getattr(b, "__name__", None),
+)
+def test_named_builders_show_the_general_builders_arguments(builder, general, fixed):
+    """`help()` and `inspect.signature` (IPython, Jupyter) list the general builder's arguments,
+    but depth (and unit), and calls are checked against them."""
+    named = inspect.signature(builder).parameters
+    expected = {n: p.default for n, p in inspect.signature(general).parameters.items()}
+    assert list(expected)[: len(fixed)] == fixed
+    for name in fixed:
+        del expected[name]
+    assert {n: p.default for n, p in named.items()} == expected
+    assert list(named) == list(expected)  # in the general builder's order
+    assert {"unit_variant", "shortcut", "shortcut_scale", "gate_bias_init"} <= set(named)
+    assert ("layout" in named) == (general is kp.ImageNetResNetV2)
+    assert ("normalization" in named) == (general is kp.CIFARResNetV2)
+    # keras.applications' arguments keep their positions; the others are keyword-only.
+    kinds = {n: p.kind for n, p in named.items()}
+    assert list(named)[: len(APPLICATIONS_ARGS)] == APPLICATIONS_ARGS
+    assert all(kinds[n] == inspect.Parameter.POSITIONAL_OR_KEYWORD for n in APPLICATIONS_ARGS)
+    assert all(
+        k == inspect.Parameter.KEYWORD_ONLY for n, k in kinds.items() if n not in APPLICATIONS_ARGS
+    )
+    depth = builder.__name__.removeprefix("ResNet").removesuffix("V2")
+    assert builder.__doc__.startswith(f"Pre-activation ResNet-{depth} for ")
+    assert f"{general.__name__}({depth}, " in builder.__doc__
+    with pytest.raises(TypeError, match=f"{builder.__name__}.*unexpected keyword argument 'depht'"):
+        builder(depht=50)
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        builder(**{fixed[-1]: 20})
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        builder(*[None] * (len(APPLICATIONS_ARGS) + 1))
+
+
+def test_general_builders_reject_unknown_arguments():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'shortcut_scal'"):
+        kp.CIFARResNetV2(20, shortcut_scal=0.5)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'unit'"):
+        kp.ImageNetResNetV2(50, unit="basic")
+
+
+def test_named_builders_pass_arguments_through():
+    """Positional keras.applications arguments and keyword-only options reach the net."""
+    model = kp.ResNet18V2(False, None, None, (64, 64, 3), "avg", layout="timm", name="r18")
+    assert model.name == "r18" and model.output.shape == (None, 512)
+    assert "stem_bn" not in [layer.name for layer in model.layers]  # the timm layout
+    cifar = kp.ResNet20V2(classes=3, unit_variant="original", shortcut_scale=None)
+    assert cifar.name == "resnet20v2" and cifar.output.shape == (None, 3)
+    assert cifar.get_layer("stage1_unit1").unit_variant == "original"
 
 
 def test_paper_and_timm_layouts_place_stride_on_first_unit():

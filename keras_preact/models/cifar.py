@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_preact.layers import he_normal_fan_out
+from keras_preact.layers import UNIT_VARIANT_FACTS, he_normal_fan_out
 from keras_preact.models import common
 
 # Named CIFAR nets: depth -> unit type (as fb.resnet.torch's resnet-pre-act.lua).
@@ -46,6 +46,7 @@ def cifar_units_per_stage(depth, unit):
     return (depth - 2) // step
 
 
+# Over 80 lines for its public signature and docstring only; the code is short.
 def CIFARResNetV2(
     depth,
     unit=None,
@@ -62,12 +63,15 @@ def CIFARResNetV2(
     width=16,
     unit_variant="full_preact",
     shortcut="identity",
+    shortcut_scale=None,
+    residual_scale=None,
+    gate_bias_init=None,
+    shortcut_dropout_rate=None,
     drop_path_rate=0.0,
     zero_init_last=False,
     norm_momentum=0.9,
     seed=None,
     name=None,
-    **unit_options,
 ):
     """Builds a CIFAR pre-activation ResNet of any valid depth.
 
@@ -80,23 +84,32 @@ def CIFARResNetV2(
         include_top, weights, input_tensor, input_shape, pooling, classes,
         classifier_activation: as in keras.applications. `input_shape`
             defaults to `(32, 32, 3)`; `(None, None, 3)` accepts any size >= 8.
+            `weights` is `None` or a `.weights.h5` / `.keras` file of this net
+            (the public checkpoints are ImageNet nets).
         include_preprocessing: the model takes raw RGB in [0, 255] and
             normalises inside with `normalization`.
         normalization: a name in `keras_preact.preprocessing.NORMALIZATIONS`
             (`"cifar10"`, `"cifar100"`, ...) or a `(mean, std)` pair.
         width: channels of the stem and first stage (16 in the paper); stages
             use width, 2x width and 4x width (x4 outputs for bottlenecks).
-        unit_variant, shortcut, drop_path_rate, zero_init_last: passed to every
-            unit (see `PreActBlock`); drop_path_rate grows linearly to the
-            last unit. **unit_options: `shortcut_scale`, `residual_scale`,
-            `gate_bias_init`, `shortcut_dropout_rate`.
+        unit_variant, shortcut, shortcut_scale, residual_scale, gate_bias_init,
+        shortcut_dropout_rate, drop_path_rate, zero_init_last: passed to every
+            unit (see `PreActBlock`; `drop_path_rate` grows linearly to the
+            last unit). Units without a leading BN follow a conv-BN-ReLU stem
+            (ResNet-v1).
+        norm_momentum: BatchNormalization momentum.
+        seed: seed of the units' stochastic depth and shortcut dropout.
+        name: the model's name (`"resnet{depth}v2"`, plus `"_{unit}"` for a
+            unit other than the named depth's).
 
     Example:
 
     >>> model = CIFARResNetV2(164, classes=100)
-    >>> model.count_params() > 1_700_000
-    True
+    >>> sum(w.numpy().size for w in model.trainable_weights)  # the paper's 1.7M
+    1726388
     >>> table2_row = CIFARResNetV2(110, unit_variant="relu_before_addition")
+    >>> table2_row.get_layer("stage3_unit18").unit_variant
+    'relu_before_addition'
     """
     common.check_cifar_weights(weights)
     if unit is None:
@@ -104,7 +117,9 @@ def CIFARResNetV2(
     units = cifar_units_per_stage(depth, unit)
     common.validate_unit_variant(unit_variant, shortcut)
     common.check_head_args(include_top, pooling, classes)
-    kwargs = common.unit_kwargs(unit_options, unit_variant, shortcut)
+    options = common.shortcut_options(
+        shortcut_scale, residual_scale, gate_bias_init, shortcut_dropout_rate
+    )
     inputs, x = common.model_input(
         input_tensor,
         input_shape,
@@ -121,7 +136,7 @@ def CIFARResNetV2(
         kernel_initializer=he_normal_fan_out(),
         name="stem_conv",
     )(x)
-    if unit_variant != "full_preact":
+    if not UNIT_VARIANT_FACTS[unit_variant].preact_norm:
         # Units that do not start with BN-ReLU follow a conv-BN-ReLU stem (ResNet-v1).
         x = keras.layers.BatchNormalization(momentum=norm_momentum, name="stem_bn")(x)
         x = keras.layers.Activation("relu", name="stem_relu")(x)
@@ -131,15 +146,17 @@ def CIFARResNetV2(
         stage_widths=(width, 2 * width, 4 * width),
         stage_units=(units, units, units),
         stage_strides=(1, 2, 2),
+        unit_variant=unit_variant,
+        shortcut=shortcut,
         drop_path_rate=drop_path_rate,
         zero_init_last=zero_init_last,
         norm_momentum=norm_momentum,
         seed=seed,
-        **kwargs,
+        **options,
     )
     x = common.add_head(
         x,
-        final_norm=unit_variant in ("relu_before_addition", "relu_only_preact", "full_preact"),
+        unit_variant=unit_variant,
         include_top=include_top,
         pooling=pooling,
         classes=classes,
@@ -153,39 +170,27 @@ def CIFARResNetV2(
 
 
 def _named(depth):
-    def builder(
-        include_top=True,
-        weights=None,
-        input_tensor=None,
-        input_shape=None,
-        pooling=None,
-        classes=10,
-        classifier_activation="softmax",
-        name=f"resnet{depth}v2",
-        **kwargs,
-    ):
-        return CIFARResNetV2(
-            depth,
-            CIFAR_DEPTHS[depth],
-            include_top=include_top,
-            weights=weights,
-            input_tensor=input_tensor,
-            input_shape=input_shape,
-            pooling=pooling,
-            classes=classes,
-            classifier_activation=classifier_activation,
-            name=name,
-            **kwargs,
-        )
+    def builder(*args, **kwargs):
+        arguments = common.bind(builder, args, kwargs)
+        return CIFARResNetV2(depth, CIFAR_DEPTHS[depth], **arguments)
 
-    builder.__name__ = f"ResNet{depth}V2"
-    builder.__qualname__ = builder.__name__
-    builder.__doc__ = (
-        f"Pre-activation ResNet-{depth} for CIFAR ({CIFAR_DEPTHS[depth]} units).\n\n"
-        f"Same arguments as `CIFARResNetV2` (depth and unit fixed).\n\n"
-        f"Example:\n\n>>> model = ResNet{depth}V2(classes=100)\n"
-    )
-    return builder
+    unit = CIFAR_DEPTHS[depth]
+    per_stage = cifar_units_per_stage(depth, unit)
+    doc = f"""Pre-activation ResNet-{depth} for CIFAR: {unit} units, {per_stage} per stage.
+
+    `CIFARResNetV2({depth}, "{unit}", ...)`: the same arguments but `depth` and
+    `unit` (see its docstring); keras.applications' (`include_top` ...
+    `classifier_activation`) may also be passed positionally, in its order.
+    `unit_variant`, `shortcut` and the shortcut options choose the paper's
+    units (see `PreActBlock`).
+
+    Example:
+
+    >>> model = ResNet{depth}V2(classes=100)
+    >>> model.output_shape
+    (None, 100)
+    """
+    return common.named_builder(builder, CIFARResNetV2, ("depth", "unit"), f"ResNet{depth}V2", doc)
 
 
 ResNet20V2 = _named(20)

@@ -1,7 +1,9 @@
-"""Pieces the CIFAR and ImageNet builders share: units per stage, input, stages, head, weights."""
+"""Pieces the CIFAR and ImageNet builders share: units per stage, input, stages, head, weights,
+and the signatures of the named builders (ResNet50V2, ...)."""
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import keras
@@ -17,18 +19,61 @@ UNIT_CLASSES = {
 # Convolutions per unit, to turn a depth into units per stage.
 CONVS_PER_UNIT = {"basic": 2, "one_layer": 1, "bottleneck": 3}
 
-# Unit options the builders pass through to every unit.
-UNIT_OPTIONS = (
-    "shortcut_scale",
-    "residual_scale",
-    "gate_bias_init",
-    "shortcut_dropout_rate",
+# keras.applications' builder arguments, in its order: the named builders take them
+# positionally too (`ResNet50V2(False, None)`), the rest by keyword only.
+APPLICATIONS_ARGS = (
+    "include_top",
+    "weights",
+    "input_tensor",
+    "input_shape",
+    "pooling",
+    "classes",
+    "classifier_activation",
 )
+
+
+def named_builder(builder, general, fixed, name, doc):
+    """Gives `builder` (a `(*args, **kwargs)` closure over `general`) its public face.
+
+    Its signature is `general`'s without the arguments in `fixed` (the depth,
+    for CIFAR the unit too), so `help()` and `inspect.signature` list every
+    argument; `bind` checks calls against it.
+    """
+    parameters = []
+    for parameter in inspect.signature(general).parameters.values():
+        if parameter.name in fixed:
+            continue
+        if parameter.name in APPLICATIONS_ARGS:
+            parameter = parameter.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        parameters.append(parameter)
+    builder.__signature__ = inspect.Signature(parameters)
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = doc
+    return builder
+
+
+def bind(builder, args, kwargs):
+    """The arguments of a call to a named builder, checked against its signature (TypeError)."""
+    try:
+        return builder.__signature__.bind(*args, **kwargs).arguments
+    except TypeError as error:
+        raise TypeError(f"{builder.__name__}() {error}") from None
 
 
 def validate_unit_variant(unit_variant, shortcut):
     preact_layers._check_choice("unit_variant", unit_variant, preact_layers.UNIT_VARIANTS)
     preact_layers._check_choice("shortcut", shortcut, preact_layers.SHORTCUTS)
+
+
+def shortcut_options(shortcut_scale, residual_scale, gate_bias_init, shortcut_dropout_rate):
+    """The shortcut's options as unit arguments: `None` takes the paper's value for the
+    unit's shortcut; a unit rejects an option given for another shortcut."""
+    return {
+        "shortcut_scale": shortcut_scale,
+        "residual_scale": residual_scale,
+        "gate_bias_init": gate_bias_init,
+        "shortcut_dropout_rate": shortcut_dropout_rate,
+    }
 
 
 def model_input(input_tensor, input_shape, default_shape, min_size, needs_rgb):
@@ -64,16 +109,6 @@ def model_input(input_tensor, input_shape, default_shape, min_size, needs_rgb):
         inputs = keras.Input(tensor=input_tensor, shape=input_shape, name="image")
         return inputs, inputs
     return input_tensor, input_tensor
-
-
-def unit_kwargs(options, unit_variant, shortcut):
-    """The pass-through unit options, validated against the chosen shortcut."""
-    unknown = set(options) - set(UNIT_OPTIONS)
-    if unknown:
-        raise TypeError(f"Unexpected keyword arguments: {sorted(unknown)}.")
-    kwargs = {k: v for k, v in options.items() if v is not None}
-    kwargs.update(unit_variant=unit_variant, shortcut=shortcut)
-    return kwargs
 
 
 def add_stages(
@@ -130,7 +165,7 @@ def add_stages(
 def add_head(
     x,
     *,
-    final_norm,
+    unit_variant,
     include_top,
     pooling,
     classes,
@@ -138,8 +173,8 @@ def add_head(
     norm_epsilon,
     norm_momentum,
 ):
-    """Final BN-ReLU (pre-activation nets), pooling and the classifier."""
-    if final_norm:
+    """Final BN-ReLU (where `unit_variant`'s units leave the sum unactivated), pooling, classifier."""
+    if preact_layers.UNIT_VARIANT_FACTS[unit_variant].final_norm:
         x = keras.layers.BatchNormalization(
             epsilon=norm_epsilon, momentum=norm_momentum, name="post_bn"
         )(x)

@@ -50,7 +50,7 @@ STAGE_WIDTHS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Layout:
     """The switches in which public ResNet-v2 implementations differ."""
 
@@ -68,10 +68,52 @@ class Layout:
 
 
 LAYOUTS = {
-    "paper": Layout("paper", True, "same", "same", False, False, 1e-5, 0.9, "torch"),
-    "timm": Layout("timm", False, "symmetric", "-inf", False, False, 1e-5, 0.9, "tf"),
-    "keras": Layout("keras", False, "symmetric", "zeros", True, True, 1.001e-5, 0.99, "tf"),
-    "fb": Layout("fb", True, "symmetric", "-inf", False, False, 1e-5, 0.9, "torch", False, True),
+    "paper": Layout(
+        name="paper",
+        stem_norm=True,
+        padding="same",
+        pool_padding="same",
+        stride_on_last_unit=False,
+        conv_bias=False,
+        norm_epsilon=1e-5,
+        norm_momentum=0.9,
+        normalization="torch",
+    ),
+    "timm": Layout(
+        name="timm",
+        stem_norm=False,
+        padding="symmetric",
+        pool_padding="-inf",
+        stride_on_last_unit=False,
+        conv_bias=False,
+        norm_epsilon=1e-5,
+        norm_momentum=0.9,
+        normalization="tf",
+    ),
+    "keras": Layout(
+        name="keras",
+        stem_norm=False,
+        padding="symmetric",
+        pool_padding="zeros",
+        stride_on_last_unit=True,
+        conv_bias=True,
+        norm_epsilon=1.001e-5,
+        norm_momentum=0.99,
+        normalization="tf",
+    ),
+    "fb": Layout(
+        name="fb",
+        stem_norm=True,
+        padding="symmetric",
+        pool_padding="-inf",
+        stride_on_last_unit=False,
+        conv_bias=False,
+        norm_epsilon=1e-5,
+        norm_momentum=0.9,
+        normalization="torch",
+        stage1_preact=False,
+        raw_projection=True,
+    ),
 }
 
 
@@ -111,6 +153,21 @@ def _stem(x, layout, norm_momentum):
     return keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
 
 
+def _layout_and_weights(depth, weights, layout, unit_variant, shortcut):
+    """`(Layout, resolved weights or None)`: `layout` if given, else the weights', else "paper"."""
+    from keras_preact.weights import resolve
+
+    resolved = resolve(weights, depth=depth, layout=layout)
+    if resolved is not None and resolved.kind != "native":
+        if unit_variant != "full_preact" or shortcut != "identity":
+            raise ValueError(
+                f"weights={weights!r} are full pre-activation units with identity shortcuts; "
+                f"unit_variant={unit_variant!r} / shortcut={shortcut!r} cannot take them."
+            )
+    return layout or get_layout((resolved and resolved.layout) or "paper"), resolved
+
+
+# Over 80 lines for its public signature and docstring only; the code is short.
 def ImageNetResNetV2(
     depth,
     *,
@@ -125,12 +182,15 @@ def ImageNetResNetV2(
     layout=None,
     unit_variant="full_preact",
     shortcut="identity",
+    shortcut_scale=None,
+    residual_scale=None,
+    gate_bias_init=None,
+    shortcut_dropout_rate=None,
     drop_path_rate=0.0,
     zero_init_last=False,
     norm_momentum=None,
     seed=None,
     name=None,
-    **unit_options,
 ):
     """Builds an ImageNet pre-activation ResNet (18, 34, 50, 101, 152 or 200 layers).
 
@@ -156,17 +216,25 @@ def ImageNetResNetV2(
             layer also records the source's evaluation protocol
             (`keras_preact.preprocessing.eval_preprocessing(model)`).
         layout: `"paper"`, `"timm"`, `"keras"` or `"fb"` (see the module
-            docstring); `None` follows the weights (else `"paper"`). An explicit
-            layout that the weights cannot fill is an error.
-        unit_variant, shortcut, drop_path_rate, zero_init_last, **unit_options:
-            passed to every unit (see `PreActBlock`).
+            docstring) or a `Layout`; `None` follows the weights (else
+            `"paper"`). An explicit layout that the weights cannot fill is an
+            error.
+        unit_variant, shortcut, shortcut_scale, residual_scale, gate_bias_init,
+        shortcut_dropout_rate, drop_path_rate, zero_init_last: passed to every
+            unit (see `PreActBlock`; `drop_path_rate` grows linearly to the
+            last unit). Foreign weights need the default units (`"full_preact"`
+            with `"identity"` shortcuts).
         norm_momentum: BatchNormalization momentum (the layout's by default).
+        seed: seed of the units' stochastic depth and shortcut dropout.
+        name: the model's name (`"resnet{depth}v2"` by default).
 
     Example:
 
     >>> model = ImageNetResNetV2(50, layout="timm")
-    >>> model.count_params()
+    >>> sum(w.numpy().size for w in model.trainable_weights)  # timm's resnetv2_50
     25549352
+    >>> model.count_params()  # also BN moving statistics and the input mean/std
+    25594798
     >>> model = ImageNetResNetV2(200, weights="imagenet")  # doctest: +SKIP
     """
     if depth not in IMAGENET_DEPTHS:
@@ -178,18 +246,11 @@ def ImageNetResNetV2(
         layout = get_layout(layout)
     unit, stage_units = IMAGENET_DEPTHS[depth]
     common.validate_unit_variant(unit_variant, shortcut)
+    options = common.shortcut_options(
+        shortcut_scale, residual_scale, gate_bias_init, shortcut_dropout_rate
+    )
     common.check_head_args(include_top, pooling, classes)
-    from keras_preact.weights import resolve
-
-    resolved = resolve(weights, depth=depth, layout=layout)
-    if resolved is not None and resolved.kind != "native":
-        if unit_variant != "full_preact" or shortcut != "identity":
-            raise ValueError(
-                f"weights={weights!r} are full pre-activation units with identity shortcuts; "
-                f"unit_variant={unit_variant!r} / shortcut={shortcut!r} cannot take them."
-            )
-    layout = layout or get_layout((resolved and resolved.layout) or "paper")
-    kwargs = common.unit_kwargs(unit_options, unit_variant, shortcut)
+    layout, resolved = _layout_and_weights(depth, weights, layout, unit_variant, shortcut)
     momentum = layout.norm_momentum if norm_momentum is None else norm_momentum
     inputs, x = common.model_input(
         input_tensor,
@@ -220,12 +281,14 @@ def ImageNetResNetV2(
         output_bias=layout.conv_bias,
         norm_epsilon=layout.norm_epsilon,
         norm_momentum=momentum,
+        unit_variant=unit_variant,
+        shortcut=shortcut,
         seed=seed,
-        **kwargs,
+        **options,
     )
     x = common.add_head(
         x,
-        final_norm=unit_variant in ("relu_before_addition", "relu_only_preact", "full_preact"),
+        unit_variant=unit_variant,
         include_top=include_top,
         pooling=pooling,
         classes=classes,
@@ -237,39 +300,26 @@ def ImageNetResNetV2(
 
 
 def _named(depth):
-    def builder(
-        include_top=True,
-        weights=None,
-        input_tensor=None,
-        input_shape=None,
-        pooling=None,
-        classes=1000,
-        classifier_activation="softmax",
-        name=f"resnet{depth}v2",
-        **kwargs,
-    ):
-        return ImageNetResNetV2(
-            depth,
-            include_top=include_top,
-            weights=weights,
-            input_tensor=input_tensor,
-            input_shape=input_shape,
-            pooling=pooling,
-            classes=classes,
-            classifier_activation=classifier_activation,
-            name=name,
-            **kwargs,
-        )
+    def builder(*args, **kwargs):
+        return ImageNetResNetV2(depth, **common.bind(builder, args, kwargs))
 
     unit, stages = IMAGENET_DEPTHS[depth]
-    builder.__name__ = f"ResNet{depth}V2"
-    builder.__qualname__ = builder.__name__
-    builder.__doc__ = (
-        f"Pre-activation ResNet-{depth} for ImageNet ({unit} units {list(stages)}).\n\n"
-        "Same arguments as `ImageNetResNetV2` (depth fixed); `layout='paper'` by default.\n\n"
-        f"Example:\n\n>>> model = ResNet{depth}V2(weights=None, layout='timm')\n"
-    )
-    return builder
+    features = STAGE_WIDTHS[-1] * (4 if unit == "bottleneck" else 1)
+    doc = f"""Pre-activation ResNet-{depth} for ImageNet: {unit} units, {stages} per stage.
+
+    `ImageNetResNetV2({depth}, ...)`: the same arguments but `depth` (see its
+    docstring); keras.applications' (`include_top` ... `classifier_activation`)
+    may also be passed positionally, in its order. `layout=None` (default)
+    follows the weights, else `"paper"`; `unit_variant`, `shortcut` and the
+    shortcut options choose the paper's units (see `PreActBlock`).
+
+    Example:
+
+    >>> model = ResNet{depth}V2(include_top=False, pooling="avg")
+    >>> model.output_shape
+    (None, {features})
+    """
+    return common.named_builder(builder, ImageNetResNetV2, ("depth",), f"ResNet{depth}V2", doc)
 
 
 ResNet18V2 = _named(18)

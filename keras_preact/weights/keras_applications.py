@@ -63,6 +63,7 @@ def copy_keras_applications_weights(source, target):
 
     Example:
 
+    >>> import keras, keras_preact
     >>> ka = keras.applications.ResNet50V2(weights=None)
     >>> ours = keras_preact.ResNet50V2(layout="keras")
     >>> copy_keras_applications_weights(ka, ours)

@@ -102,9 +102,13 @@ def load_weights(model, weights, resolved=None):
 
     Example:
 
-    >>> model = keras_preact.ResNet20V2()
-    >>> model.save_weights("r20.weights.h5")
-    >>> load_weights(keras_preact.ResNet20V2(), "r20.weights.h5")  # doctest: +SKIP
+    >>> import os, tempfile, keras_preact
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(folder.name, "r20.weights.h5")
+    >>> keras_preact.ResNet20V2().save_weights(path)
+    >>> load_weights(keras_preact.ResNet20V2(), path).name
+    'resnet20v2'
+    >>> folder.cleanup()
     """
     if resolved is None:
         match = re.fullmatch(r"resnet(\d+)v2", model.name)  # the builders' default names

@@ -107,9 +107,13 @@ def load_weights(model, weights):
 
     Example:
 
-    >>> model = keras_preact.ResNet20V2()
-    >>> model.save_weights("r20.weights.h5")
-    >>> load_weights(keras_preact.ResNet20V2(), "r20.weights.h5")
+    >>> import os, tempfile, keras_preact
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(folder.name, "r20.weights.h5")
+    >>> keras_preact.ResNet20V2().save_weights(path)
+    >>> load_weights(keras_preact.ResNet20V2(), path).name
+    'resnet20v2'
+    >>> folder.cleanup()
     """
     if not isinstance(weights, (str, os.PathLike)):
         raise ValueError(

@@ -4,8 +4,8 @@ Every source says where its file is, how to check it, how to read it, which
 layout it maps onto exactly, and how it was evaluated when its accuracy was
 published (normalisation, resize interpolation, crop fraction, sizes), so the
 model, the eval pipeline and the export use the same preprocessing without
-the user restating it. Facts: `SPEC.md` section 6, read from each source's
-code (timm's `resnetv2.py` default configs, keras.applications' `resnet_v2.py`,
+the user restating it. The facts are read from each source's code (timm's
+`resnetv2.py` default configs, keras.applications' `resnet_v2.py`,
 fb.resnet.torch's README and `preresnet.lua`).
 
 >>> source = get_source("imagenet", depth=50)
