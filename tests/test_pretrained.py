@@ -340,8 +340,8 @@ def test_export_and_keras_file_follow_the_source_protocol(mirrored_source, tmp_p
     """The source's bicubic crop_pct-0.95 crops reach the SavedModel and survive a .keras file."""
     import tensorflow as tf
 
-    from keras_preact.export import pipeline, verify
     from keras_preact.data.crops import decode_image, eval_crop
+    from keras_preact.export import pipeline, verify
 
     model = kp.ResNet18V2(weights="test:r18")
     model.save(tmp_path / "r18.keras")

@@ -276,75 +276,24 @@ def verify_saved_model(
     start = time.time()
     images = load_images(images)
     crops = eval_crops(images, crop_size, resize_size, interpolation)
-    model_input = normalize(crops, normalization)
-    reference = keras_probabilities(model, model_input)
-    out = run_in_fresh_process(version_dir, images, crops)
-    rounded = out["pixels_uint8/input_as_float"]
-    reference_uint8 = keras_probabilities(model, normalize(rounded, normalization))
+    reference = keras_probabilities(model, normalize(crops, normalization))
     labels_array = np.asarray(labels, dtype=object)
-
-    def label_check(prefix):
-        classes = out[f"{prefix}/classes"]
-        names = np.vectorize(lambda b: b.decode("utf-8"))(out[f"{prefix}/labels"])
-        return bool(np.array_equal(names, labels_array[classes]))
-
-    checks = {
-        "serving_default": compare(reference, out["serving_default/probabilities"]),
-        "pixels": compare(reference, out["pixels/probabilities"]),
-        "pixels_uint8": compare(reference_uint8, out["pixels_uint8/probabilities"]),
-    }
     report = {
         "artifact": os.path.abspath(version_dir),
         "format": "saved_model",
-        "signatures": [str(s) for s in out["signature_names"]],
         "image_names": [name for name, _ in images],
         "crop_size": int(crop_size),
         "resize_size": None if resize_size is None else int(resize_size),
         "interpolation": interpolation,
         "tolerance": tolerance,
-        "fresh_process": {
-            "loader": "tf.saved_model.load in `python -I keras_preact/export/load_check.py`",
-            "imported_keras_preact": bool(out["imported_keras_preact"]),
-            "checks": checks,
-            "labels_match_classes": label_check("serving_default") and label_check("pixels"),
-            "bad_request_error": str(out["bad_request_error"]),
-            "after_bad_request_max_abs_diff": float(
-                np.abs(out["after_bad/probabilities"] - out["serving_default/probabilities"]).max()
-            ),
-        },
         "size_bytes": directory_size(version_dir),
-        "latency_batch1": latency_summary(out["latency_ms"] / 1000.0),
         "versions": _versions(),
     }
-    max_diff = max(c["max_abs_diff"] for c in checks.values())
-    failures = []
-    if max_diff > tolerance:
-        failures.append(f"probabilities differ by {max_diff:.3g} > {tolerance:g}")
-    if not report["fresh_process"]["labels_match_classes"]:
-        failures.append("labels are not the names of the returned classes")
-    if report["fresh_process"]["imported_keras_preact"]:
-        failures.append("the loading process imported keras_preact")
-    if not report["fresh_process"]["bad_request_error"].startswith("InvalidArgumentError"):
-        failures.append("an undecodable image did not give InvalidArgumentError")
-    if report["fresh_process"]["after_bad_request_max_abs_diff"] > 0:
-        failures.append("the request after a bad one gave different results")
+    failures = _check_fresh_process(
+        report, version_dir, model, images, crops, reference, labels_array, normalization
+    )
     if saved_model_cli:
-        cli_out, used = run_saved_model_cli(version_dir, images)
-        position = {name: i for i, (name, _) in enumerate(images)}
-        index = [position[name] for name in used]
-        cli_names = np.vectorize(lambda b: b.decode("utf-8"))(cli_out["labels"])
-        report["saved_model_cli"] = {
-            "loader": "saved_model_cli run (session-based, like TF Serving)",
-            "images": used,
-            "checks": compare(reference[index], cli_out["probabilities"]),
-            "labels_match_classes": bool(
-                np.array_equal(cli_names, labels_array[cli_out["classes"]])
-            ),
-        }
-        if report["saved_model_cli"]["checks"]["max_abs_diff"] > tolerance:
-            failures.append("saved_model_cli run: probabilities differ beyond tolerance")
-        if not report["saved_model_cli"]["labels_match_classes"]:
-            failures.append("saved_model_cli run: labels do not match classes")
+        failures += _check_saved_model_cli(report, version_dir, images, reference, labels_array)
     report["passed"] = not failures
     report["failures"] = failures
     report["seconds"] = round(time.time() - start, 2)
@@ -354,6 +303,76 @@ def verify_saved_model(
             + json.dumps(report, indent=2)
         )
     return report
+
+
+def _names(values):
+    return np.vectorize(lambda b: b.decode("utf-8"))(values)
+
+
+def _check_fresh_process(
+    report, version_dir, model, images, crops, reference, labels_array, normalization
+):
+    """`tf.saved_model.load` in a new process: every signature, a bad request, latency."""
+    out = run_in_fresh_process(version_dir, images, crops)
+    rounded = out["pixels_uint8/input_as_float"]
+    reference_uint8 = keras_probabilities(model, normalize(rounded, normalization))
+    checks = {
+        "serving_default": compare(reference, out["serving_default/probabilities"]),
+        "pixels": compare(reference, out["pixels/probabilities"]),
+        "pixels_uint8": compare(reference_uint8, out["pixels_uint8/probabilities"]),
+    }
+    labels_match = all(
+        np.array_equal(_names(out[f"{p}/labels"]), labels_array[out[f"{p}/classes"]])
+        for p in ("serving_default", "pixels")
+    )
+    fresh = {
+        "loader": "tf.saved_model.load in `python -I keras_preact/export/load_check.py`",
+        "imported_keras_preact": bool(out["imported_keras_preact"]),
+        "checks": checks,
+        "labels_match_classes": bool(labels_match),
+        "bad_request_error": str(out["bad_request_error"]),
+        "after_bad_request_max_abs_diff": float(
+            np.abs(out["after_bad/probabilities"] - out["serving_default/probabilities"]).max()
+        ),
+    }
+    report["signatures"] = [str(s) for s in out["signature_names"]]
+    report["fresh_process"] = fresh
+    report["latency_batch1"] = latency_summary(out["latency_ms"] / 1000.0)
+    failures = []
+    max_diff = max(c["max_abs_diff"] for c in checks.values())
+    if max_diff > report["tolerance"]:
+        failures.append(f"probabilities differ by {max_diff:.3g} > {report['tolerance']:g}")
+    if not fresh["labels_match_classes"]:
+        failures.append("labels are not the names of the returned classes")
+    if fresh["imported_keras_preact"]:
+        failures.append("the loading process imported keras_preact")
+    if not fresh["bad_request_error"].startswith("InvalidArgumentError"):
+        failures.append("an undecodable image did not give InvalidArgumentError")
+    if fresh["after_bad_request_max_abs_diff"] > 0:
+        failures.append("the request after a bad one gave different results")
+    return failures
+
+
+def _check_saved_model_cli(report, version_dir, images, reference, labels_array):
+    """`saved_model_cli run`, the session-based loader TF Serving uses, on the same images."""
+    cli_out, used = run_saved_model_cli(version_dir, images)
+    position = {name: i for i, (name, _) in enumerate(images)}
+    index = [position[name] for name in used]
+    cli = {
+        "loader": "saved_model_cli run (session-based, like TF Serving)",
+        "images": used,
+        "checks": compare(reference[index], cli_out["probabilities"]),
+        "labels_match_classes": bool(
+            np.array_equal(_names(cli_out["labels"]), labels_array[cli_out["classes"]])
+        ),
+    }
+    report["saved_model_cli"] = cli
+    failures = []
+    if cli["checks"]["max_abs_diff"] > report["tolerance"]:
+        failures.append("saved_model_cli run: probabilities differ beyond tolerance")
+    if not cli["labels_match_classes"]:
+        failures.append("saved_model_cli run: labels do not match classes")
+    return failures
 
 
 def normalize(pixels, normalization):
