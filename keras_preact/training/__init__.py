@@ -3,6 +3,7 @@
 >>> from keras_preact import training
 >>> config = training.TrainConfig(dataset="digits", model_dir="demo_run", depth=20, epochs=15)
 >>> metrics = training.run(config)  # trains, evaluates, writes model_dir/metrics.json etc.
+... # doctest: +SKIP
 
 Pieces, usable on their own:
 

@@ -111,16 +111,24 @@ class Trainer:
 
     Example:
 
-    >>> from keras_preact import CIFARResNetV2, training
+    >>> import tempfile
+    >>> from keras_preact import CIFARResNetV2, data, training
     >>> trainer = training.Trainer(
-    ...     training.make_strategy("mirrored"),
-    ...     lambda: CIFARResNetV2(20, classifier_activation=None),  # logits
-    ...     lambda: training.CoupledSGD(training.cifar_schedule(128, 1000)),
-    ...     global_batch_size=128, model_dir="run")
-    >>> trainer.restore()  # 0, or the step of the latest checkpoint in run/checkpoints
-    >>> history = trainer.fit(train_fn, total_steps=1000, steps_per_epoch=100,
-    ...                       eval_dataset_fn=eval_fn)
-    >>> trainer.evaluate(eval_fn)["top1"]
+    ...     training.make_strategy("default"),  # or "mirrored", "multi_worker_mirrored", ...
+    ...     lambda: CIFARResNetV2(8, width=4, classifier_activation=None),  # logits
+    ...     lambda: training.CoupledSGD(training.cifar_schedule(32, 4)),
+    ...     global_batch_size=32, model_dir=tempfile.mkdtemp(), verbose=0)
+    >>> trainer.restore()  # 0, or the step of the latest checkpoint in <model_dir>/checkpoints
+    0
+    >>> def train_fn(ctx):
+    ...     return data.make_dataset("digits", "train", batch_size=32, training=True,
+    ...                              input_context=ctx, repeat=True)
+    >>> def eval_fn(ctx):
+    ...     return data.make_dataset("digits", "test", batch_size=32, input_context=ctx)
+    >>> history = trainer.fit(train_fn, total_steps=4, steps_per_epoch=2, eval_dataset_fn=eval_fn)
+    >>> bool(0 <= trainer.evaluate(eval_fn)["top1"] <= 1)
+    True
+    >>> trainer.close()
 
     where `train_fn(input_context)` returns a repeated `tf.data.Dataset` of
     `(images, labels)` batched per replica
