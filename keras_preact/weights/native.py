@@ -109,10 +109,10 @@ def load_weights(model, weights):
 
     >>> import os, tempfile, keras_preact
     >>> folder = tempfile.TemporaryDirectory()
-    >>> path = os.path.join(folder.name, "r20.weights.h5")
-    >>> keras_preact.ResNet20V2().save_weights(path)
-    >>> load_weights(keras_preact.ResNet20V2(), path).name
-    'resnet20v2'
+    >>> saved = os.path.join(folder.name, "three_classes.keras")
+    >>> keras_preact.ResNet20V2(classes=3).save(saved)  # a whole model file works too
+    >>> load_weights(keras_preact.ResNet20V2(classes=3), saved).output_shape
+    (None, 3)
     >>> folder.cleanup()
     """
     if not isinstance(weights, (str, os.PathLike)):
