@@ -40,6 +40,7 @@ import types
 import tensorflow as tf
 from absl import logging
 
+from keras_preact import run_dir
 from keras_preact.export import model as model_lib
 from keras_preact.export import saved_model as saved_model_lib
 from keras_preact.export import tflite as tflite_lib
@@ -306,7 +307,7 @@ def _write_tflite(o, plan, result, base, checked):
         plan.model, o.tflite, plan.crop_size, representative, plan.normalization
     )
     with _staging(base, result.version) as tmp:
-        with open(os.path.join(tmp, "labels.txt"), "w", encoding="utf-8") as f:
+        with open(os.path.join(tmp, run_dir.LABELS), "w", encoding="utf-8") as f:
             f.write("".join(f"{label}\n" for label in plan.labels))
         for variant, data in converted.items():
             path = os.path.join(tmp, f"{variant}.tflite")

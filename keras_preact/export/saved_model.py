@@ -17,13 +17,20 @@ Signatures (all outputs: `probabilities` float32 `[N, classes]`, top-k
 * `pixels_uint8`: the same in uint8.
 
 A request with an image the decoders reject (not an image, truncated) fails
-with `InvalidArgumentError` for that request only; see `export/serving/README.md`
+with `InvalidArgumentError` for that request only; see `docs/serving/README.md`
 for the rule.
 
-Example:
+Example (`keras_preact.export.export_all` does this, verified, for a trained model):
 
->>> archive = build_archive(model, labels, crop_size=224)  # doctest: +SKIP
->>> version_dir = publish(archive, "exported", "preact")  # doctest: +SKIP
+>>> import os, tempfile, keras_preact
+>>> model = keras_preact.ResNet20V2(classes=2, input_shape=(None, None, 3))
+>>> archive = build_archive(model, ["cat", "dog"], crop_size=32)
+>>> base = tempfile.mkdtemp()  # TF Serving's base path of the model
+>>> staging = temporary_dir(base, 1)
+>>> write_saved_model(archive, staging, ["cat", "dog"])
+>>> version_dir = publish_dir(staging, os.path.join(base, "1"))
+>>> versions(base)
+[1]
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from keras_preact import run_dir
 from keras_preact.data.crops import decode_image, eval_crop
 from keras_preact.preprocessing import normalization_stats
 
@@ -46,7 +54,7 @@ SIGNATURE_PIXELS_UINT8 = "pixels_uint8"
 INPUT_BYTES = "image_bytes"
 INPUT_PIXELS = "pixels"
 OUTPUTS = ("probabilities", "classes", "scores", "labels")
-LABELS_ASSET = os.path.join("assets.extra", "labels.txt")
+LABELS_ASSET = os.path.join("assets.extra", run_dir.LABELS)
 REPORT_ASSET = os.path.join("assets.extra", "verification.json")
 # TF Serving replays these requests when it loads a version, before serving it, so the
 # first real request does not pay for graph warm-up.
@@ -70,7 +78,7 @@ def _magic_ok(data):
     )
 
 
-def decode_and_crop(image_bytes, crop_size=224, resize_size=None, interpolation="bilinear"):
+def decode_and_crop(image_bytes, crop_size, resize_size=None, interpolation="bilinear"):
     """A batch of encoded images -> float32 `[N, crop, crop, 3]` eval crops, in-graph.
 
     Each image goes through `decode_image` and `eval_crop`, so the crop is the
@@ -123,7 +131,7 @@ def classifier_outputs(model, pixels, labels, top_k=5, normalization=None):
 def build_archive(
     model,
     labels,
-    crop_size=224,
+    crop_size,
     resize_size=None,
     top_k=5,
     normalization=None,

@@ -59,9 +59,7 @@ def _write_source(model, directory, crop_size, normalization=None):
     archive.write_out(directory, verbose=False)
 
 
-def representative_images(
-    source, crop_size=224, resize_size=None, limit=100, interpolation="bilinear"
-):
+def representative_images(source, crop_size, resize_size=None, limit=100, interpolation="bilinear"):
     """Eval crops for int8 calibration, float32 `[n, crop, crop, 3]` in [0, 255].
 
     `source` is a folder of images (or anything `verify.load_images` takes), a
@@ -100,7 +98,7 @@ def representative_images(
     return np.stack(out)
 
 
-def convert(model, variant, crop_size=224, representative=None, normalization=None):
+def convert(model, variant, crop_size, representative=None, normalization=None):
     """Converts a float32 Keras model to TFLite bytes for one of `VARIANTS`.
 
     `representative` (float32 crops from `representative_images`) is required for
@@ -109,7 +107,7 @@ def convert(model, variant, crop_size=224, representative=None, normalization=No
     return convert_all(model, [variant], crop_size, representative, normalization)[variant]
 
 
-def convert_all(model, variants=VARIANTS, crop_size=224, representative=None, normalization=None):
+def convert_all(model, variants, crop_size, representative=None, normalization=None):
     """`{variant: tflite bytes}` for several variants, from one conversion source."""
     for variant in variants:
         if variant not in VARIANTS:

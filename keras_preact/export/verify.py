@@ -114,7 +114,7 @@ def load_images(source=None, limit=None):
     return images[:limit] if limit else images
 
 
-def eval_crops(images, crop_size=224, resize_size=None, interpolation="bilinear"):
+def eval_crops(images, crop_size, resize_size=None, interpolation="bilinear"):
     """float32 `[N, crop, crop, 3]`: each image decoded and eval-cropped (as the signature does)."""
     return np.stack(
         [
@@ -259,7 +259,7 @@ def verify_saved_model(
     model,
     images,
     labels,
-    crop_size=224,
+    crop_size,
     resize_size=None,
     normalization=None,
     tolerance=SAVED_MODEL_TOLERANCE,
