@@ -181,15 +181,15 @@ def test_weights_flags_layout_follows_the_weights(tmp_path):
         None,
         "finetune",
     )
-    assert config.base_learning_rate is None  # the schedule's own: 0.01 for finetune
+    assert config.learning_rate is None  # the schedule's own: 0.01 for finetune
     name, kwargs = training.builder_call(config, info)  # resolves, downloads nothing
     assert (name, kwargs["layout"]) == ("ImageNetResNetV2", "keras") and "weights" not in kwargs
     assert (
         training.builder_call(_parse("imagenet", [f"--model_dir={tmp_path}"]), info)[1]["layout"]
         == "paper"
     )
-    with pytest.raises(training.ConfigError, match="--eval_only needs --weights"):
-        _parse("imagenet", [f"--model_dir={tmp_path}", "--eval_only"])
+    with pytest.raises(ValueError, match="eval_only needs weights"):
+        _parse("imagenet", [f"--model_dir={tmp_path}", "--eval_only"]).validate()
     with pytest.raises(ValueError, match="no default length"):
         _parse("imagenet", [*base, "--schedule=finetune"]).validate()
 

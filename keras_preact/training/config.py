@@ -1,16 +1,37 @@
-"""`TrainConfig`: everything a training run needs, checked before any work starts."""
+"""`TrainConfig`: everything a training run needs, checked before any work starts.
+
+Each field's `dataclasses.field` metadata says how the recipes' command lines
+set it (`Flag`, declared with `option(...)`): `keras_preact.training.flags`
+defines one absl flag per field from it, so a new option is one field here.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 
 from keras_preact.layers import SHORTCUTS, UNIT_VARIANTS
-from keras_preact.training.schedules import SCHEDULES
+from keras_preact.training.schedules import (
+    CIFAR_REFERENCE_BATCH,
+    FINETUNE_LEARNING_RATE,
+    FINETUNE_REFERENCE_BATCH,
+    IMAGENET_REFERENCE_BATCH,
+    SCHEDULES,
+)
 from keras_preact.training.strategy import STRATEGIES
 
 FAMILIES = ("cifar", "imagenet")
 CIFAR_UNITS = ("basic", "bottleneck", "one_layer")
+# The sections of the recipes' --help, in order.
+GROUPS = MODEL, DATA, SCHEDULE, DISTRIBUTION, OUTPUT, EXPORT = (
+    "model",
+    "data",
+    "schedule",
+    "distribution",
+    "checkpoints/output",
+    "export",
+)
 
 # Fields that must match to resume from a model_dir's checkpoint.
 RESUME_FIELDS = (
@@ -37,18 +58,110 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """A training run: data, model, schedule, distribution and output.
+class Flag:
+    """How the recipes' command lines set a `TrainConfig` field (the field's metadata["flag"]).
 
-    `recipes/cifar.py` and `recipes/imagenet.py` fill one from flags and call
-    `keras_preact.training.run(config)`; the flags' help texts describe the
-    fields. `None` means "the paper's default" (or the dataset's, for sizes).
+    The flag's type follows the field's: bool, int, float, str (an enum with
+    `choices`) or, for a tuple of ints, a comma-separated list.
+
+    Attributes:
+        group: the --help section, one of `GROUPS`.
+        help: the flag's help, or `{family: help}` where the recipes differ.
+        families: the recipes ("cifar", "imagenet") that have the flag.
+        choices: an enum's values, `{family: values}`, or a function returning
+            them (called when the flags are defined, so its imports wait).
+        defaults: `{family: default}` where a recipe's differs from the field's.
+        name: the flag's name, where it is not the field's.
+        required: the flag has no default and must be given.
+    """
+
+    group: str
+    help: str | dict
+    families: tuple = FAMILIES
+    choices: tuple | dict | Callable | None = None
+    defaults: dict = dataclasses.field(default_factory=dict)
+    name: str | None = None
+    required: bool = False
+
+
+def option(
+    default, group, help, *, families=FAMILIES, choices=None, name=None, required=False, **defaults
+):
+    """A `TrainConfig` field that is a recipe flag; `imagenet=224` sets that recipe's default.
+
+    >>> option(110, MODEL, "Network depth.", imagenet=200).metadata["flag"].defaults
+    {'imagenet': 200}
+    """
+    spec = Flag(group, help, tuple(families), choices, defaults, name, required)
+    return dataclasses.field(default=default, metadata={"flag": spec})
+
+
+# The metadata of a field the program sets, not a flag.
+INTERNAL = {"flag": None}
+
+
+def _datasets():
+    from keras_preact.data import DATASETS
+
+    return tuple(DATASETS)
+
+
+def _layouts():
+    from keras_preact.models.imagenet import LAYOUTS
+
+    return tuple(LAYOUTS)
+
+
+_WEIGHTS_HELP = {
+    "cifar": "Start from these weights: a .weights.h5 / .keras file of a CIFAR net built with the "
+    "same flags (e.g. an earlier run's model.weights.h5). A resumed run restores its "
+    "checkpoint instead.",
+    "imagenet": "Start from these weights: 'imagenet' (the depth's default public checkpoint), a "
+    "source name (keras_preact.weights.sources(): timm:resnetv2_50.a1h_in1k, "
+    "keras:resnet50v2, fb:resnet-200, ...) or a checkpoint file (timm .safetensors, "
+    "keras.applications .h5, fb.resnet.torch .t7, Keras .weights.h5/.keras). The "
+    "classifier is loaded only if it has the dataset's number of classes; evaluation "
+    "uses the source's resize interpolation and crop fraction. A resumed run restores "
+    "its checkpoint instead.",
+}
+_EVAL_ONLY_HELP = {
+    family: "Only evaluate --weights on the eval split"
+    + (" at every --eval_crop_sizes" if family == "imagenet" else "")
+    + " (with the weights' own eval preprocessing) and write metrics.json to --model_dir; "
+    "no training."
+    for family in FAMILIES
+}
+_SCHEDULE_HELP = {
+    family: f"Learning-rate schedule: {family} (the paper's) or finetune (for --weights: linear "
+    "warm-up from 0 over the first 5% of the steps, then cosine decay to 0 at the last; "
+    "needs --epochs or --train_steps)."
+    for family in FAMILIES
+}
+_LEARNING_RATE_HELP = {
+    family: f"Learning rate at batch {reference} (default 0.1; {FINETUNE_LEARNING_RATE} with "
+    f"--schedule=finetune{finetune_batch}); scaled linearly with --batch_size."
+    for family, reference, finetune_batch in (
+        ("cifar", CIFAR_REFERENCE_BATCH, f", at batch {FINETUNE_REFERENCE_BATCH}"),
+        ("imagenet", IMAGENET_REFERENCE_BATCH, ""),
+    )
+}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """A training run: model, data, schedule, distribution and output.
+
+    `recipes/cifar.py` and `recipes/imagenet.py` (`keras_preact.training.cli`)
+    fill one from flags and call `keras_preact.training.run(config)`; each
+    field's help is its flag's (`option`). `None` means "the paper's default"
+    (or the dataset's, for sizes). A field's default is the CIFAR recipe's.
 
     `weights` starts the network from pretrained weights (what the builders
     take as `weights=`: `"imagenet"`, a source name, a checkpoint file); a
     resumed run restores its checkpoint instead. `layout=None` follows the
     weights (else `"paper"`). `eval_only=True` evaluates `weights` on the
-    eval split without training.
+    eval split without training. `export_dir` is read by the command line
+    after `run`, not by `run`.
 
     Example:
 
@@ -56,51 +169,139 @@ class TrainConfig:
     >>> config.validate()
     """
 
-    dataset: str = "cifar10"
-    model_dir: str = ""
-    data_dir: str | None = None
-    download: bool = False
+    family: str = dataclasses.field(default="cifar", metadata=INTERNAL)  # the recipe's
     # Model.
-    family: str = "cifar"
-    depth: int = 110
-    unit: str | None = None
-    width: int = 16
-    layout: str | None = None
-    weights: str | None = None
-    unit_variant: str = "full_preact"
-    shortcut: str = "identity"
-    shortcut_scale: float | None = None
-    residual_scale: float | None = None
-    gate_bias_init: float | None = None
-    shortcut_dropout_rate: float | None = None
-    sync_batchnorm: bool = False
+    depth: int = option(
+        110,
+        MODEL,
+        "Network depth (CIFAR: 6n+2 basic, 9n+2 bottleneck, 3n+2 one_layer; ImageNet: 18..200).",
+        imagenet=200,
+    )
+    unit: str | None = option(
+        None,
+        MODEL,
+        "Unit type (default: bottleneck for 164 and 1001, else basic).",
+        families=["cifar"],
+        choices=CIFAR_UNITS,
+    )
+    width: int = option(
+        16, MODEL, "Channels of the first stage (16 in the paper).", families=["cifar"]
+    )
+    layout: str | None = option(
+        None,
+        MODEL,
+        "Network layout: paper (the paper's appendix), timm, keras or fb "
+        "(keras_preact.models.imagenet). Default: the one --weights need, else paper.",
+        families=["imagenet"],
+        choices=_layouts,
+    )
+    weights: str | None = option(None, MODEL, _WEIGHTS_HELP)
+    eval_only: bool = option(False, MODEL, _EVAL_ONLY_HELP)
+    unit_variant: str = option(
+        "full_preact",
+        MODEL,
+        "Where BN/ReLU sit (the paper's Fig. 4 / Table 2).",
+        choices=UNIT_VARIANTS,
+    )
+    shortcut: str = option(
+        "identity", MODEL, "Shortcut type (the paper's Fig. 2 / Table 1).", choices=SHORTCUTS
+    )
+    shortcut_scale: float | None = option(
+        None, MODEL, "constant_scaling: scale of the shortcut (0.5)."
+    )
+    residual_scale: float | None = option(
+        None, MODEL, "constant_scaling: scale of F (1.0; 0.5 for 'frozen gating')."
+    )
+    gate_bias_init: float | None = option(
+        None, MODEL, "exclusive/shortcut_only gating: initial gate bias b_g (0)."
+    )
+    shortcut_dropout_rate: float | None = option(None, MODEL, "dropout shortcut: drop rate (0.5).")
     # Data.
-    image_size: int | None = None
-    eval_crop_sizes: tuple = ()
-    color_augment: bool = False
+    dataset: str = option(
+        "cifar10", DATA, "Dataset (keras_preact.data).", choices=_datasets, imagenet="imagenet2012"
+    )
+    data_dir: str | None = option(
+        None, DATA, "Where the dataset lives (tfds data_dir, image folder, TFRecords)."
+    )
+    download: bool = option(False, DATA, "Let tensorflow-datasets download / prepare the data.")
+    image_size: int | None = option(
+        None,
+        DATA,
+        {"cifar": "Image size (default: the dataset's, 32).", "imagenet": "Training crop size."},
+        imagenet=224,
+    )
+    eval_crop_sizes: tuple[int, ...] = option(
+        (),
+        DATA,
+        "Centre-crop sizes of the final evaluation (the paper: 224 and 320).",
+        families=["imagenet"],
+        imagenet=(224, 320),
+    )
+    color_augment: bool = option(
+        False, DATA, "fb.resnet.torch colour jitter and lighting noise.", families=["imagenet"]
+    )
     # Schedule (the paper's by default; see keras_preact.training.schedules).
-    schedule: str = "cifar"  # "cifar", "imagenet" or "finetune"
-    batch_size: int = 128
-    epochs: float | None = None
-    train_steps: int | None = None
-    steps_per_epoch: int | None = None
-    base_learning_rate: float | None = None  # None: the schedule's (0.1; finetune 0.01)
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    schedule: str = option(
+        "cifar",
+        SCHEDULE,
+        _SCHEDULE_HELP,
+        choices={family: (family, "finetune") for family in FAMILIES},
+        imagenet="imagenet",
+    )
+    batch_size: int = option(
+        128, SCHEDULE, "GLOBAL batch size (split over the replicas).", imagenet=256
+    )
+    epochs: float | None = option(
+        None, SCHEDULE, "Training length in epochs (default: the paper's)."
+    )
+    train_steps: int | None = option(
+        None, SCHEDULE, "Training length in steps (instead of --epochs)."
+    )
+    steps_per_epoch: int | None = option(
+        None, SCHEDULE, "Steps per epoch (default: training examples // batch_size)."
+    )
+    learning_rate: float | None = option(None, SCHEDULE, _LEARNING_RATE_HELP)
+    momentum: float = option(0.9, SCHEDULE, "SGD momentum.")
+    weight_decay: float = option(
+        1e-4, SCHEDULE, "Coupled L2 weight decay (added to the gradient, all parameters)."
+    )
     # Distribution and speed.
-    strategy: str = "default"
-    tpu: str | None = None
-    mixed_precision: bool = False
-    jit_compile: bool = False
-    steps_per_loop: int = 1
-    seed: int | None = None
-    # Output.
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    eval_every: int = 1
-    export: bool = False
-    eval_only: bool = False
-    verbose: int = 1
+    strategy: str = option("default", DISTRIBUTION, "tf.distribute strategy.", choices=STRATEGIES)
+    tpu: str | None = option(None, DISTRIBUTION, "TPU name or grpc:// address (--strategy=tpu).")
+    sync_batchnorm: bool = option(
+        False,
+        DISTRIBUTION,
+        "Batch statistics over all replicas (default: per replica, as the paper).",
+    )
+    mixed_precision: bool = option(
+        False, DISTRIBUTION, "mixed_float16 (mixed_bfloat16 on TPU) with loss scaling."
+    )
+    jit_compile: bool = option(False, DISTRIBUTION, "Compile the forward/backward pass with XLA.")
+    steps_per_loop: int = option(
+        1, DISTRIBUTION, "Steps per tf.function call (more: fewer host round trips)."
+    )
+    seed: int | None = option(
+        None, DISTRIBUTION, "Random seed (weights init, shuffling, augmentation)."
+    )
+    # Checkpoints and output.
+    model_dir: str = option(
+        "",
+        OUTPUT,
+        "Output: checkpoints, logs, metrics.json, model files.",
+        required=True,
+    )
+    checkpoint_every: int = option(1000, OUTPUT, "Steps between checkpoints.")
+    keep_checkpoints: int = option(3, OUTPUT, "Checkpoints kept.")
+    eval_every: int = option(1, OUTPUT, "Evaluate every N epochs (0: only at the end).")
+    verbose: int = option(1, OUTPUT, "1: progress bar, 0: quiet.")
+    # Export (by the command line, after `run`).
+    export_dir: str | None = option(
+        None,
+        EXPORT,
+        "After training, export the model (SavedModel for TF Serving + TFLite, see "
+        "keras_preact.export) under this folder and verify every artifact against the "
+        "Keras model.",
+    )
 
     def validate(self):
         """Raises ValueError naming the first bad field and what it accepts."""
@@ -147,15 +348,20 @@ class TrainConfig:
                 f"eval_every must be >= 0 (0: only at the end), got {self.eval_every}."
             )
         if self.eval_only and self.weights is None:
-            raise ValueError("eval_only needs weights: the model to evaluate.")
+            raise ValueError(
+                "eval_only needs weights: the model to evaluate ('imagenet', a source name or "
+                "a checkpoint file)."
+            )
+        if self.eval_only and self.export_dir:
+            raise ValueError("eval_only trains no model, so export_dir has nothing to export.")
         if self.schedule == "finetune" and not self.eval_only:
             if self.epochs is None and self.train_steps is None:
                 raise ValueError(
                     "The finetune schedule has no default length: give epochs or train_steps."
                 )
-        lr = 0.1 if self.base_learning_rate is None else self.base_learning_rate
+        lr = 0.1 if self.learning_rate is None else self.learning_rate
         if lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0:
-            raise ValueError("Need base_learning_rate > 0, 0 <= momentum < 1, weight_decay >= 0.")
+            raise ValueError("Need learning_rate > 0, 0 <= momentum < 1, weight_decay >= 0.")
         if self.image_size is not None and self.image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}.")
         if any(size < 32 for size in self.eval_crop_sizes):

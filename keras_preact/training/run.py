@@ -107,6 +107,7 @@ def builder_call(config, info):
     ImageNet layout is always explicit (`run_layout`); `config.weights` is not
     an argument here (`build_model` takes it).
 
+    >>> from keras_preact.data import dataset_info
     >>> builder_call(TrainConfig(dataset="digits", depth=20), dataset_info("digits"))[1]["depth"]
     20
     """
@@ -166,7 +167,8 @@ def run(config: TrainConfig):
     Example:
 
     >>> metrics = run(TrainConfig(dataset="digits", model_dir="demo_run", depth=20, epochs=15))
-    >>> metrics["test_accuracy"]  # top-1 on the held-out digits test split
+    ... # doctest: +SKIP
+    >>> metrics["test_accuracy"]  # top-1 on the held-out digits test split  # doctest: +SKIP
     """
     previous_policy = keras.mixed_precision.global_policy()
     try:
@@ -264,7 +266,7 @@ class _Run:
             self.total_steps = cifar_total_steps(c.batch_size)
         else:
             self.total_steps = IMAGENET_EPOCHS * self.steps_per_epoch
-        lr = {} if c.base_learning_rate is None else {"base_learning_rate": c.base_learning_rate}
+        lr = {} if c.learning_rate is None else {"base_learning_rate": c.learning_rate}
         if c.schedule == "cifar":
             self.schedule = cifar_schedule(c.batch_size, self.total_steps, **lr)
         elif c.schedule == "finetune":
