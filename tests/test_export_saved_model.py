@@ -155,12 +155,17 @@ def test_bad_images_fail_their_request_only(exported, photos):
         "jpeg cut in half": jpeg[: len(jpeg) // 2],
         "png cut in half": png[: len(png) // 2],
         "empty": b"",
+        # Bytes that are not UTF-8 once reached the error message raw (a UnicodeDecodeError).
+        "random bytes": np.random.default_rng(0).bytes(500),
+        "non-utf8 lead": b"\x8a\xff\x00\x80" + b"x" * 40,
     }
     for what, bad in bad_batches.items():
         with pytest.raises(tf.errors.InvalidArgumentError) as info:
             serve(image_bytes=tf.constant([jpeg, bad]))
-        if what in ("garbage", "empty"):
+        if what in ("garbage", "empty", "random bytes", "non-utf8 lead"):
             assert "image_bytes[1] is not a JPEG, PNG, GIF or BMP image" in info.value.message
+        if what == "non-utf8 lead":
+            assert "8a ff 00 80 78 78 78 78" in info.value.message
         # The same loaded model still answers, with the same numbers.
         np.testing.assert_array_equal(serve(image_bytes=good)["probabilities"].numpy(), before)
 

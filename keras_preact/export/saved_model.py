@@ -78,6 +78,19 @@ def _magic_ok(data):
     )
 
 
+_HEX = [f"{i:02x}" for i in range(256)]
+
+
+def _leading_hex(data, count=8):
+    """The first `count` bytes of a string tensor as hex ("ff d8 ff e0"): always ASCII.
+
+    Raw bytes in an error message make the client's decode of the message fail
+    (a UnicodeDecodeError instead of the InvalidArgumentError it expects).
+    """
+    raw = tf.io.decode_raw(tf.strings.substr(data, 0, count), tf.uint8)
+    return tf.strings.reduce_join(tf.gather(_HEX, tf.cast(raw, tf.int32)), separator=" ")
+
+
 def decode_and_crop(image_bytes, crop_size, resize_size=None, interpolation="bilinear"):
     """A batch of encoded images -> float32 `[N, crop, crop, 3]` eval crops, in-graph.
 
@@ -92,7 +105,7 @@ def decode_and_crop(image_bytes, crop_size, resize_size=None, interpolation="bil
         data, index = args
         message = tf.strings.format(
             "image_bytes[{}] is not a JPEG, PNG, GIF or BMP image (its first bytes: {})",
-            (index, tf.strings.substr(data, 0, 8)),
+            (index, _leading_hex(data)),
         )
         check = tf.debugging.Assert(_magic_ok(data), [message])
         with tf.control_dependencies([check]):
