@@ -160,7 +160,24 @@ class ServingPlan:
     normalization: str | None  # only for a model without its own preprocessing layer
     pixel_size: tuple | None  # the copy's fixed input (H, W), None when dynamic
     spec: run_dir.ModelSpec | None = None
-    calibration: object = None  # int8 calibration data from the run's spec, if reachable
+
+    def run_calibration(self):
+        """The run's own training images for int8 calibration, or None (logged) when not here."""
+        from absl import logging
+
+        if self.spec is None or self.spec.dataset is None:
+            return None
+        try:
+            return calibration_data(
+                self.spec.dataset,
+                self.crop_size,
+                self.spec.eval_preprocessing,
+                data_dir=self.spec.data_dir,
+                image_size=self.spec.image_size,
+            )
+        except ValueError as e:
+            logging.warning("int8 calibration: the run's data is not here (%s).", e)
+            return None
 
 
 def load_source(source):
@@ -242,11 +259,9 @@ def prepare(
             f"The model takes {pixel_size[0]}x{pixel_size[1]} inputs only; crop_size "
             f"{crop} does not fit. Use crop_size={pixel_size[0]}."
         )
-    plan = ServingPlan(
+    return ServingPlan(
         copy, labels, labels_source, crop, resize, interpolation, normalization, pixel_size, spec
     )
-    plan.calibration = spec and _run_calibration(spec, crop)
-    return plan
 
 
 def calibration_data(
@@ -274,22 +289,3 @@ def calibration_data(
         )
     except data.MissingDataError as e:
         raise ValueError(str(e)) from None
-
-
-def _run_calibration(spec, crop_size):
-    """A run's own training images for calibration, or None (logged) when not reachable here."""
-    from absl import logging
-
-    if spec.dataset is None:
-        return None
-    try:
-        return calibration_data(
-            spec.dataset,
-            crop_size,
-            spec.eval_preprocessing,
-            data_dir=spec.data_dir,
-            image_size=spec.image_size,
-        )
-    except ValueError as e:
-        logging.warning("int8 calibration: the run's data is not here (%s).", e)
-        return None

@@ -294,7 +294,8 @@ def _write_tflite(o, plan, result, base, checked):
     result.tflite_dir = os.path.join(base, str(result.version))
     representative, calibration_source = None, None
     if "int8" in o.tflite:
-        calibration = o.calibration if o.calibration is not None else plan.calibration
+        # Built only when int8 is asked for: the run's training images, unless given.
+        calibration = o.calibration if o.calibration is not None else plan.run_calibration()
         calibration_source = _describe_source(calibration, images)
         representative = tflite_lib.representative_images(
             calibration if calibration is not None else images,
