@@ -179,12 +179,8 @@ def test_resuming_with_other_settings_is_refused(digits_run):
 # ----------------------------------------------------------------- kill test
 
 
-@pytest.mark.slow
-def _interrupted_cifar_run(model_dir, checkpoint_every, started, sig):
-    """Starts a 400-step CIFAR-recipe run, waits until `started` exists, sends `sig`.
-
-    Returns the recipe's arguments (to run it again) and the process's (returncode, stderr).
-    """
+def _start_cifar(model_dir, checkpoint_every, *extra, env=None):
+    """Starts a 400-step CIFAR-recipe run in the background; returns its arguments and process."""
     args = [
         *TINY,
         f"--model_dir={model_dir}",
@@ -193,21 +189,38 @@ def _interrupted_cifar_run(model_dir, checkpoint_every, started, sig):
         f"--checkpoint_every={checkpoint_every}",
         "--eval_every=0",
         "--verbose=0",
+        *extra,
     ]
     proc = subprocess.Popen(
         [sys.executable, CIFAR, *args],
-        env=_env(),
+        env=env or _env(),
         cwd=REPO,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 240
-    while not os.path.exists(started) and proc.poll() is None and time.time() < deadline:
+    return args, proc
+
+
+def _wait_for(path, procs, seconds=240):
+    """Waits until `path` exists (or a process ended, or time is up)."""
+    deadline = time.time() + seconds
+    while not os.path.exists(path) and all(p.poll() is None for p in procs):
+        assert time.time() < deadline, f"{path} did not appear"
         time.sleep(0.05)
-    if sig == signal.SIGTERM:
+
+
+def _interrupted_cifar_run(model_dir, checkpoint_every, started, *signals):
+    """Starts a 400-step CIFAR-recipe run, waits until `started` exists, sends `signals`.
+
+    Returns the recipe's arguments (to run it again) and the process's (returncode, stderr).
+    """
+    args, proc = _start_cifar(model_dir, checkpoint_every)
+    _wait_for(started, [proc])
+    if signals[0] != signal.SIGKILL:
         time.sleep(0.3)  # a few steps in
-    proc.send_signal(sig)
+    for sig in signals:
+        proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     return args, (proc.returncode, stderr)
 
@@ -251,15 +264,19 @@ def test_killed_run_resumes_at_its_step_and_learning_rate(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 400
 
 
-def test_sigterm_stops_at_a_checkpoint_of_the_current_step(tmp_path):
-    """SIGTERM between checkpoints loses no steps: the run saves where it is and resumes there."""
-    model_dir = str(tmp_path / "terminated")
+@pytest.mark.parametrize(
+    "sig, returncode", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "Ctrl-C"]
+)
+def test_stop_signal_stops_at_a_checkpoint_of_the_current_step(tmp_path, sig, returncode):
+    """SIGTERM or Ctrl-C between checkpoints loses no steps: the run saves where it is, resumes there."""
+    model_dir = str(tmp_path / "stopped")
     started = os.path.join(model_dir, "logs", "train")  # written from the first step on
-    # No periodic checkpoint before the end: only SIGTERM's own can make a resume possible.
-    args, (returncode, stderr) = _interrupted_cifar_run(model_dir, 1000, started, signal.SIGTERM)
-    assert returncode == 143, stderr[-3000:]
-    stopped = re.search(r"SIGTERM: stopped at step (\d+)", stderr)
+    # No periodic checkpoint before the end: only the signal's own can make a resume possible.
+    args, (code, stderr) = _interrupted_cifar_run(model_dir, 1000, started, sig)
+    assert code == returncode, stderr[-3000:]
+    stopped = re.search(rf"{sig.name}: stopped at step (\d+) with a checkpoint", stderr)
     assert stopped, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     step = int(stopped.group(1))
     assert 0 < step < 400
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
@@ -269,6 +286,87 @@ def test_sigterm_stops_at_a_checkpoint_of_the_current_step(tmp_path):
     again = _run(CIFAR, *args)
     assert again.returncode == 0, again.stderr[-4000:]
     assert re.search(rf"Resuming from step {step} ", again.stdout), again.stdout[-2000:]
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        assert json.load(f)["steps"] == 400
+
+
+def _read_until(stream, text, seconds=240):
+    """Reads lines from `stream` until one contains `text`; returns the lines read."""
+    deadline, lines = time.time() + seconds, []
+    while time.time() < deadline:
+        line = stream.readline()
+        assert line, f"the stream ended before {text!r}: {''.join(lines)[-3000:]}"
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"no {text!r} in {seconds} s")
+
+
+def test_second_ctrl_c_aborts_at_once_without_a_checkpoint(tmp_path):
+    """Ctrl-C twice aborts in the middle of a long step, without waiting for it or saving."""
+    model_dir = str(tmp_path / "aborted")
+    # One tf.function call runs all 1000 steps (tens of seconds here): the "current step".
+    long_step = ("--train_steps=1000", "--steps_per_loop=1000", "--steps_per_epoch=1000")
+    _, proc = _start_cifar(model_dir, 1000, *long_step, "--verbose=1")
+    try:
+        _read_until(proc.stdout, "Epoch 1/1")
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _read_until(proc.stderr, "SIGINT: stopping after the current step")
+        proc.send_signal(signal.SIGINT)
+        aborted = time.time()
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert time.time() - aborted < 10
+    assert "Second Ctrl-C: aborted without a checkpoint." in stderr
+    assert "stopped at step" not in stderr and "Traceback" not in stderr
+    assert not os.path.exists(os.path.join(model_dir, "checkpoints", "checkpoint"))
+
+
+def test_ctrl_c_on_one_worker_stops_every_worker_at_a_checkpoint(tmp_path):
+    """Two multi-worker processes on localhost: Ctrl-C on the non-chief stops both at one step."""
+    from test_training_distributed import _free_ports
+
+    model_dir = str(tmp_path / "cluster")
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+
+    def start_workers():
+        runs = []
+        for index in range(2):
+            config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            env = dict(_env(), TF_CONFIG=json.dumps(config))
+            runs.append(
+                _start_cifar(model_dir, 1000, "--strategy=multi_worker_mirrored", env=env)[1]
+            )
+        return runs
+
+    def finish(procs):
+        try:
+            return [p.communicate(timeout=240) for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+
+    chief, worker = procs = start_workers()
+    _wait_for(os.path.join(model_dir, "logs", "train"), procs)
+    time.sleep(0.5)
+    worker.send_signal(signal.SIGINT)
+    (_, chief_err), (_, worker_err) = finish(procs)
+    assert (chief.returncode, worker.returncode) == (143, 130), chief_err[-3000:] + worker_err[-3000:]
+    assert "SIGINT: stopping after the current step" in worker_err
+    stopped = re.search(r"Another worker received a stop signal: stopped at step (\d+)", chief_err)
+    assert stopped, chief_err[-3000:]
+    step = int(stopped.group(1))
+    assert 0 < step < 400
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    assert int(latest.rsplit("-", 1)[1]) == step
+
+    procs = start_workers()
+    (chief_out, chief_err), _ = finish(procs)
+    assert [p.returncode for p in procs] == [0, 0], chief_err[-3000:]
+    assert re.search(rf"Resuming from step {step} ", chief_out), chief_out[-2000:]
     with open(os.path.join(model_dir, "metrics.json")) as f:
         assert json.load(f)["steps"] == 400
 

@@ -17,10 +17,12 @@ worker saves (the save may need collectives), but only the chief writes to
 `model_dir`; the others write to a temporary directory that they delete at
 once. On start, the latest checkpoint in `model_dir/checkpoints` is
 restored, so a killed run restarted with the same command continues at the
-same step and learning rate. On a single host, SIGTERM (what schedulers and
-`docker stop` send before killing) ends the run after the current step with a
-checkpoint at that step, so no work is lost; a multi-worker cluster relies on
-the periodic checkpoints. Files in `model_dir` (written by the chief):
+same step and learning rate. SIGTERM (what schedulers and `docker stop` send
+before killing) and Ctrl-C (SIGINT) end the run after the current step with a
+checkpoint at that step, so no work is lost; in a multi-worker cluster a
+signal to any worker stops them all at the same step (the request rides on the
+step's all-reduce). A second Ctrl-C aborts at once. Files in `model_dir`
+(written by the chief):
 
 * `checkpoints/`: the latest `keep_checkpoints` checkpoints.
 * `logs/train`, `logs/eval`: TensorBoard scalars (loss, accuracy, learning rate).
@@ -29,13 +31,14 @@ the periodic checkpoints. Files in `model_dir` (written by the chief):
 
 from __future__ import annotations
 
-import contextlib
 import csv
+import dataclasses
 import importlib.util
 import io
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -63,32 +66,93 @@ HISTORY_FIELDS = (
 
 
 class Preempted(SystemExit):
-    """Raised (exit status 143, as after SIGTERM) when a run stopped at a checkpoint on SIGTERM."""
+    """Raised when a run stopped at a checkpoint on a stop signal (exit status 128 + its number).
 
-    def __init__(self, step, checkpoint):
-        super().__init__(143)
+    SIGTERM exits 143 and SIGINT (Ctrl-C) 130, as if the signal had ended the
+    process; a worker that stopped because another worker got the signal exits 143.
+    """
+
+    def __init__(self, step, checkpoint, signal_name=None):
+        number = signal.Signals[signal_name] if signal_name else signal.SIGTERM
+        super().__init__(128 + number)
         self.step = step
         self.checkpoint = checkpoint
+        self.signal_name = signal_name
 
     def __str__(self):
+        cause = self.signal_name or "Another worker received a stop signal"
         return (
-            f"SIGTERM: stopped at step {self.step} with a checkpoint ({self.checkpoint}); "
+            f"{cause}: stopped at step {self.step} with a checkpoint ({self.checkpoint}); "
             "run the same command again to resume."
         )
 
 
-@contextlib.contextmanager
-def _sigterm_flag(enabled):
-    """Yields a list that gets an item when SIGTERM arrives (main thread of a single host only)."""
-    received = []
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    previous = signal.signal(signal.SIGTERM, lambda *_: received.append(True))
-    try:
-        yield received
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+class StopSignals:
+    """While active, SIGTERM and SIGINT (Ctrl-C) ask the run to stop at a checkpoint.
+
+    `received` names the first signal ("SIGTERM" or "SIGINT"), else None. A
+    second SIGINT ends the process at once (exit status 130) without a
+    checkpoint, even in the middle of a long step: the signals are read by a
+    thread from `signal.set_wakeup_fd`, since Python runs signal handlers only
+    between bytecodes of the main thread. Only the main thread can install
+    handlers; elsewhere (or with `enabled=False`) nothing is installed.
+
+    >>> with StopSignals() as stop:
+    ...     stop.received is None
+    True
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, enabled=True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.received = None
+        self._interrupts = 0
+
+    def __enter__(self):
+        if not self.enabled:
+            return self
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)
+        self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        # A Python handler must be installed for the wakeup fd to be written to.
+        self._previous = {s: signal.signal(s, lambda *_: None) for s in self.SIGNALS}
+        self._watcher = threading.Thread(target=self._watch, daemon=True, name="stop-signals")
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc):
+        if not self.enabled:
+            return
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        self._writer.send(b"\0")  # not a signal number: tells the watcher to stop
+        self._watcher.join()
+        self._reader.close()
+        self._writer.close()
+
+    def _watch(self):
+        while True:
+            for number in self._reader.recv(64):
+                if number == 0:
+                    return
+                self._on_signal(signal.Signals(number))
+
+    def _on_signal(self, number):
+        if number == signal.SIGINT:
+            self._interrupts += 1
+            if self._interrupts > 1:
+                print("\nSecond Ctrl-C: aborted without a checkpoint.", file=sys.stderr, flush=True)
+                os._exit(130)
+        if number in self.SIGNALS and self.received is None:
+            self.received = number.name
+            print(
+                f"\n{number.name}: stopping after the current step with a checkpoint"
+                + ("; press Ctrl-C again to abort without one." if number == signal.SIGINT else "."),
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 class Trainer:
@@ -223,17 +287,23 @@ class Trainer:
         )
         return loss, correct, grads
 
-    def _train_step(self, images, labels):
+    def _train_step(self, images, labels, stop):
         labels = tf.cast(labels, tf.int32)
         loss, correct, grads = self._grads_fn(images, labels)
         self.optimizer.apply(grads, self.model.trainable_variables)
-        return loss, correct, tf.cast(tf.shape(labels)[0], tf.float32)
+        return tf.stack([loss, correct, tf.cast(tf.shape(labels)[0], tf.float32), stop])
 
-    def _train_loop_fn(self, iterator, num_steps):
-        totals = tf.zeros([3])
+    def _train_loop_fn(self, iterator, num_steps, stop):
+        """Runs `num_steps` steps; returns the sums of loss, correct, examples and stop requests.
+
+        `stop` (1.0 when this worker received a stop signal) rides along with
+        the step's all-reduce, so every worker learns of a signal that any of
+        them received at the same step.
+        """
+        totals = tf.zeros([4])
         for _ in tf.range(num_steps):
-            outputs = self.strategy.run(self._train_step, args=next(iterator))
-            totals += tf.stack([self.strategy.reduce("SUM", value, axis=None) for value in outputs])
+            per_replica = self.strategy.run(self._train_step, args=(*next(iterator), stop))
+            totals += self.strategy.reduce("SUM", per_replica, axis=None)
             self.step.assign_add(1)
         return totals
 
@@ -308,6 +378,7 @@ class Trainer:
         steps_per_epoch,
         eval_dataset_fn=None,
         eval_every=1,
+        on_epoch_end=None,
     ):
         """Trains until `total_steps` steps are done (from the restored step); returns the history.
 
@@ -315,57 +386,58 @@ class Trainer:
         dataset; `eval_dataset_fn` (optional) a finite one, evaluated every
         `eval_every` epochs (0: never) and after the last step. An epoch is
         `steps_per_epoch` steps (epoch `e` ends at step `(e + 1) * steps_per_epoch`).
+        `on_epoch_end(row)` (optional) is called on every worker with each
+        epoch's history row, after its progress bar and eval lines are printed.
+
+        With a `model_dir`, SIGTERM or Ctrl-C (on any worker) stops every worker
+        after the current step with a checkpoint there, and raises `Preempted`;
+        a second Ctrl-C aborts at once (see `StopSignals`).
         """
         if total_steps < 1 or steps_per_epoch < 1:
             raise ValueError("total_steps and steps_per_epoch must be >= 1.")
         step = self.current_step
         if step >= total_steps:
             return self.history
-        single_host = task_info(self.strategy)[0] is None and self._manager is not None
-        with _sigterm_flag(single_host) as sigterm:
-            return self._fit(
-                train_dataset_fn, total_steps, steps_per_epoch, eval_dataset_fn, eval_every, sigterm
-            )
+        with StopSignals(enabled=self._manager is not None) as stop:
+            epochs = _Epochs(total_steps, steps_per_epoch, eval_dataset_fn, eval_every)
+            return self._fit(train_dataset_fn, epochs, stop, on_epoch_end)
 
-    def _fit(
-        self, train_dataset_fn, total_steps, steps_per_epoch, eval_dataset_fn, eval_every, sigterm
-    ):
-        step = self.current_step
+    def _fit(self, train_dataset_fn, epochs, stop, on_epoch_end):
+        step, total_steps = self.current_step, epochs.total_steps
         iterator = iter(self.strategy.distribute_datasets_from_function(train_dataset_fn))
         while step < total_steps:
-            epoch = step // steps_per_epoch
-            epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
+            epoch, epoch_start, epoch_end = epochs.at(step)
             progbar = None
             if self.chief and self.verbose:
-                print(f"Epoch {epoch + 1}/{-(-total_steps // steps_per_epoch)}")
+                print(f"Epoch {epoch + 1}/{epochs.count}")
+                # Every figure is stateful: the bar shows the epoch's running means,
+                # so its last frame shows what history.csv records.
                 progbar = keras.utils.Progbar(
-                    epoch_end - epoch * steps_per_epoch, stateful_metrics=["lr"]
+                    epoch_end - epoch_start, stateful_metrics=["loss", "accuracy", "lr"]
                 )
             start, start_step = time.time(), step
-            totals = np.zeros(3)
+            totals = np.zeros(4)
             while step < epoch_end:
                 next_checkpoint = (step // self.checkpoint_every + 1) * self.checkpoint_every
                 n = min(self.steps_per_loop, epoch_end - step, next_checkpoint - step)
                 lr = self.learning_rate()
-                out = self._train_loop(iterator, tf.constant(n, tf.int64)).numpy()
+                stop_requested = tf.constant(float(stop.received is not None))
+                out = self._train_loop(iterator, tf.constant(n, tf.int64), stop_requested).numpy()
                 totals += out
                 step += n
                 self._log(
                     "train", step, loss=out[0] / n, accuracy=out[1] / out[2], learning_rate=lr
                 )
                 if progbar is not None:
+                    means = totals[0] / (step - start_step), totals[1] / totals[2]
                     progbar.update(
-                        step - epoch * steps_per_epoch,
-                        [("loss", out[0] / n), ("accuracy", out[1] / out[2]), ("lr", lr)],
+                        step - epoch_start,
+                        [("loss", means[0]), ("accuracy", means[1]), ("lr", lr)],
                     )
                 if step % self.checkpoint_every == 0 and step < total_steps:
                     self.save_checkpoint()
-                if sigterm and step < total_steps:
-                    preempted = Preempted(step, self.save_checkpoint())
-                    self.close()
-                    if self.chief:
-                        print(preempted, file=sys.stderr, flush=True)
-                    raise preempted
+                if out[3] > 0 and step < total_steps:  # a stop signal, here or on another worker
+                    self._stop(step, stop.received, progbar is not None and step < epoch_end)
             row = {
                 "epoch": epoch + 1,
                 "step": step,
@@ -374,9 +446,8 @@ class Trainer:
                 "accuracy": totals[1] / totals[2],
                 "seconds": time.time() - start,
             }
-            due = eval_every and (epoch + 1) % eval_every == 0
-            if eval_dataset_fn is not None and (due or step == total_steps):
-                metrics = self.evaluate(eval_dataset_fn)
+            if epochs.evaluates(epoch, step):
+                metrics = self.evaluate(epochs.eval_dataset_fn)
                 self.last_eval = dict(metrics, step=step)
                 row.update(
                     val_loss=metrics["loss"], val_top1=metrics["top1"], val_top5=metrics["top5"]
@@ -391,8 +462,20 @@ class Trainer:
                     )
             self.history.append(row)
             self._write_history()
+            if on_epoch_end is not None:
+                on_epoch_end(row)
         self.save_checkpoint()
         return self.history
+
+    def _stop(self, step, signal_name, mid_bar):
+        """Checkpoints the current step on every worker and raises `Preempted`."""
+        preempted = Preempted(step, self.save_checkpoint(), signal_name)
+        self.close()
+        if self.chief:
+            if mid_bar:
+                print(flush=True)  # end the progress bar's line
+            print(preempted, file=sys.stderr, flush=True)
+        raise preempted
 
     def evaluate(self, dataset_fn):
         """Returns `{"loss", "top1", "top5", "count"}` over a finite dataset (exact, all replicas)."""
@@ -454,6 +537,33 @@ class Trainer:
         writer.writeheader()
         writer.writerows(rows)
         run_dir.atomic_write(os.path.join(self.model_dir, run_dir.HISTORY_CSV), buffer.getvalue())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Epochs:
+    """How `fit` cuts `total_steps` into epochs, and after which epochs it evaluates."""
+
+    total_steps: int
+    steps_per_epoch: int
+    eval_dataset_fn: object
+    eval_every: int
+
+    @property
+    def count(self):
+        return -(-self.total_steps // self.steps_per_epoch)
+
+    def at(self, step):
+        """(epoch index, its first step, its end step) of the epoch that `step` is in."""
+        epoch = step // self.steps_per_epoch
+        start = epoch * self.steps_per_epoch
+        return epoch, start, min(start + self.steps_per_epoch, self.total_steps)
+
+    def evaluates(self, epoch, step):
+        """Whether to evaluate after `epoch` (ended at `step`): every eval_every, and at the end."""
+        if self.eval_dataset_fn is None:
+            return False
+        due = self.eval_every and (epoch + 1) % self.eval_every == 0
+        return bool(due or step == self.total_steps)
 
 
 def _plain(value):
