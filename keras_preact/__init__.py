@@ -6,6 +6,11 @@
 >>> r200 = keras_preact.ResNet200V2(weights="imagenet")      # doctest: +SKIP
 """
 
+# First: our command lines start TensorFlow quietly (nothing changes for library use).
+from keras_preact import console
+
+console.quiet_start()
+
 from keras_preact import weights
 from keras_preact.layers import (
     SHORTCUTS,

@@ -28,9 +28,15 @@ TINY = ["--dataset=digits", "--depth=8", "--width=4", "--seed=0"]
 
 
 def _env():
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    """The environment of a user's shell: no TF_CONFIG, no TF_CPP_MIN_LOG_LEVEL (the recipes quiet TF)."""
+    env = dict(os.environ, PYTHONPATH=REPO)
     env.pop("TF_CONFIG", None)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     return env
+
+
+# TensorFlow's start-up lines on a machine without a GPU, which our commands hide.
+NOISE = ("cuInit", "E0000", "cudart_stub", "All log messages before absl")
 
 
 def _run(script, *args, timeout=300):
@@ -139,6 +145,57 @@ def test_cifar_recipe_exports_and_verifies_when_asked(digits_run):
     lines = proc.stdout.strip().splitlines()
     assert any(line.startswith("SavedModel") for line in lines[:-1])
     assert lines[-1].startswith("Test accuracy:")
+
+
+@pytest.mark.slow
+def test_recipe_and_export_command_start_quietly_on_a_cpu(digits_run, tmp_path):
+    """No TensorFlow start-up noise, one plain device line, progress frames whole."""
+    model_dir, proc, _ = digits_run
+    export = subprocess.run(
+        [sys.executable, "-m", "export", f"--model_dir={model_dir}", f"--output_dir={tmp_path}"]
+        + ["--tflite=int8"],  # int8: the converter and calibration have their say too
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert export.returncode == 0, export.stderr[-3000:]
+    outputs = {"recipe": proc.stdout + proc.stderr, "export": export.stdout + export.stderr}
+    for command, output in outputs.items():
+        noisy = [line for line in output.splitlines() if any(n in line for n in NOISE)]
+        assert not noisy, f"{command}: {noisy[:3]}"
+        # The TFLite converter's and interpreter's own notices are hidden too.
+        assert "fully_quantize" not in output and "XNNPACK delegate" not in output, command
+    if not tf.config.list_physical_devices("GPU"):
+        assert proc.stdout.count("No GPU found: running on the CPU") == 1
+        assert export.stderr.count("No GPU found: running on the CPU") == 1
+    # Each progress frame is one whole bar: epoch, counter, figures; nothing else mixed in.
+    frames = [f for f in re.split(r"[\r\n]", proc.stdout) if "/step" in f or "━" in f]
+    assert frames
+    for frame in frames:
+        assert re.search(
+            r"\d+/\d+.* - loss: [\d.]+ - accuracy: [\d.]+ - lr: [\d.e-]+[\s\x08]*$", frame
+        ), frame
+    # The export summary says which images the figures come from.
+    assert "checked against the Keras model on the 14 sample photos" in export.stdout
+    assert "int8 calibrated on 100 images: the run's digits training images" in export.stdout
+
+
+@pytest.mark.slow
+def test_progress_bar_ends_each_epoch_on_the_epoch_mean_loss(digits_run):
+    """The last frame of an epoch's bar shows what history.csv records for the epoch."""
+    model_dir, proc, _ = digits_run
+    rows = _history(model_dir)
+    last_frames = []
+    for epoch_output in proc.stdout.split("Epoch ")[1:]:
+        frames = [f for f in re.split(r"[\r\n]", epoch_output) if " - loss: " in f]
+        last_frames.append(frames[-1])
+    assert len(last_frames) == len(rows)
+    for frame, row in zip(last_frames, rows):
+        shown = re.search(r" - loss: ([\d.]+) - accuracy: ([\d.]+)", frame)
+        assert float(shown.group(1)) == pytest.approx(float(row["loss"]), abs=6e-5), frame
+        assert float(shown.group(2)) == pytest.approx(float(row["accuracy"]), abs=6e-5), frame
 
 
 @pytest.mark.slow
@@ -354,7 +411,9 @@ def test_ctrl_c_on_one_worker_stops_every_worker_at_a_checkpoint(tmp_path):
     time.sleep(0.5)
     worker.send_signal(signal.SIGINT)
     (_, chief_err), (_, worker_err) = finish(procs)
-    assert (chief.returncode, worker.returncode) == (143, 130), chief_err[-3000:] + worker_err[-3000:]
+    assert (chief.returncode, worker.returncode) == (143, 130), (
+        chief_err[-3000:] + worker_err[-3000:]
+    )
     assert "SIGINT: stopping after the current step" in worker_err
     stopped = re.search(r"Another worker received a stop signal: stopped at step (\d+)", chief_err)
     assert stopped, chief_err[-3000:]

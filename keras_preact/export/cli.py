@@ -21,8 +21,9 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from keras_preact import console
 from keras_preact.export import tflite as tflite_lib
 
 FLAGS = flags.FLAGS
@@ -90,6 +91,7 @@ def define_flags():
     flags.DEFINE_boolean("verify", True, "Verify every artifact against the Keras model.")
     flags.DEFINE_integer("num_threads", 1, "TFLite interpreter threads for the latency figure.")
     flags.DEFINE_string("summary_json", None, "Also write the result (paths, reports) here.")
+    flags.DEFINE_boolean("verbose", False, "Show TensorFlow's own logs too (-v for short).")
 
 
 def main(argv):
@@ -102,11 +104,9 @@ def main(argv):
         builder_kwargs = json.loads(FLAGS.builder_kwargs)
     except json.JSONDecodeError as e:
         raise app.UsageError(f"--builder_kwargs is not valid JSON: {e}") from None
-    import tensorflow as tf
-
-    if not FLAGS["verbosity"].present:  # TF's INFO lines drown the summary
-        logging.set_verbosity(logging.WARNING)
-        tf.get_logger().setLevel("ERROR")
+    console.quiet_python_logs()
+    if line := console.device_line():
+        print(line, file=sys.stderr)
     from keras_preact.export import pipeline
     from keras_preact.export.verify import VerificationError
     from keras_preact.run_dir import write_json
@@ -192,7 +192,12 @@ def _calibration(source):
     )
 
 
+def usage():
+    """`--help`: what the command does, then its flags."""
+    return f"{__doc__}\nFlags:\n{FLAGS.module_help(__name__)}\n\nTry --helpfull to get a list of all flags."
+
+
 def run():
     """The `keras-preact-export` console script."""
     define_flags()
-    app.run(main)
+    console.run(main, usage)

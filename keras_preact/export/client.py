@@ -38,6 +38,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
 
@@ -216,6 +217,9 @@ def format_predictions(names, predictions, top_k=None):
 def main(argv):
     from absl import flags
 
+    from keras_preact import console
+
+    console.quiet_python_logs()
     FLAGS = flags.FLAGS
     files = argv[1:]
     if not files:
@@ -263,14 +267,24 @@ def _define_flags():
         "Run this exported SavedModel here instead of asking a server (a version folder, or "
         "the model's base folder for its latest version).",
     )
+    flags.DEFINE_boolean("verbose", False, "Show TensorFlow's own logs too (-v for short).")
+
+
+def usage():
+    """`--help`: what the command does, then its flags."""
+    from absl import flags
+
+    # absl files the flags of a module run as __main__ under its path.
+    module = sys.argv[0] if __name__ == "__main__" else __name__
+    return f"{__doc__}\nFlags:\n{flags.FLAGS.module_help(module)}"
 
 
 def run():
     """The `keras-preact-client` console script."""
-    from absl import app
+    from keras_preact import console
 
     _define_flags()
-    app.run(main)
+    console.run(main, usage)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ class ExportResult:
     tflite_reports: dict = dataclasses.field(default_factory=dict)
     onnx_path: str | None = None
     onnx_report: dict | None = None
+    checked_on: str = ""  # which images the verification used, in words
 
     def summary(self):
         """A short table of the artifacts and their figures."""
@@ -75,6 +76,13 @@ class ExportResult:
             f"version {self.version}; labels from {self.labels_source}; image_bytes crop "
             f"{self.crop_size} from shorter side {self.resize_size} ({self.interpolation})"
         ]
+        if self.checked_on and (self.saved_model_report or self.tflite_reports or self.onnx_report):
+            rows.append(f"checked against the Keras model on {self.checked_on}")
+        calibration = self.tflite_reports.get("int8", {}).get("calibration")
+        if calibration:
+            rows.append(
+                f"int8 calibrated on {calibration['images']} images: {calibration['source']}"
+            )
         sm = self.saved_model_report
         if sm:
             fresh = sm["fresh_process"]["checks"]["serving_default"]
@@ -194,6 +202,7 @@ def _export(o):
         crop_size=plan.crop_size,
         resize_size=plan.resize_size,
         interpolation=plan.interpolation,
+        checked_on=_describe_images(o.images, images),
     )
     checked = (images, crops, reference)
     if o.saved_model:
@@ -297,6 +306,8 @@ def _write_tflite(o, plan, result, base, checked):
         # Built only when int8 is asked for: the run's training images, unless given.
         calibration = o.calibration if o.calibration is not None else plan.run_calibration()
         calibration_source = _describe_source(calibration, images)
+        if o.calibration is None and calibration is not None:
+            calibration_source = f"the run's {plan.spec.dataset} training images"
         representative = tflite_lib.representative_images(
             calibration if calibration is not None else images,
             plan.crop_size,
@@ -371,6 +382,18 @@ def _write_onnx(o, plan, result, base, checked):
                     f"ONNX disagrees with the Keras model beyond tolerance: {report}"
                 )
         saved_model_lib.publish_dir(tmp, onnx_dir, o.overwrite)
+
+
+def _describe_images(source, images):
+    """Which images verification used, in words (the figures mean little on unrelated images)."""
+    if source is None:
+        return (
+            f"the {len(images)} sample photos packaged with keras-preact (natural scenes: for a "
+            "model of other images, pass images like its own with --images / images=)"
+        )
+    if isinstance(source, (str, os.PathLike)):
+        return f"{len(images)} images from {os.fspath(source)}"
+    return f"{len(images)} given images"
 
 
 def _describe_source(calibration, images):

@@ -29,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_preact import console
 from keras_preact.data.crops import eval_crop
 from keras_preact.export import verify as verify_lib
 from keras_preact.preprocessing import normalization_stats
@@ -145,7 +146,8 @@ def _convert(source, variant, representative):
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8
-    return converter.convert()
+    with console.command_line_quiet():  # the converter prints its settings to stderr
+        return converter.convert()
 
 
 class TFLiteRunner:
@@ -158,11 +160,12 @@ class TFLiteRunner:
     def __init__(self, model, num_threads=1):
         from ai_edge_litert.interpreter import Interpreter
 
+        source = {"model_path": os.fspath(model)}
         if isinstance(model, (bytes, bytearray)):
-            self.interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
-        else:
-            self.interpreter = Interpreter(model_path=os.fspath(model), num_threads=num_threads)
-        self.interpreter.allocate_tensors()
+            source = {"model_content": bytes(model)}
+        with console.command_line_quiet():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+            self.interpreter = Interpreter(**source, num_threads=num_threads)
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.num_threads = num_threads

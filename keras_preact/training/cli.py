@@ -33,6 +33,7 @@ import sys
 
 from absl import app, flags
 
+from keras_preact import console
 from keras_preact.training.config import GROUPS, ConfigError
 from keras_preact.training.flags import config_from_flags, define_flags, flag_words
 
@@ -49,7 +50,6 @@ USAGE: {prog} --model_dir=DIR [flags]
 
 A killed run restarted with the same command resumes from its last checkpoint.
 The last line printed is the test accuracy; <model_dir>/metrics.json has it too."""
-HELP_ARGS = ("-h", "-?", "--help", "-help", "--helpshort", "-helpshort")
 
 
 def cifar():
@@ -65,20 +65,9 @@ def imagenet():
 def main(family):
     """Defines `family`'s flags ("cifar" or "imagenet") and runs the recipe under absl."""
     define_flags(family)
-    app.run(functools.partial(_main, family), flags_parser=functools.partial(_parse, family))
-
-
-def _parse(family, argv):
-    """absl's flag parsing, but `--help` / `-h` list the recipe's flags by section and exit 0.
-
-    absl's own --help lists only the flags the `__main__` module defines (none
-    here: the recipes' are defined by `define_flags`) and exits 1.
-    """
-    args = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
-    if any(arg in HELP_ARGS for arg in args):
-        print(usage(family))
-        sys.exit(0)
-    return app.parse_flags_with_usage(argv)
+    console.run(
+        functools.partial(_main, family), functools.partial(usage, family), verbose="--verbose=2"
+    )
 
 
 def usage(family, flag_values=flags.FLAGS):
@@ -93,14 +82,11 @@ def usage(family, flag_values=flags.FLAGS):
 
 def _main(family, argv):
     """flags -> `TrainConfig` -> `run`; then the export (`--export_dir`) and the result line."""
-    from absl import logging
-
     from keras_preact.training.run import run
 
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines drown the progress bar
+    console.quiet_python_logs()
     try:
         config = config_from_flags(family)
         metrics = run(config)

@@ -293,7 +293,9 @@ class TrainConfig:
     checkpoint_every: int = option(1000, OUTPUT, "Steps between checkpoints.")
     keep_checkpoints: int = option(3, OUTPUT, "Checkpoints kept.")
     eval_every: int = option(1, OUTPUT, "Evaluate every N epochs (0: only at the end).")
-    verbose: int = option(1, OUTPUT, "1: progress bar, 0: quiet.")
+    verbose: int = option(
+        1, OUTPUT, "0: quiet, 1: progress bar, 2: also TensorFlow's own logs (-v for short)."
+    )
     # Export (by the command line, after `run`).
     export_dir: str | None = option(
         None,
@@ -335,6 +337,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        _choice("verbose", self.verbose, (0, 1, 2))
         if self.epochs is not None and self.train_steps is not None:
             raise ValueError("Give epochs or train_steps, not both.")
         if self.epochs is not None and self.epochs <= 0:

@@ -134,6 +134,11 @@ def flag_words(message, family=None):
     "--weights='x' need --layout='keras'. Leave --layout unset, or use --depth=50."
     >>> flag_words("Give epochs or train_steps, not both. ImageNet weights: family 'imagenet'.")
     "Give --epochs or --train_steps, not both. ImageNet weights: family 'imagenet'."
+
+    The data layer's argument names become the recipes' flags too:
+
+    >>> flag_words("Pass data_dir=DIR or download=True, or use name='folder'.")
+    'Pass --data_dir=DIR or --download, or use --dataset=folder.'
     """
     names = flag_names(family)
 
@@ -149,6 +154,9 @@ def flag_words(message, family=None):
 
     alternatives = "|".join(sorted(names, key=len, reverse=True))
     message = re.sub(
-        rf"(?<![\w./'\"-])(?<!\w\()(?:{alternatives})(?![\w/-]|\.\w)", to_flag, message
+        rf"(?<![\w./'\"<-])(?<!\w\()(?:{alternatives})(?![\w/-]|\.\w)", to_flag, message
     )
-    return re.sub(r"\b([Uu]se) ResNet(\d+)V2\b", r"\1 --depth=\2", message)
+    message = re.sub(r"\b([Uu]se) ResNet(\d+)V2\b", r"\1 --depth=\2", message)
+    # make_dataset's `name` is the recipes' --dataset; a boolean flag needs no "=True".
+    message = re.sub(r"\bname=(['\"])([\w-]+)\1", r"--dataset=\2", message)
+    return re.sub(r"(--\w+)=True\b", r"\1", message)

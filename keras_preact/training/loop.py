@@ -149,7 +149,9 @@ class StopSignals:
             self.received = number.name
             print(
                 f"\n{number.name}: stopping after the current step with a checkpoint"
-                + ("; press Ctrl-C again to abort without one." if number == signal.SIGINT else "."),
+                + (
+                    "; press Ctrl-C again to abort without one." if number == signal.SIGINT else "."
+                ),
                 file=sys.stderr,
                 flush=True,
             )

@@ -45,7 +45,7 @@ import time
 import keras
 import tensorflow as tf
 
-from keras_preact import run_dir
+from keras_preact import console, run_dir
 from keras_preact.models.float32 import float32_copy
 from keras_preact.preprocessing import DEFAULT_EVAL_PREPROCESSING, PixelNormalization
 from keras_preact.training.config import ConfigError, TrainConfig
@@ -383,6 +383,8 @@ class _Run:
         """eval_only: evaluates `config.weights` at every eval crop size, writes metrics.json."""
         c = self.config
         trainer = self._build_trainer(c.weights)
+        if self.chief and c.verbose and (line := console.device_line()):
+            print(line)
         began = time.time()
         results = {crop: trainer.evaluate(self._eval_fn(crop)) for crop in self.eval_crops}
         trainer.close()
@@ -416,6 +418,8 @@ class _Run:
         trainer = self._build_trainer(None if self.resuming else c.weights)
         start = trainer.restore()
         if self.chief and c.verbose:
+            if line := console.device_line():
+                print(line)
             params = trainer.model.count_params()
             print(
                 f"{trainer.model.name} ({params:,} parameters) on {c.dataset}, "

@@ -54,7 +54,7 @@ def _missing_message(name, split, where, looked_for):
         f"imagenet2012 ({split}) is not prepared in the tfds data_dir {where!r} "
         f"(looked for {looked_for!r}). tfds cannot download ImageNet: get "
         f"{' and '.join(IMAGENET_TARS)} from image-net.org, put them in {manual!r}, and "
-        f"call make_dataset(..., download=True) once (or run `tfds build imagenet2012 "
+        f"prepare them once with download=True (or run `tfds build imagenet2012 "
         f"--data_dir={where} --manual_dir={manual}`). Or use name='folder' "
         f"(train/<wnid>/*.JPEG) or name='tfrecord' (TF-official TFRecords)."
     )
@@ -62,7 +62,7 @@ def _missing_message(name, split, where, looked_for):
 
 def _check_tars(builder):
     """Before `download_and_prepare`: the tars must be in the manual directory."""
-    manual = _manual_dir(builder.data_dir_root)
+    manual = _manual_dir(str(builder.data_dir_root))
     missing = [tar for tar in IMAGENET_TARS if not tf.io.gfile.exists(os.path.join(manual, tar))]
     if missing and not builder.is_prepared():
         raise MissingDataError(

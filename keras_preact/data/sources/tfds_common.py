@@ -63,7 +63,8 @@ def tfds_split(
             split=split, shuffle_files=shuffle_files, decoders=decoders, read_config=read_config
         )
     except AssertionError as error:  # tfds' "could not find data in ..."
-        text = message(name, split, builder.data_dir_root, str(builder.data_path))
+        # str(): tfds' paths are epath objects, whose repr would reach the message.
+        text = message(name, split, str(builder.data_dir_root), str(builder.data_path))
         raise MissingDataError(text) from error
     if pipelines > 1 and not tfds_shards:
         ds = pipeline.shard(ds, request.input_context)
