@@ -16,9 +16,10 @@ Signatures (all outputs: `probabilities` float32 `[N, classes]`, top-k
 * `pixels`: float32 `[N, H, W, 3]` raw RGB in [0, 255], any H/W.
 * `pixels_uint8`: the same in uint8.
 
-A request with an image the decoders reject (not an image, truncated) fails
-with `InvalidArgumentError` for that request only; see `docs/serving/README.md`
-for the rule.
+A request with a bad image (not an image, rejected by its decoder as truncated or
+corrupt, or over `MAX_PIXELS`) fails with `InvalidArgumentError` for that request
+only, naming the first bad image's index (`image_bytes[3] ...`); see
+`docs/serving/README.md` for the rule.
 
 Example (`keras_preact.export.export_all` does this, verified, for a trained model):
 
@@ -45,7 +46,7 @@ import tensorflow as tf
 from absl import logging
 
 from keras_preact import run_dir
-from keras_preact.data.crops import decode_image, eval_crop
+from keras_preact.data.crops import decode_image, default_resize_size, eval_crop
 from keras_preact.preprocessing import normalization_stats
 
 SIGNATURE_BYTES = "serving_default"
@@ -64,18 +65,27 @@ _TMP_PATTERN = re.compile(r"^\.tmp-(\d+)-(\d+)-[0-9a-f]+$")
 _TRASH_PATTERN = re.compile(r"^\.old-(\d+)-(\d+)-[0-9a-f]+$")
 
 
+# Each format's leading bytes, in the order of `_declared_size`'s branches.
+_MAGICS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM")  # JPEG, PNG, GIF, BMP
+
+MAX_PIXELS = 1 << 26
+"""The most pixels `serving_default` takes from one image (8192 x 8192; a 64-megapixel
+photo fits), decoded and also once resized for its crop (so a 1 x 30000 image, whose
+resized copy would be 256 x 7.7 million, is refused). JPEG, PNG and BMP are checked on
+their header, before decoding; GIF, sized by its frames, once decoded."""
+
+# Why an image is refused (0: it is not).
+_OK, _NOT_AN_IMAGE, _UNDECODABLE, _BAD_SIZE = 0, 1, 2, 3
+
+
+def _formats(data):
+    """Bools `[..., 4]`: whether strings start like a JPEG, PNG, GIF or BMP file."""
+    return tf.stack([tf.strings.substr(data, 0, len(magic)) == magic for magic in _MAGICS], -1)
+
+
 def _magic_ok(data):
     """True where a string starts like a JPEG, PNG, GIF or BMP file."""
-    return tf.reduce_any(
-        tf.stack(
-            [
-                tf.strings.substr(data, 0, 3) == b"\xff\xd8\xff",
-                tf.strings.substr(data, 0, 8) == b"\x89PNG\r\n\x1a\n",
-                tf.strings.substr(data, 0, 4) == b"GIF8",
-                tf.strings.substr(data, 0, 2) == b"BM",
-            ]
-        )
-    )
+    return tf.reduce_any(_formats(data), axis=-1)
 
 
 _HEX = [f"{i:02x}" for i in range(256)]
@@ -91,32 +101,124 @@ def _leading_hex(data, count=8):
     return tf.strings.reduce_join(tf.gather(_HEX, tf.cast(raw, tf.int32)), separator=" ")
 
 
+def _declared_size(data):
+    """`(height, width)` an image's header declares, read without decoding the image.
+
+    JPEG: its frame header; PNG: IHDR; BMP: the info header (a negative height is
+    a top-down image). GIF: `(1, 1)`, as TensorFlow sizes a GIF by its frames.
+    Raises `InvalidArgumentError` for a header too short or malformed to read.
+    """
+
+    def pair(offset, little_endian):
+        raw = tf.strings.substr(data, offset, 8)
+        return tf.ensure_shape(tf.io.decode_raw(raw, tf.int32, little_endian=little_endian), [2])
+
+    branches = [
+        lambda: tf.image.extract_jpeg_shape(data)[:2],
+        lambda: tf.reverse(pair(16, little_endian=False), [0]),
+        lambda: tf.ones([2], tf.int32),
+        lambda: tf.abs(tf.reverse(pair(18, little_endian=True), [0])),
+    ]
+    fmt = tf.argmax(tf.cast(_formats(data), tf.int32), output_type=tf.int32)  # 0 if none
+    return tf.switch_case(fmt, branches)
+
+
+def _within_limits(size, resize_size):
+    """Whether `(height, width)` has pixels and at most `MAX_PIXELS`, also once resized
+    to a shorter side of `resize_size` (about `resize_size**2 * long / short` pixels)."""
+    short = tf.cast(tf.reduce_min(size), tf.float64)
+    long = tf.cast(tf.reduce_max(size), tf.float64)
+    resized_ok = resize_size * resize_size * long <= MAX_PIXELS * short
+    return (short >= 1) & (short * long <= MAX_PIXELS) & resized_ok
+
+
+def _crop_within_limits(data, crop_size, resize_size, interpolation):
+    """`(crop, (height, width), fits)` of one encoded image, `fits` meaning within `MAX_PIXELS`.
+
+    An image whose header declares too many pixels is not decoded; its crop is zeros,
+    as is the crop of one found too large once decoded (a GIF). Raises
+    `InvalidArgumentError` when the header cannot be read or a decoder rejects the image.
+    """
+    declared = _declared_size(data)
+    image = tf.cond(
+        _within_limits(declared, resize_size),
+        lambda: decode_image(data),
+        lambda: tf.zeros([0, 0, 3], tf.uint8),
+    )
+    size = tf.where(tf.size(image) > 0, tf.shape(image)[:2], declared)
+    fits = _within_limits(size, resize_size)
+    crop = tf.cond(
+        fits,
+        lambda: eval_crop(image, crop_size, resize_size, interpolation),
+        lambda: tf.zeros([crop_size, crop_size, 3]),
+    )
+    return crop, size, fits
+
+
+def _stacked(dataset, count):
+    """Every element of a dataset of at most `count` elements, stacked (empty if none)."""
+    empty = tf.nest.map_structure(
+        lambda spec: tf.zeros([0, *spec.shape], spec.dtype), dataset.element_spec
+    )
+    batches = dataset.batch(tf.cast(count, tf.int64) + 1)
+    return batches.concatenate(tf.data.Dataset.from_tensors(empty)).take(1).get_single_element()
+
+
+def _check_images(image_bytes, status, sizes, resize_size):
+    """An Assert that fails naming the first image (lowest index) whose status is not `_OK`."""
+    count = tf.size(status)
+    bad = tf.where(status == _OK, count, tf.range(count))
+    first = tf.reduce_min(tf.concat([bad, [count]], 0))  # `count`: none
+    # One past the end of each (no problem) so that the messages build for any batch.
+    reason = tf.concat([status, [_OK]], 0)[first]
+    leading = _leading_hex(tf.concat([image_bytes, [""]], 0)[first])
+    height_width = tf.concat([sizes, [[0, 0]]], 0)[first]
+    messages = [
+        "",
+        tf.strings.format(
+            "image_bytes[{}] is not a JPEG, PNG, GIF or BMP image (its first bytes: {})",
+            (first, leading),
+        ),
+        tf.strings.format(
+            "image_bytes[{}] is a truncated or corrupt image: it does not decode "
+            "(its first bytes: {})",
+            (first, leading),
+        ),
+        tf.strings.format(
+            "image_bytes[{}] has a size that is not served: {} x {} pixels (width x height; "
+            "at least 1 x 1, at most {} pixels, also once resized to a shorter side of {})",
+            (first, height_width[1], height_width[0], MAX_PIXELS, resize_size),
+        ),
+    ]
+    return tf.debugging.Assert(reason == _OK, [tf.gather(tf.stack(messages), reason)])
+
+
 def decode_and_crop(image_bytes, crop_size, resize_size=None, interpolation="bilinear"):
     """A batch of encoded images -> float32 `[N, crop, crop, 3]` eval crops, in-graph.
 
     Each image goes through `decode_image` and `eval_crop`, so the crop is the
-    one the data pipeline evaluates on. An image that is not a JPEG, PNG, GIF or
-    BMP raises `InvalidArgumentError` naming its index; a truncated or corrupt
-    one raises the decoder's `InvalidArgumentError`.
+    one the data pipeline evaluates on. A batch with a bad image raises
+    `InvalidArgumentError` naming the first bad image's index and why: not a
+    JPEG, PNG, GIF or BMP; rejected by its decoder (truncated, corrupt); or over
+    `MAX_PIXELS`.
     """
+    if resize_size is None:
+        resize_size = default_resize_size(crop_size)
     count = tf.shape(image_bytes)[0]
 
-    def one(args):
-        data, index = args
-        message = tf.strings.format(
-            "image_bytes[{}] is not a JPEG, PNG, GIF or BMP image (its first bytes: {})",
-            (index, _leading_hex(data)),
-        )
-        check = tf.debugging.Assert(_magic_ok(data), [message])
-        with tf.control_dependencies([check]):
-            image = decode_image(data)
-        return eval_crop(image, crop_size, resize_size, interpolation)
+    def one(data, index):
+        crop, size, fits = _crop_within_limits(data, crop_size, resize_size, interpolation)
+        return index, crop, size, tf.where(fits, _OK, _BAD_SIZE)
 
-    return tf.map_fn(
-        one,
-        (image_bytes, tf.range(count)),
-        fn_output_signature=tf.TensorSpec([crop_size, crop_size, 3], tf.float32),
-    )
+    # A decoder's error drops its image from the dataset: the missing indices did not decode.
+    images = tf.data.Dataset.from_tensor_slices((image_bytes, tf.range(count)))
+    images = images.map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    done, crops, sizes, status = _stacked(images.ignore_errors(), count)
+    status = tf.tensor_scatter_nd_update(tf.fill([count], _UNDECODABLE), done[:, None], status)
+    status = tf.where(_magic_ok(image_bytes), status, _NOT_AN_IMAGE)
+    sizes = tf.scatter_nd(done[:, None], sizes, [count, 2])
+    with tf.control_dependencies([_check_images(image_bytes, status, sizes, resize_size)]):
+        return tf.identity(crops)
 
 
 def classifier_outputs(model, pixels, labels, top_k=5, normalization=None):
