@@ -43,7 +43,9 @@ setup(
         "tflite": ["ai-edge-litert>=1.2,<2.4"],
         "serving": ["tensorflow-serving-api>=2.16,<2.22"],
         "onnx": ["tf2onnx>=1.17,<1.18", "onnxruntime>=1.20,<1.33"],
+        "analysis": ["matplotlib>=3.7,<3.12"],  # the plots of python -m keras_preact.analysis
         "test": [
+            "matplotlib>=3.7,<3.12",
             "pytest>=8,<10",
             "ruff>=0.6,<0.18",
             "ai-edge-litert>=1.2,<2.4",

@@ -290,6 +290,13 @@ class _ResidualUnit(keras.layers.Layer):
         """The `VariantFacts` of this unit's `unit_variant`."""
         return UNIT_VARIANT_FACTS[self.unit_variant]
 
+    @property
+    def projects(self):
+        """Whether the shortcut is a 1x1 conv (decided when the unit is built), not the identity."""
+        if not self.built:
+            raise ValueError(f"{self.name} is not built yet: call it on an input first.")
+        return self._project
+
     # ----------------------------------------------------------------- building
     def _norm(self, name, zero_gamma=False):
         return keras.layers.BatchNormalization(
