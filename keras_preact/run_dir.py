@@ -19,6 +19,7 @@ A training run's directory (`keras_preact.training.run`):
     model.weights.h5   the same weights (for a builder call)
     spec.json          the ModelSpec
     labels.txt         class names, one per line
+    skipped_files.txt  images the input skipped as unreadable, one per line (if any)
 
 Example (a spec written and read back; the directory need not hold a model):
 

@@ -24,6 +24,7 @@ from keras_preact.data import (
     digits_arrays,
     make_dataset,
     reset_skipped_images,
+    skipped_image_names,
     skipped_images,
 )
 
@@ -35,6 +36,7 @@ PHOTOS = {
 }
 # Files in train/ that cannot be used: garbage bytes and a truncated JPEG.
 NUM_BAD_TRAIN = 2
+BAD_TRAIN = ("train/animal/truncated.jpg", "train/thing/garbage.jpg")
 
 
 def _sample_photos():
@@ -101,7 +103,7 @@ def photo_folder(tmp_path_factory):
     write("train/thing/chelsea.bmp", _encode(chelsea[:300, :400], "BMP"), 2, None)
     write("train/thing/chelsea.gif", _encode(chelsea[:200, :300], "GIF"), 2, None)
     # Bad files: skipped and counted. A text file: ignored (not an image name).
-    write("train/thing/garbage.jpg", os.urandom(3000), -1, None)
+    write("train/thing/garbage.jpg", b"\0" + os.urandom(2999), -1, None)  # no image signature
     write("train/animal/truncated.jpg", _encode(china, "JPEG")[:20000], -1, None)
     write("train/animal/notes.txt", b"not an image", -2, None)
     return root, files
@@ -295,7 +297,8 @@ def test_folder_info_and_training_crops_skip_bad_files(photo_folder):
     train_files = [
         rel for rel, (label, _) in files.items() if rel.startswith("train/") and label >= -1
     ]
-    assert info.num_examples == {"train": len(train_files), "val": 3}
+    # garbage.jpg is left out from its first bytes; truncated.jpg only shows when decoded.
+    assert info.num_examples == {"train": len(train_files) - 1, "val": 3}
     good_labels = sorted(
         label for rel, (label, _) in files.items() if rel.startswith("train/") and label >= 0
     )
@@ -313,9 +316,10 @@ def test_folder_info_and_training_crops_skip_bad_files(photo_folder):
     assert images.shape == (len(good_labels), 48, 48, 3) and images.dtype == np.float32
     assert 0 <= images.min() and images.max() <= 255 and images.std() > 10
     assert sorted(labels.tolist()) == good_labels
-    assert skipped_images() == NUM_BAD_TRAIN
-    again, _ = _one_pass(ds)  # a second pass: new crops, bad files skipped again
-    assert skipped_images() == 2 * NUM_BAD_TRAIN
+    bad_paths = sorted(str(root / rel) for rel in BAD_TRAIN)
+    assert skipped_images() == NUM_BAD_TRAIN and skipped_image_names() == bad_paths
+    again, _ = _one_pass(ds)  # a second pass: new crops, bad files skipped, not counted again
+    assert skipped_images() == NUM_BAD_TRAIN and skipped_image_names() == bad_paths
     same, _ = _one_pass(
         make_dataset(
             "folder",
@@ -329,7 +333,7 @@ def test_folder_info_and_training_crops_skip_bad_files(photo_folder):
     )
     np.testing.assert_array_equal(images, same)
     assert not np.array_equal(images, again)
-    # Repeating stream: the bad files are counted as the stream moves past them.
+    # Repeating stream: the bad files are recorded (once) as the stream moves past them.
     reset_skipped_images()
     n = len(good_labels)
     stream = make_dataset(
@@ -344,7 +348,7 @@ def test_folder_info_and_training_crops_skip_bad_files(photo_folder):
     )
     for x, _ in stream.take(3):
         assert x.shape == (n, 16, 16, 3)
-    assert 2 * NUM_BAD_TRAIN <= skipped_images() <= 3 * NUM_BAD_TRAIN
+    assert skipped_image_names() == bad_paths
 
 
 def _crop_error(reference, crop, top, left):
@@ -721,7 +725,8 @@ def test_tfrecord_pipeline_labels_skips_and_shards(tfrecord_dir):
     images, labels = _one_pass(ds)
     assert images.shape == (len(train_labels), 32, 32, 3)
     assert sorted(labels.tolist()) == sorted(train_labels)
-    assert skipped_images() == 1
+    # The garbage record is the second of the first shard file.
+    assert skipped_image_names() == [f"record 1 of {directory / 'train-00000-of-00002'}"]
     val_images, got_val = _one_pass(
         make_dataset(
             "tfrecord", "validation", data_dir=str(directory), batch_size=2, eval_crop_size=40

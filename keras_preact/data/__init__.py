@@ -7,7 +7,8 @@ Layout: `datasets.py` (`make_dataset`, `dataset_info`) looks the name up in the
 registry `sources/__init__.py`, whose source module (`sources/digits.py`,
 `synthetic.py`, `cifar.py`, `imagenet2012.py`, `folder.py`, `tfrecord.py`)
 reads the split's raw elements; `pipeline.py` holds every shared tf.data stage
-(shard, shuffle, repeat, decode/augment, skip-counting, batch, prefetch).
+(shard, shuffle, repeat, decode/augment, skipping bad images by name, batch,
+prefetch).
 
 Adding a dataset is one file plus one registry line: write
 `keras_preact/data/sources/<name>.py` defining `SOURCE = Source(name, info,
@@ -20,7 +21,7 @@ and add `<name>.SOURCE,` to the tuple in `keras_preact/data/sources/__init__.py`
 """
 
 from keras_preact.data.datasets import dataset_info, make_dataset
-from keras_preact.data.pipeline import reset_skipped_images, skipped_images
+from keras_preact.data.pipeline import reset_skipped_images, skipped_image_names, skipped_images
 from keras_preact.data.sources import DATASETS, DatasetInfo, MissingDataError
 from keras_preact.data.sources.digits import digits_arrays
 from keras_preact.data.sources.tfrecord import tfrecord_files, tfrecord_label_offset
@@ -33,5 +34,6 @@ __all__ = [
     "digits_arrays",
     "make_dataset",
     "reset_skipped_images",
+    "skipped_image_names",
     "skipped_images",
 ]

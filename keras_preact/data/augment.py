@@ -101,11 +101,40 @@ def _jpeg_is_complete(encoded, tail_bytes=1024):
     return tf.reduce_any(tf.logical_and(tf.equal(tail[:-1], 0xFF), tf.equal(tail[1:], 0xD9)))
 
 
+# The leading bytes by which `tf.io.decode_image` recognises a format: (format,
+# offset, bytes). Bytes matching none of them are never an image it decodes.
+IMAGE_SIGNATURES = (
+    ("JPEG", 0, b"\xff\xd8\xff"),
+    ("PNG", 0, b"\x89PNG\r\n\x1a\n"),
+    ("GIF", 0, b"GIF8"),
+    ("BMP", 0, b"BM"),
+    ("WebP", 8, b"WEBP"),  # after "RIFF" and a size
+    ("JPEG XL", 0, b"\xff\x0a"),
+    ("JPEG XL", 4, b"JXL \r\n\x87\n"),
+)
+SIGNATURE_BYTES = max(offset + len(magic) for _, offset, magic in IMAGE_SIGNATURES)
+
+
+def has_image_signature(header):
+    """Whether `header`, the first `SIGNATURE_BYTES` (or more) bytes of a file, may be an image.
+
+    False for an empty file and for bytes no decoder takes (a text file named
+    .png); True does not promise the rest decodes (a truncated JPEG).
+
+    >>> has_image_signature(b"GIF89a"), has_image_signature(b"hello"), has_image_signature(b"")
+    (True, False, False)
+    """
+    return any(
+        header[offset : offset + len(magic)] == magic for _, offset, magic in IMAGE_SIGNATURES
+    )
+
+
 def check_encoded_image(encoded):
     """Returns `encoded` unchanged, or fails (`InvalidArgumentError`) if it is a truncated JPEG.
 
-    Other damage (unknown format, bad data) fails in the decoder itself. The
-    pipelines skip and count every element that fails (see `skipped_images`).
+    Other damage (unknown format, see `IMAGE_SIGNATURES`; bad data) fails in
+    the decoder itself. The pipelines skip and record every element that
+    fails (see `skipped_images`).
     """
     ok = tf.logical_or(tf.logical_not(tf.io.is_jpeg(encoded)), _jpeg_is_complete(encoded))
     with tf.control_dependencies(

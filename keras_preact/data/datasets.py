@@ -20,7 +20,10 @@ random-resized crop from the encoded bytes (`augment.random_resized_crop`) and
 a random flip, plus fb.resnet.torch colour noise when `color_augment=True`;
 evaluation takes the paper's centre crop (`crops.eval_crop`). An image that
 cannot be read or decoded (garbage bytes, unknown format, a truncated JPEG) is
-skipped and counted, never an error mid-epoch: see `skipped_images()`.
+skipped, never an error mid-epoch, and recorded once by name (a file path; a
+TFRecord's "record N of FILE"), however many passes meet it:
+`skipped_images()` counts them, `skipped_image_names()` lists them, and a
+training run writes the list to `<model_dir>/skipped_files.txt`.
 
 With `seed`, everything is reproducible: seeded shuffles, stateless random
 ops with one seed per element, deterministic tf.data ordering. Parallelism
@@ -120,7 +123,8 @@ def make_dataset(
         (default `pipeline.RECORD_SHUFFLE_BUFFER`; in-memory data and file
         lists are shuffled whole).
 
-    Corrupt or unreadable images are skipped and counted (`skipped_images()`).
+    Corrupt or unreadable images are skipped and recorded by name
+    (`skipped_images()`, `skipped_image_names()`).
     A missing dataset raises `MissingDataError` naming where it was looked for.
     """
     source = _source(name)

@@ -11,18 +11,20 @@ turn them into images); `finish(raw, request)` does the rest:
    seed)`, one stateless seed per element; encoded photos (`raw.read_bytes`
    turns `x` into image bytes): training takes a random-resized crop and flip
    (plus colour noise with `color_augment`), evaluation the centre crop
-   (`crops.eval_crop`), and a failing element is skipped and counted;
+   (`crops.eval_crop`), and a failing element is skipped and recorded;
 5. batch (parallel, in order) and prefetch, with deterministic tf.data options.
 
-A corrupt image never stops an epoch: an element whose decoding fails (bad
-bytes, unknown format, a truncated JPEG, an unreadable file, a label outside
-the classes) is dropped, and `skipped_images()` counts it (logged with absl).
-Only an element that is actually dropped from the stream is counted, exactly
-once, when the stream moves past it. How: the elements are numbered
-(`enumerate`) before the decoding `map`, the failing ones are dropped by
-`ignore_errors`, and a `scan` after it adds up the gaps in the numbering. A
-sentinel element closes a finite stream so that failures at its very end are
-counted too.
+A corrupt image never stops an epoch: an element whose reading or decoding
+fails (bad bytes, unknown format, a truncated JPEG, an unreadable file, a label
+outside the classes) is dropped and recorded once by its name (`Raw.name`: a
+folder's file path, "record N of FILE" for TFRecords), however many passes
+meet it: `skipped_images()` counts the distinct names, `skipped_image_names()`
+lists them. Nothing is printed from the pipeline; the training run reports
+the names between epochs and writes them to `<model_dir>/skipped_files.txt`
+(`keras_preact.training.run`). How (`decode_and_count`): each element enters
+the stream twice, as a marker and then to be decoded; the decoding `map`
+(parallel, in order) drops the failures with `ignore_errors`, so two markers
+in a row name a failed element.
 
 Example (two in-memory images, evaluation order, batches of 2):
 
@@ -40,7 +42,6 @@ import threading
 from collections.abc import Callable
 
 import tensorflow as tf
-from absl import logging
 
 from keras_preact.data import augment, crops
 
@@ -107,8 +108,8 @@ class Raw:
     Attributes:
       ds: the elements in their stored order. `x` is a decoded image (any
         real dtype; the same size for all) unless `read_bytes` is given, and
-        `label` an integer >= 0 (with `read_bytes`, a negative one marks the
-        end of the stream: return labels from `read_bytes` instead).
+        `label` an integer >= 0 (with `read_bytes`, whatever `read_bytes`
+        turns into one).
       shuffle_buffer: how many elements training shuffles (the whole split for
         data held in memory or a file list); None: never shuffled.
       sharded: `ds` already holds only this input pipeline's share (for
@@ -117,9 +118,12 @@ class Raw:
         `augment(image, seed) -> float32 image`; None: none.
       read_bytes: encoded photos: `read_bytes(x, label) -> (encoded image,
         label)` (a file read, a record parse, or nothing). Elements that fail
-        here or in decoding are skipped and counted.
+        here or in decoding are skipped and recorded by `name`.
       num_classes: with `read_bytes`: labels outside `[0, num_classes)` are
-        skipped and counted.
+        skipped and recorded.
+      name: with `read_bytes`: `name(x, label) -> string`, how a skipped
+        element is named in reports (a file path; must not fail). Run only
+        for skipped elements. None: "unnamed element #<fingerprint of x>".
 
     >>> Raw(tf.data.Dataset.range(3), shuffle_buffer=3).sharded
     False
@@ -131,6 +135,7 @@ class Raw:
     augment: Callable | None = None
     read_bytes: Callable | None = None
     num_classes: int | None = None
+    name: Callable | None = None
 
 
 def finish(raw, request):
@@ -148,7 +153,7 @@ def finish(raw, request):
     if raw.read_bytes is None:
         ds = _decoded_images(ds, raw.augment, request)
     else:
-        ds = _photo_crops(ds, raw.read_bytes, raw.num_classes, request)
+        ds = _photo_crops(ds, raw, request)
     ds = batch_and_prefetch(ds, request.per_replica_batch, request.drop_remainder)
     options = tf.data.Options()
     options.deterministic = True
@@ -202,8 +207,8 @@ def _decoded_images(ds, augment_fn, request):
     )
 
 
-def _photo_crops(ds, read_bytes, num_classes, request):
-    """Decodes `(x, label)` into training crops or eval crops; failures are skipped and counted."""
+def _photo_crops(ds, raw, request):
+    """Decodes `(x, label)` into training crops or eval crops; failures are skipped and recorded."""
     image_size = PHOTO_IMAGE_SIZE if request.image_size is None else int(request.image_size)
     crop_size = image_size if request.eval_crop_size is None else int(request.eval_crop_size)
     eval_options = {
@@ -213,9 +218,9 @@ def _photo_crops(ds, read_bytes, num_classes, request):
     }
 
     def read(x, label):
-        encoded, label = read_bytes(x, label)
+        encoded, label = raw.read_bytes(x, label)
         label = tf.cast(label, tf.int32)
-        in_range = tf.logical_and(label >= 0, label < num_classes)
+        in_range = tf.logical_and(label >= 0, label < raw.num_classes)
         with tf.control_dependencies(
             [tf.debugging.Assert(in_range, ["Label out of range:", label])]
         ):
@@ -239,50 +244,60 @@ def _photo_crops(ds, read_bytes, num_classes, request):
         ds,
         train_crop if request.training else eval_crop,
         image_shape=[size, size, 3],
-        finite=not request.repeat,
+        name_fn=raw.name,
         seeds=element_seeds(request) if request.training else None,
     )
 
 
 class SkipCounter:
-    """Thread-safe count of images the pipelines dropped because they could not be decoded.
+    """The distinct elements the input pipelines skipped, by name; thread-safe, prints nothing.
 
     >>> counter = SkipCounter()
-    >>> counter.add(2)
-    >>> counter.count
-    2
+    >>> for name in ("b.jpg", "a.jpg", "b.jpg"):
+    ...     counter.add(name)
+    >>> counter.count, counter.names()
+    (2, ['a.jpg', 'b.jpg'])
+    >>> counter.take_unreported(), counter.take_unreported()
+    (['b.jpg', 'a.jpg'], [])
     """
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._count = 0
+        self._reported = {}  # name -> reported yet; in the order first skipped
 
     @property
     def count(self):
         with self._lock:
-            return self._count
+            return len(self._reported)
 
-    def add(self, n):
-        n = int(n)
+    def add(self, name):
         with self._lock:
-            self._count += n
-            total = self._count
-        logging.warning(
-            "Skipped %d corrupt or unreadable image(s); %d skipped so far in this process.",
-            n,
-            total,
-        )
+            self._reported.setdefault(name, False)
+
+    def names(self):
+        """The distinct names skipped, sorted."""
+        with self._lock:
+            return sorted(self._reported)
+
+    def take_unreported(self):
+        """The names not returned by an earlier call, in the order first skipped; marks them."""
+        with self._lock:
+            new = [name for name, reported in self._reported.items() if not reported]
+            self._reported.update(dict.fromkeys(new, True))
+            return new
 
     def reset(self):
         with self._lock:
-            self._count = 0
+            self._reported.clear()
 
 
 SKIPPED = SkipCounter()
 
 
 def skipped_images():
-    """How many images the input pipelines of this process have skipped as corrupt or unreadable.
+    """How many distinct images this process's input pipelines skipped as corrupt or unreadable.
+
+    An image skipped again on a later pass over the data is not counted again.
 
     >>> reset_skipped_images(); skipped_images()
     0
@@ -290,74 +305,101 @@ def skipped_images():
     return SKIPPED.count
 
 
+def skipped_image_names():
+    """The names (`Raw.name`, e.g. file paths) of the images `skipped_images()` counts, sorted."""
+    return SKIPPED.names()
+
+
 def reset_skipped_images():
-    """Sets `skipped_images()` back to 0 (for example at the start of an epoch or a test)."""
+    """Forgets the skipped images (for example at the start of a run or a test)."""
     SKIPPED.reset()
 
 
-def _record_skips(n):
-    SKIPPED.add(n.numpy())
-    return n
+def _record_skip(name):
+    SKIPPED.add(name.numpy().decode("utf-8", "replace"))
+    return False
 
 
-def decode_and_count(ds, decode_fn, *, image_shape, finite, seeds=None):
-    """Maps `decode_fn` over `ds` in parallel, dropping and counting the elements that fail.
+def _unnamed(x, label):
+    """`Raw.name`'s default: the element told apart by a fingerprint of `x`."""
+    content = tf.strings.join([tf.io.serialize_tensor(t) for t in tf.nest.flatten(x)])
+    fingerprint = tf.strings.to_hash_bucket_fast(content, 2**62)
+    return tf.strings.join(["unnamed element #", tf.strings.as_string(fingerprint)])
 
-    `ds` yields `(source, label)` (a string and an integer label);
-    `decode_fn(source, label)`, or `decode_fn(source, label, seed)` when a
-    `seeds` dataset of shape-[2] seeds is given, returns `(image, label)` with
-    a float32 image of `image_shape` (sources such as TFRecords carry their
-    label inside). Returns a dataset of `(image, int32 label)` in input order.
-    `finite` says whether `ds` ends (then a sentinel closes it, so failures at
-    its very end are counted too).
 
-    >>> ds = tf.data.Dataset.from_tensor_slices((["4", "x", "2"], [0, 1, 2]))
+def decode_and_count(ds, decode_fn, *, image_shape, name_fn=None, seeds=None):
+    """Maps `decode_fn` over `ds` in parallel, in order; drops and records the elements that fail.
+
+    `ds` yields `(x, label)`; `decode_fn(x, label)`, or `decode_fn(x, label,
+    seed)` when a `seeds` dataset of shape-[2] seeds is given, returns `(image,
+    label)` with a float32 image of `image_shape` (sources such as TFRecords
+    carry their label inside). Returns a dataset of `(image, int32 label)`. An
+    element whose `decode_fn` fails is dropped and `name_fn(x, label)` (a
+    string; `Raw.name`) is added to `SKIPPED`.
+
+    How: every element goes into the stream twice, first as a marker, then to
+    be decoded. The parallel, order-keeping `map` passes markers through and
+    decodes the rest; `ignore_errors` drops the elements that fail. So a
+    marker that follows a marker (or ends the stream: a last marker closes
+    it) means the element before it failed: a `scan` records its name (a
+    `py_function`, on that path only), and a filter drops the markers.
+
+    >>> ds = tf.data.Dataset.from_tensor_slices((["4", "x", "2", "y"], [0, 1, 2, 3]))
     >>> def decode(text, label):
     ...     return tf.fill([1], tf.strings.to_number(text)), label
     >>> reset_skipped_images()
-    >>> [int(label) for _, label in decode_and_count(ds, decode, image_shape=[1], finite=True)]
-    [0, 2]
-    >>> skipped_images()
-    1
+    >>> name = lambda text, label: tf.strings.join(["text ", text])
+    >>> decoded = decode_and_count(ds.repeat(2), decode, image_shape=[1], name_fn=name)
+    >>> [int(label) for _, label in decoded]
+    [0, 2, 0, 2]
+    >>> skipped_images(), skipped_image_names()
+    (2, ['text x', 'text y'])
     """
-    if finite:
-        sentinel = (tf.constant(b""), tf.constant(-1, ds.element_spec[1].dtype))
-        ds = ds.concatenate(tf.data.Dataset.from_tensors(sentinel))
+    name_fn = name_fn or _unnamed
     if seeds is not None:
         ds = tf.data.Dataset.zip(ds, seeds).map(lambda pair, seed: (*pair, seed))
-    ds = ds.enumerate()
+    # A stand-in element: the last marker's, and the scan's state before the first.
+    last = tf.nest.map_structure(
+        lambda s: tf.zeros([d or 0 for d in s.shape.as_list()], s.dtype), ds.element_spec
+    )
 
-    def decode(index, element):
-        def real():
+    def marker_then_element(*element):
+        return tf.constant([True, False]), tf.nest.map_structure(
+            lambda t: tf.stack([t, t]), element
+        )
+
+    ds = ds.map(marker_then_element).unbatch()
+    ds = ds.concatenate(tf.data.Dataset.from_tensors((True, last)))
+
+    def decode(is_marker, element):
+        def decoded():
             image, label = decode_fn(*element)
             image = tf.ensure_shape(tf.cast(image, tf.float32), image_shape)
             return image, tf.cast(label, tf.int32)
 
-        def sentinel():
-            return tf.zeros(image_shape, tf.float32), tf.constant(-1, tf.int32)
+        def marker():
+            return tf.zeros([0] * len(image_shape)), tf.constant(-1)
 
-        image, label = tf.cond(element[1] < 0, sentinel, real)
-        return index, image, label
+        image, label = tf.cond(is_marker, marker, decoded)
+        return is_marker, image, label, element
 
-    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.ignore_errors()
+    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors()
 
-    def count(last_index, element):
-        index, image, label = element
-        gap = index - last_index - 1
-        gap = tf.cond(
-            gap > 0,
-            lambda: tf.py_function(_record_skips, [gap], tf.int64),
-            lambda: gap,
+    def record_failures(previous, item):
+        previous_is_marker, previous_element = previous
+        is_marker, image, label, element = item
+        recorded = tf.cond(
+            tf.logical_and(previous_is_marker, is_marker),
+            lambda: tf.py_function(_record_skip, [name_fn(*previous_element[:2])], tf.bool),
+            lambda: tf.constant(False),
         )
-        with tf.control_dependencies([gap]):
-            index = tf.identity(index)
-        return index, (image, label)
+        with tf.control_dependencies([recorded]):
+            is_marker = tf.identity(is_marker)
+        return (is_marker, element), (is_marker, image, label)
 
-    ds = ds.scan(tf.constant(-1, tf.int64), count)
-    if finite:
-        ds = ds.filter(lambda image, label: label >= 0)
-    return ds
+    ds = ds.scan((tf.constant(False), last), record_failures)
+    ds = ds.filter(lambda is_marker, image, label: tf.logical_not(is_marker))
+    return ds.map(lambda is_marker, image, label: (tf.ensure_shape(image, image_shape), label))
 
 
 def batch_and_prefetch(ds, batch_size, drop_remainder):

@@ -14,7 +14,7 @@ are not loaded). Evaluation crops use the weights' evaluation protocol
 (a named source's resize interpolation and crop fraction, else the paper's:
 `keras_preact.preprocessing.eval_preprocessing`). With `config.eval_only`,
 `run` evaluates the weights at every eval crop size and writes only
-`metrics.json` (no training, no other files).
+`metrics.json` (and `skipped_files.txt` if images were skipped).
 
 Files the chief writes to `model_dir` (names and the one atomic write:
 `keras_preact.run_dir`; none is ever half-written):
@@ -22,7 +22,11 @@ Files the chief writes to `model_dir` (names and the one atomic write:
 * `config.json`: the run's `TrainConfig` (a resumed run must match it).
 * `checkpoints/`, `logs/`, `history.csv`, `history.json`: see `Trainer`.
 * `metrics.json`: final test metrics (top-1 / top-5 / loss, per crop size for
-  ImageNet), steps, time, the initial `weights` and the `eval_preprocessing` used.
+  ImageNet), steps, time, the initial `weights` and the `eval_preprocessing` used,
+  and `skipped_images`: how many distinct images the input skipped as unreadable.
+* `skipped_files.txt`: the names (paths) of those images, sorted, one per line,
+  when there are any; rewritten after each epoch that finds new ones (each new
+  one is also printed once, to stderr, between epochs: the first 10 by name).
 * `model.keras`: the trained model with a softmax head, float32 (loadable
   with `keras.models.load_model` once `keras_preact` is imported); it carries
   the eval preprocessing (`eval_preprocessing(model)`), as a builder does.
@@ -40,6 +44,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
 import keras
@@ -385,12 +390,15 @@ class _Run:
         trainer = self._build_trainer(c.weights)
         if self.chief and c.verbose and (line := console.device_line()):
             print(line)
+        skipped = _SkippedImages(c.model_dir, self.chief)
         began = time.time()
         results = {crop: trainer.evaluate(self._eval_fn(crop)) for crop in self.eval_crops}
         trainer.close()
+        skipped.report()
         metrics = {
             **self._run_metrics(trainer),
             "eval_seconds": round(time.time() - began, 2),
+            "skipped_images": skipped.count,
             **self._test_metrics(results),
         }
         source = self.resolved.source
@@ -435,6 +443,7 @@ class _Run:
         def train_fn(ctx):
             return self._dataset("train", True, ctx, seed=seed)
 
+        skipped = _SkippedImages(c.model_dir, self.chief, resuming=self.resuming)
         began = time.time()
         history = trainer.fit(
             train_fn,
@@ -442,6 +451,7 @@ class _Run:
             steps_per_epoch=self.steps_per_epoch,
             eval_dataset_fn=self._eval_fn(self.eval_crops[0]),
             eval_every=c.eval_every,
+            on_epoch_end=lambda row: skipped.report(),
         )
         train_seconds = time.time() - began
         results = {}
@@ -452,6 +462,7 @@ class _Run:
             if crop not in results:
                 results[crop] = trainer.evaluate(self._eval_fn(crop))
         trainer.close()
+        skipped.report()
         metrics = {
             **self._run_metrics(trainer),
             "steps": trainer.current_step,
@@ -461,6 +472,7 @@ class _Run:
             "train_seconds": round(train_seconds, 2),
             "final_learning_rate": trainer.learning_rate(),
             "train_loss": history[-1]["loss"] if history else None,
+            "skipped_images": skipped.count,
             **self._test_metrics(results),
         }
         if self.chief:
@@ -506,3 +518,57 @@ class _Run:
             data_dir=c.data_dir,
             weights=self._weights_name(),
         )
+
+
+class _SkippedImages:
+    """Reports the images the input pipelines skip as unreadable (`keras_preact.data.pipeline`).
+
+    `report()`, between epochs and at the end, prints each image skipped since
+    the last call once, to stderr, on its own line (the run's first `NAMED`
+    by name, then how many more), and rewrites `<model_dir>/skipped_files.txt`
+    with every name, sorted; only on the chief. A fresh run starts without
+    the file; a resumed one keeps its names (not printed again).
+    """
+
+    NAMED = 10
+
+    def __init__(self, model_dir, chief, resuming=False):
+        from keras_preact.data import pipeline
+
+        self.path = os.path.join(model_dir, run_dir.SKIPPED_FILES)
+        self.chief = chief
+        self.named = 0
+        pipeline.reset_skipped_images()
+        if chief and tf.io.gfile.exists(self.path):
+            if resuming:
+                with tf.io.gfile.GFile(self.path) as f:
+                    for name in f.read().splitlines():
+                        pipeline.SKIPPED.add(name)
+                pipeline.SKIPPED.take_unreported()
+            else:
+                tf.io.gfile.remove(self.path)
+
+    @property
+    def count(self):
+        """How many distinct images were skipped (with a resumed run's earlier ones)."""
+        from keras_preact.data import pipeline
+
+        return pipeline.skipped_images()
+
+    def report(self):
+        from keras_preact.data import pipeline
+
+        new = pipeline.SKIPPED.take_unreported()
+        if not (new and self.chief):
+            return
+        named = new[: max(0, self.NAMED - self.named)]
+        self.named += len(named)
+        sys.stdout.flush()  # a terminal shows both streams: the epoch's lines first
+        for name in named:
+            print(f"Skipped an image that could not be read or decoded: {name}", file=sys.stderr)
+        if len(new) > len(named):
+            print(f"... and {len(new) - len(named)} more (see {self.path})", file=sys.stderr)
+        sys.stderr.flush()
+        tf.io.gfile.makedirs(os.path.dirname(self.path))
+        names = pipeline.skipped_image_names()
+        run_dir.atomic_write(self.path, "".join(f"{name}\n" for name in names))

@@ -37,7 +37,8 @@ class DatasetInfo:
     `image_size` is the training crop size, `normalization` a key of
     `keras_preact.preprocessing.NORMALIZATIONS`, `num_examples` maps a split to
     its size (None when unknown without reading everything; for "folder", the
-    number of image files, undecodable ones included), `splits` lists
+    number of image files less those known bad from their first bytes: a
+    truncated one is counted, then skipped when read), `splits` lists
     the split names and `eval_split` is the one to evaluate on.
 
     >>> DatasetInfo("tiny", 2, 4, "torch", ("a", "b"), {"train": 2, "test": 1}).eval_split

@@ -3,8 +3,9 @@
 tfds cannot download ImageNet: with `download=True` it builds the dataset from
 `ILSVRC2012_img_train.tar` and `ILSVRC2012_img_val.tar` in
 `<data_dir>/downloads/manual`. The JPEG bytes are read undecoded, so that
-training decodes only its random-resized crop. `imagenet_info` is shared with
-the "tfrecord" source (same 1,000 classes).
+training decodes only its random-resized crop; an image that does not decode
+is skipped and recorded by its `file_name` (n01440764_10026.JPEG).
+`imagenet_info` is shared with the "tfrecord" source (same 1,000 classes).
 
 >>> SOURCE.info().num_examples
 {'train': 1281167, 'validation': 50000}
@@ -86,11 +87,12 @@ def _read(split, request):
         before_download=_check_tars,
     )
     return pipeline.Raw(
-        ds.map(lambda ex: (ex["image"], ex["label"])),
+        ds.map(lambda ex: ((ex["image"], ex["file_name"]), ex["label"])),
         shuffle_buffer=request.record_shuffle_buffer,
         sharded=True,
-        read_bytes=lambda encoded, label: (encoded, label),
+        read_bytes=lambda x, label: (x[0], label),
         num_classes=NUM_CLASSES,
+        name=lambda x, label: x[1],
     )
 
 

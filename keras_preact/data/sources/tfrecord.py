@@ -7,7 +7,8 @@ first records when they carry `image/class/synset` (offset = label - index of
 that WordNet id in the ImageNet class list), and is 1 otherwise; pass the
 `make_dataset` option `label_offset=0` for 0-based records. The first records
 are checked before training (a wrong offset is a `ValueError`); a later record
-whose label falls outside 0..999 is skipped and counted.
+whose label falls outside 0..999, or whose image does not decode, is skipped
+and recorded as "record N of FILE" (N counted from 0 in that file).
 
 With several input pipelines, each reads its own shard files (or, with fewer
 files than pipelines, every n-th record).
@@ -102,8 +103,13 @@ def _check_labels(files, label_offset, num_classes, num_records=32):
             )
 
 
+def _numbered_records(file):
+    """`(record, file, its index in the file)` of every record of `file`."""
+    return tf.data.TFRecordDataset(file).enumerate().map(lambda i, record: (record, file, i))
+
+
 def _records(files, request):
-    """The records of this input pipeline: its shard files, interleaved (shuffled when training)."""
+    """This pipeline's `(record, file, index)`s: its shard files interleaved (shuffled to train)."""
     pipelines = request.num_pipelines
     ds = tf.data.Dataset.from_tensor_slices(files)
     if pipelines > 1 and len(files) >= pipelines:
@@ -111,7 +117,7 @@ def _records(files, request):
     if request.training:
         ds = ds.shuffle(len(files), seed=request.pipeline_seed)
     ds = ds.interleave(
-        tf.data.TFRecordDataset,
+        _numbered_records,
         cycle_length=min(16, len(files)),
         num_parallel_calls=pipeline.AUTOTUNE,
         deterministic=True,
@@ -128,16 +134,21 @@ def _read(split, request, label_offset=None):
     label_offset = int(label_offset)
     _check_labels(files, label_offset, NUM_CLASSES)
 
-    def parse(record, _):
-        example = tf.io.parse_single_example(record, TFRECORD_FEATURES)
+    def parse(numbered, _):
+        example = tf.io.parse_single_example(numbered[0], TFRECORD_FEATURES)
         return example["image/encoded"], example["image/class/label"] - label_offset
 
+    def name(numbered, _):
+        _, file, index = numbered
+        return tf.strings.join(["record ", tf.strings.as_string(index), " of ", file])
+
     return pipeline.Raw(
-        _records(files, request).map(lambda record: (record, tf.constant(0, tf.int64))),
+        _records(files, request).map(lambda *numbered: (numbered, tf.constant(0, tf.int64))),
         shuffle_buffer=request.record_shuffle_buffer,
         sharded=True,
         read_bytes=parse,
         num_classes=NUM_CLASSES,
+        name=name,
     )
 
 
