@@ -3,6 +3,7 @@
 python -m keras_preact.analysis cost --models=ResNet50V2 --layouts=paper,keras
 python -m keras_preact.analysis cost --help        # one subcommand's flags
 python -m keras_preact.analysis propagation --output_dir=analysis/propagation
+python -m keras_preact.analysis table --table=2 --seeds=1,2,3 --root=runs/table2
 """
 
 import sys
@@ -10,13 +11,14 @@ import sys
 from absl import flags
 
 from keras_preact import console
-from keras_preact.analysis import cost, propagation
+from keras_preact.analysis import cost, propagation, table
 
 # name -> (the subcommand's `main(argv)`, one line of help). The function's module also has
 # `define_flags()` and `usage()` (its docstring and flags): a new subcommand is one line here.
 SUBCOMMANDS = {
     "cost": (cost.main, "parameters and multiply-adds of every model and layout, with references"),
     "propagation": (propagation.main, "per-unit signal and gradient norms at init vs Eqns. 4-8"),
+    "table": (table.main, table.HELP),
 }
 
 
