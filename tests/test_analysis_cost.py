@@ -20,9 +20,8 @@ SPEC_CIFAR_PARAMS = {  # (model, classes): trainable parameters
     ("ResNet110V2", 10): 1_730_522,
     ("ResNet164V2", 10): 1_703_258,
     ("ResNet164V2", 100): 1_726_388,
-    ("ResNet1001V2", 10): 10_327_706,
-    # ResNet-1001 at 100 classes (10,350,836) is left to tests/test_models.py: one more
-    # 1001-layer build here would cost ~20 s.
+    # ResNet-1001 (10,327,706 / 10,350,836) is left to tests/test_models.py, which builds it
+    # anyway: a traced 1001-layer build here would cost ~20 s more of the suite.
 }
 SPEC_IMAGENET_PARAMS = {  # model: (stem BN column, without stem BN column)
     "ResNet18V2": (11_687_848, 11_687_720),
@@ -144,14 +143,13 @@ def test_cifar_table_equals_spec():
     models = list(dict.fromkeys(model for model, _ in SPEC_CIFAR_PARAMS))
     rows = cost.cost_table(models[:3], cifar_classes=(10,))
     rows += cost.cost_table(["ResNet164V2"], cifar_classes=(10, 100))
-    rows += cost.cost_table(["ResNet1001V2"], cifar_classes=(10,))
     measured = {(row.model, row.classes): row.trainable_params for row in rows}
     assert measured == SPEC_CIFAR_PARAMS
     assert all(row.input_size == 32 and row.params_difference == 0 for row in rows)
-    # SPEC's ~255 M / ~1,536 M (imgclsmob) also count BN, ReLU and additions, one operation
-    # per element: ~3% more than the convolutions' and classifier's multiply-adds.
+    # SPEC's ~255 M (imgclsmob) also counts BN, ReLU and additions, one operation per
+    # element: ~3% more than the convolutions' and classifier's multiply-adds.
     for row in rows:
-        if row.model in ("ResNet164V2", "ResNet1001V2"):
+        if row.model == "ResNet164V2":
             assert -0.04 < row.multiply_adds_difference < -0.02, row
 
 

@@ -321,11 +321,12 @@ def test_killed_run_resumes_at_its_step_and_learning_rate(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 400
 
 
-@pytest.mark.parametrize(
-    "sig, returncode", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "Ctrl-C"]
-)
-def test_stop_signal_stops_at_a_checkpoint_of_the_current_step(tmp_path, sig, returncode):
-    """SIGTERM or Ctrl-C between checkpoints loses no steps: the run saves where it is, resumes there."""
+def test_ctrl_c_stops_at_a_checkpoint_of_the_current_step(tmp_path):
+    """Ctrl-C between checkpoints loses no steps: the run saves where it is and resumes there.
+
+    SIGTERM takes the same path (tests/test_training.py checks that it is caught the same way).
+    """
+    sig, returncode = signal.SIGINT, 130
     model_dir = str(tmp_path / "stopped")
     started = os.path.join(model_dir, "logs", "train")  # written from the first step on
     # No periodic checkpoint before the end: only the signal's own can make a resume possible.
@@ -394,9 +395,8 @@ def test_ctrl_c_on_one_worker_stops_every_worker_at_a_checkpoint(tmp_path):
         for index in range(2):
             config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
             env = dict(_env(), TF_CONFIG=json.dumps(config))
-            runs.append(
-                _start_cifar(model_dir, 1000, "--strategy=multi_worker_mirrored", env=env)[1]
-            )
+            flags_ = ("--strategy=multi_worker_mirrored", "--train_steps=150")
+            runs.append(_start_cifar(model_dir, 1000, *flags_, env=env)[1])
         return runs
 
     def finish(procs):
@@ -418,7 +418,7 @@ def test_ctrl_c_on_one_worker_stops_every_worker_at_a_checkpoint(tmp_path):
     stopped = re.search(r"Another worker received a stop signal: stopped at step (\d+)", chief_err)
     assert stopped, chief_err[-3000:]
     step = int(stopped.group(1))
-    assert 0 < step < 400
+    assert 0 < step < 150
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     assert int(latest.rsplit("-", 1)[1]) == step
 
@@ -427,7 +427,7 @@ def test_ctrl_c_on_one_worker_stops_every_worker_at_a_checkpoint(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], chief_err[-3000:]
     assert re.search(rf"Resuming from step {step} ", chief_out), chief_out[-2000:]
     with open(os.path.join(model_dir, "metrics.json")) as f:
-        assert json.load(f)["steps"] == 400
+        assert json.load(f)["steps"] == 150
 
 
 # ------------------------------------------------------------------ bad input

@@ -87,7 +87,7 @@ def test_export_takes_labels_sizes_interpolation_and_calibration_from_the_run(
     assert (result.crop_size, result.resize_size, result.interpolation) == (64, 71, "bicubic")
     assert result.labels == ["cat", "dog", "bird"] and result.labels_source.endswith("spec.json")
     report = result.tflite_reports["int8"]
-    assert report["calibration"]["source"] == "tf.data.Dataset (training pipeline)"
+    assert report["calibration"]["source"] == "the run's digits training images"
     # The served probabilities are the model's on the spec's crops (bicubic, 64 from 71).
     import tensorflow as tf
 

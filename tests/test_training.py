@@ -1,5 +1,9 @@
 """keras_preact.training in-process: schedules, coupled-L2 SGD, config and flag checking."""
 
+import os
+import signal
+import time
+
 import keras
 import numpy as np
 import pytest
@@ -241,3 +245,22 @@ def test_missing_data_is_reported_before_anything_is_written(tmp_path):
         with pytest.raises(training.ConfigError, match=expected):
             training.run(config)
         assert not model_dir.exists()
+
+
+def test_stop_signals_catch_sigterm_and_ctrl_c_then_restore_the_handlers():
+    """What the recipes rely on for SIGTERM and a first Ctrl-C (end to end: test_recipes.py)."""
+    from keras_preact.training.loop import Preempted, StopSignals
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with StopSignals() as stop:
+            os.kill(os.getpid(), sig)
+            deadline = time.time() + 10
+            while stop.received is None and time.time() < deadline:
+                time.sleep(0.01)
+        assert stop.received == sig.name
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    assert Preempted(5, "ckpt-5", "SIGTERM").code == 143
+    assert Preempted(5, "ckpt-5", "SIGINT").code == 130
+    other = Preempted(5, "ckpt-5")  # a worker stopped by another worker's signal
+    assert other.code == 143 and str(other).startswith("Another worker received a stop signal")
