@@ -174,8 +174,11 @@ def run(
     import keras_preact
 
     cases = cases or all_cases()
-    images, labels = _batch(dataset, data_dir, batch_size)
-    classes = data_classes(dataset, data_dir)
+    from keras_preact import data
+
+    info = data.dataset_info(dataset, data_dir)  # once: a folder reads every file's header
+    images, labels = _batch(dataset, data_dir, batch_size, info)
+    classes = info.num_classes
     rows = []
     for name in models:
         builder = getattr(keras_preact, name)
@@ -283,20 +286,17 @@ def _cifar_names():
     return {f"ResNet{depth}V2" for depth in CIFAR_DEPTHS}
 
 
-def data_classes(dataset, data_dir=None):
-    """The number of classes of `dataset`."""
+def _batch(dataset, data_dir, batch_size, info=None):
+    """One batch of real images and labels, in evaluation order (same every time).
+
+    `info`: the dataset's `DatasetInfo`, when the caller has it already.
+    """
     from keras_preact import data
 
-    return data.dataset_info(dataset, data_dir).num_classes
-
-
-def _batch(dataset, data_dir, batch_size):
-    """One batch of real images and labels, in evaluation order (same every time)."""
-    from keras_preact import data
-
+    info = info or data.dataset_info(dataset, data_dir)
     ds = data.make_dataset(
         dataset,
-        data.dataset_info(dataset, data_dir).eval_split,
+        info.eval_split,
         batch_size=batch_size,
         data_dir=data_dir,
     )
