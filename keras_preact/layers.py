@@ -29,6 +29,8 @@ import dataclasses
 import keras
 from keras import ops
 
+from keras_preact.remat import rematerialize
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class VariantFacts:
@@ -227,6 +229,7 @@ class _ResidualUnit(keras.layers.Layer):
         norm_epsilon=1e-5,
         norm_momentum=0.9,
         seed=None,
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -274,6 +277,7 @@ class _ResidualUnit(keras.layers.Layer):
         self.norm_epsilon = float(norm_epsilon)
         self.norm_momentum = float(norm_momentum)
         self.seed = seed
+        self.remat = bool(remat)
         if self.drop_path_rate > 0.0:
             self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -426,22 +430,59 @@ class _ResidualUnit(keras.layers.Layer):
             )
 
     # ------------------------------------------------------------------ calling
-    def _drop_path(self, residual, training):
-        if not training or self.drop_path_rate == 0.0:
-            return residual
-        keep = 1.0 - self.drop_path_rate
-        batch = ops.shape(residual)[0]
-        noise = keras.random.uniform(
-            (batch, 1, 1, 1), seed=self.seed_generator, dtype=residual.dtype
-        )
-        mask = ops.cast(noise < keep, residual.dtype)
-        return residual * mask / keep
-
     def call(self, inputs, training=None):
+        masks = self._random_masks(inputs, training)
+        if not (self.remat and training):
+            return self._forward(inputs, masks, training)
+        # Rematerialisation: only the unit's input is kept for the backward pass, which
+        # runs the unit again to rebuild its activations. The random masks are drawn
+        # once, above, so both runs see the same ones; the second run normalises with
+        # the batch statistics without moving the BN statistics a second time.
+        runs = []
+
+        def forward(x, *masks):
+            update_statistics = not runs
+            runs.append(update_statistics)
+            return self._forward(x, masks, training=True, update_statistics=update_statistics)
+
+        return rematerialize(forward)(inputs, *masks)
+
+    def _random_masks(self, inputs, training):
+        """The unit's random factors for this call: (drop-path mask, shortcut-dropout mask)."""
+        if not training:
+            return ()
+        masks = []
+        batch = ops.shape(inputs)[0]
+        if self.drop_path_rate > 0.0:
+            keep = 1.0 - self.drop_path_rate
+            noise = keras.random.uniform((batch, 1, 1, 1), seed=self.seed_generator)
+            masks.append(ops.cast(noise < keep, self.compute_dtype) / keep)
+        if self.shortcut == "dropout":
+            # The dropout layer's scaled keep-mask (1 / (1 - rate) or 0) of the shortcut's shape.
+            height, width = (-(-ops.shape(inputs)[i] // self.strides) for i in (1, 2))
+            shape = (batch, height, width, self.output_filters)
+            ones = ops.ones(shape, dtype=self.compute_dtype)
+            masks.append(self.shortcut_dropout(ones, training=True))
+        return tuple(masks)
+
+    def _norm_call(self, attr, x, training, update_statistics):
+        norm = getattr(self, attr)
+        if not training or update_statistics or not norm.trainable:
+            return norm(x, training=training)
+        return _batch_statistics_norm(norm, x)
+
+    def _forward(self, inputs, masks, training, update_statistics=True):
         facts = self.variant_facts
+        masks = list(masks)
+        path_mask = masks.pop(0) if masks and self.drop_path_rate > 0.0 else None
+        shortcut_mask = masks.pop(0) if masks else None
+
+        def norm(attr, x):
+            return self._norm_call(attr, x, training, update_statistics)
+
         preact = inputs
         if self.preactivate and facts.preact_norm:
-            preact = self.norm1(preact, training=training)
+            preact = norm("norm1", preact)
         if self.preactivate and facts.preact_relu:
             preact = ops.relu(preact)
         # Identity units feed the raw input to the shortcut; a projection takes
@@ -454,10 +495,9 @@ class _ResidualUnit(keras.layers.Layer):
             if kind == "relu":
                 residual = ops.relu(residual)
             elif kind == "norm":
-                residual = getattr(self, attr)(residual, training=training)
+                residual = norm(attr, residual)
             else:
                 residual = getattr(self, attr)(residual)
-
         if self.strides > 1:
             # What a strided 1x1 conv or 1x1 max-pool (keras.applications) sees.
             shortcut_in = shortcut_in[:, :: self.strides, :: self.strides, :]
@@ -465,7 +505,7 @@ class _ResidualUnit(keras.layers.Layer):
         if self._project:
             shortcut = self.downsample(shortcut_in)
             if self._projection_norm:
-                shortcut = self.downsample_norm(shortcut, training=training)
+                shortcut = norm("downsample_norm", shortcut)
 
         if self.shortcut == "constant_scaling":
             shortcut = shortcut * self.shortcut_scale
@@ -475,12 +515,14 @@ class _ResidualUnit(keras.layers.Layer):
             shortcut = (1.0 - gate) * shortcut
             if self.shortcut == "exclusive_gating":
                 residual = gate * residual
-        elif self.shortcut == "dropout":
-            shortcut = self.shortcut_dropout(shortcut, training=training)
+        elif shortcut_mask is not None:
+            shortcut = shortcut * shortcut_mask
 
-        outputs = shortcut + self._drop_path(residual, training)
+        if path_mask is not None:
+            residual = residual * path_mask
+        outputs = shortcut + residual
         if facts.output_norm:
-            outputs = self.output_norm(outputs, training=training)
+            outputs = norm("output_norm", outputs)
         if facts.output_relu:
             outputs = ops.relu(outputs)
         return outputs
@@ -512,6 +554,7 @@ class _ResidualUnit(keras.layers.Layer):
             norm_epsilon=self.norm_epsilon,
             norm_momentum=self.norm_momentum,
             seed=self.seed,
+            remat=self.remat,
         )
         return config
 
@@ -547,7 +590,33 @@ _COMMON_ARGS_DOC = """
             (keras.applications' layout).
         norm_epsilon, norm_momentum: BatchNormalization settings.
         seed: seed for stochastic depth and shortcut dropout.
+        remat: rematerialise the unit in training: keep only its input for the
+            backward pass and recompute its activations there
+            (`keras_preact.remat.rematerialize`).
+            Much less memory for deep nets at about a third more step time; the
+            gradients and BN statistics are the same as without.
 """
+
+
+def _batch_statistics_norm(norm, x):
+    """`norm(x, training=True)` without the update of its moving statistics.
+
+    A rematerialised unit runs twice per training step; this is its second run.
+    The ops are those of `keras.layers.BatchNormalization.call` in training.
+    """
+    inputs = ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
+    axes = [i for i in range(len(inputs.shape)) if i != norm.axis % len(inputs.shape)]
+    mean, variance = ops.moments(inputs, axes=axes, synchronized=norm.synchronized)
+    outputs = ops.batch_normalization(
+        inputs,
+        mean,
+        variance,
+        axis=norm.axis,
+        offset=ops.cast(norm.beta, inputs.dtype) if norm.center else None,
+        scale=ops.cast(norm.gamma, inputs.dtype) if norm.scale else None,
+        epsilon=norm.epsilon,
+    )
+    return ops.cast(outputs, norm.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_preact")

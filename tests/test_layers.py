@@ -248,3 +248,84 @@ def test_units_are_built_as_their_variant_facts_say(variant, rng):
     assert unit.variant_facts is facts
     out = model(rng.normal(size=(2, 6, 6, 4)).astype("float32"), training=False).numpy()
     assert (out.min() >= 0) == facts.output_relu  # an activated sum is never negative
+
+
+def _training_step(model, images, labels):
+    """One traced training step's loss, gradients, BN statistics after it, and its graph."""
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss = tf.reduce_mean(
+                keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            )
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    graph = step.get_concrete_function().graph
+    loss, grads = step()
+    statistics = [v.numpy() for v in model.non_trainable_variables if "moving" in v.path]
+    return float(loss), [g.numpy() for g in grads], statistics, graph
+
+
+def _conv_ops(graph):
+    count = sum(op.type == "Conv2D" for op in graph.get_operations())
+    for function in graph._functions.values():  # the recomputation runs in gradient functions
+        count += sum(op.type == "Conv2D" for op in function.graph.get_operations())
+    return count
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"drop_path_rate": 0.5, "seed": 3}, {"shortcut": "dropout", "seed": 5}],
+    ids=["drop_path", "shortcut_dropout"],
+)
+def test_remat_gives_the_plain_gradients_and_batchnorm_statistics(
+    options, rng, randomize_batchnorm
+):
+    """remat=True recomputes each unit in the backward pass: same loss, gradients, BN updates.
+
+    The random masks (stochastic depth, shortcut dropout) must be the same in both runs of
+    a unit, and the second run must not move the BN statistics again.
+    """
+    from keras_preact import CIFARResNetV2
+
+    images = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    labels = np.arange(8) % 10
+    results = {}
+    for remat in (False, True):
+        keras.utils.set_random_seed(0)
+        model = CIFARResNetV2(
+            11,
+            "bottleneck",
+            input_shape=(16, 16, 3),
+            classifier_activation=None,
+            remat=remat,
+            **options,
+        )
+        randomize_batchnorm(model, seed=1)
+        results[remat] = _training_step(model, images, labels)
+    (loss, grads, stats, graph), (r_loss, r_grads, r_stats, r_graph) = results[False], results[True]
+    assert r_loss == loss
+    for plain, rematerialised in zip(grads, r_grads):
+        scale = np.max(np.abs(plain)) + 1e-12
+        assert np.max(np.abs(rematerialised - plain)) / scale < 1e-5
+    for plain, rematerialised in zip(stats, r_stats, strict=True):
+        np.testing.assert_allclose(rematerialised, plain, rtol=1e-6, atol=1e-7)
+    # The units' convolutions run again in the backward pass: 3 units of 3 convs and a projection.
+    assert _conv_ops(r_graph) - _conv_ops(graph) == 12
+
+
+def test_remat_is_a_training_setting_that_serializes_and_leaves_inference_alone(rng):
+    from keras_preact import CIFARResNetV2
+    from keras_preact.models.float32 import float32_copy
+
+    keras.utils.set_random_seed(0)
+    model = CIFARResNetV2(8, width=4, remat=True)
+    unit = model.get_layer("stage1_unit1")
+    assert unit.remat and unit.get_config()["remat"] is True
+    assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(unit)).remat
+    images = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    copy = float32_copy(model)
+    assert not copy.get_layer("stage1_unit1").remat  # what is saved and exported
+    np.testing.assert_array_equal(copy(images), model(images))

@@ -163,6 +163,44 @@ def test_paper_and_timm_layouts_place_stride_on_first_unit():
     assert keras_layout.output.shape == model.output.shape == (None, 2, 2, 2048)
 
 
+def test_paper_layout_pads_strided_ops_symmetrically_like_the_authors_torch_code(
+    rng, randomize_batchnorm
+):
+    """Stem conv (pad 3), max-pool (pad 1, -inf) and the strided 3x3 (pad 1) as in Torch.
+
+    TensorFlow's "same" pads 0 before and 1 after on even sizes; these checks fail with it.
+    """
+    import tensorflow as tf
+
+    from foreign_nets import _conv_tf, _max_pool_tf
+
+    model = randomize_batchnorm(kp.ResNet18V2(include_preprocessing=False, classes=5), seed=2)
+    images = rng.normal(size=(2, 64, 64, 3)).astype("float32")
+
+    def output(name, inputs=model.inputs):
+        return keras.Model(inputs, model.get_layer(name).output)
+
+    def oihw(conv):
+        return np.transpose(conv.kernel.numpy(), (3, 2, 0, 1))
+
+    stem = output("stem_conv")(images)
+    np.testing.assert_allclose(
+        stem, _conv_tf(images, oihw(model.get_layer("stem_conv")), 2, 2, 3, 3), atol=1e-4
+    )
+    stem_relu = output("stem_relu")(images)
+    np.testing.assert_array_equal(
+        output("stem_pool")(images), _max_pool_tf(stem_relu, 3, 3, 2, 2, 1, 1)
+    )
+    # The strided 3x3 of the first unit of stage 2, on its pre-activated input.
+    unit = model.get_layer("stage2_unit1")
+    preact = tf.nn.relu(unit.norm1(output("stage1_unit2")(images), training=False))
+    np.testing.assert_allclose(
+        unit.conv1(unit.conv1_pad(preact)),
+        _conv_tf(preact, oihw(unit.conv1), 2, 2, 1, 1),
+        atol=1e-4,
+    )
+
+
 # Each row of the paper's Tables 1 and 2 as (unit_variant, shortcut, options), plus the
 # modern options, on a tiny CIFAR net.
 VARIANTS = [

@@ -35,9 +35,9 @@ def _global_dtype_policy(name):
 def float32_copy(model, dynamic_hw=True, classifier_activation=_KEEP):
     """A float32 copy of a functional model with the same weights, outside any strategy.
 
-    Mixed-precision layers become float32; variables are plain (not mirrored),
-    so the copy saves and exports the same way whatever strategy trained the
-    original. With `dynamic_hw`, the copy takes `[N, H, W, C]` of any H/W
+    Mixed-precision layers become float32 and rematerialised units plain;
+    variables are plain (not mirrored), so the copy saves and exports the same
+    way whatever strategy trained the original. With `dynamic_hw`, the copy takes `[N, H, W, C]` of any H/W
     when the network allows it (convolutions and global pooling); otherwise it
     keeps the original input size. `classifier_activation` replaces the
     activation of the `predictions` layer (e.g. `"softmax"` on a model trained
@@ -55,6 +55,8 @@ def float32_copy(model, dynamic_hw=True, classifier_activation=_KEEP):
         config = layer.get_config()
         if "dtype" in config:
             config["dtype"] = "float32"
+        if config.get("remat"):
+            config["remat"] = False  # a training-memory setting; the copy is for inference
         if layer.name == "predictions" and classifier_activation is not _KEEP:
             config["activation"] = classifier_activation
         return layer.__class__.from_config(config)

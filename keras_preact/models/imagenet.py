@@ -6,7 +6,12 @@ and a `Layout` states how the public implementations differ:
 * `"paper"` (default): the paper's full pre-activation ResNet (its appendix):
   7x7/2 conv -> BN -> ReLU -> 3x3/2 max-pool, every unit pre-activated, the
   shared BN-ReLU feeding 1x1 projections, stride on the 3x3 conv of the first
-  unit of stages 2-4, ImageNet mean/std inputs. fb.resnet.torch's
+  unit of stages 2-4, ImageNet mean/std inputs; strided convolutions and the
+  max-pool pad symmetrically (k//2 on every side), as the authors' Torch code
+  does. (It used TensorFlow's `"same"` before, which pads 0 before and 1
+  after on even sizes: weights saved then load unchanged and give slightly
+  different numbers; a saved `.keras` model keeps the padding it was built
+  with.) fb.resnet.torch's
   `preresnet.lua` (where the public ResNet-200 weights come from) differs:
   its stage-1 units have no pre-activation, and its projections are conv + BN
   on the raw input; a converter for those weights needs a layout of its own.
@@ -71,8 +76,8 @@ LAYOUTS = {
     "paper": Layout(
         name="paper",
         stem_norm=True,
-        padding="same",
-        pool_padding="same",
+        padding="symmetric",  # as the authors' Torch code; TF's "same" pads 0 / 1 when strided
+        pool_padding="zeros",  # after the stem's ReLU, zero padding equals -inf padding
         stride_on_last_unit=False,
         conv_bias=False,
         norm_epsilon=1e-5,
@@ -190,6 +195,7 @@ def ImageNetResNetV2(
     zero_init_last=False,
     norm_momentum=None,
     seed=None,
+    remat=False,
     name=None,
 ):
     """Builds an ImageNet pre-activation ResNet (18, 34, 50, 101, 152 or 200 layers).
@@ -226,6 +232,9 @@ def ImageNetResNetV2(
             with `"identity"` shortcuts).
         norm_momentum: BatchNormalization momentum (the layout's by default).
         seed: seed of the units' stochastic depth and shortcut dropout.
+        remat: recompute each unit's activations in the backward pass instead of
+            keeping them (`PreActBlock`'s `remat`): about a third of the training
+            memory of deep nets for about a third more step time.
         name: the model's name (`"resnet{depth}v2"` by default).
 
     Example:
@@ -284,6 +293,7 @@ def ImageNetResNetV2(
         unit_variant=unit_variant,
         shortcut=shortcut,
         seed=seed,
+        remat=remat,
         **options,
     )
     x = common.add_head(

@@ -277,6 +277,13 @@ class TrainConfig:
         False, DISTRIBUTION, "mixed_float16 (mixed_bfloat16 on TPU) with loss scaling."
     )
     jit_compile: bool = option(False, DISTRIBUTION, "Compile the forward/backward pass with XLA.")
+    remat: bool = option(
+        False,
+        DISTRIBUTION,
+        "Recompute each residual unit's activations in the backward pass instead of keeping "
+        "them: about a third of the memory of a deep net's training step for about a third "
+        "more time (e.g. ResNet-1001 at the paper's batch of 128 on one device).",
+    )
     steps_per_loop: int = option(
         1, DISTRIBUTION, "Steps per tf.function call (more: fewer host round trips)."
     )

@@ -140,17 +140,18 @@ def builder_call(config, info):
     return "ImageNetResNetV2", kwargs
 
 
-def build_model(config, info, *, classifier_activation=None, weights=None):
+def build_model(config, info, *, classifier_activation=None, weights=None, remat=False):
     """The network `config` describes, for dataset `info` (a `DatasetInfo`).
 
     Training uses logits (`classifier_activation=None`); the saved model a softmax.
-    `weights` is what the builder takes (`config.weights` for a fresh run).
+    `weights` is what the builder takes (`config.weights` for a fresh run);
+    `remat` (the training model's, not in `spec.json`) rematerialises the units.
     """
     import keras_preact
 
     name, kwargs = builder_call(config, info)
     return getattr(keras_preact, name)(
-        classifier_activation=classifier_activation, weights=weights, **kwargs
+        classifier_activation=classifier_activation, weights=weights, remat=remat, **kwargs
     )
 
 
@@ -316,7 +317,7 @@ class _Run:
         def model_fn():
             if c.seed is not None:
                 keras.utils.set_random_seed(c.seed)
-            model = build_model(c, self.info, weights=weights)
+            model = build_model(c, self.info, weights=weights, remat=c.remat)
             return synchronize_batchnorm(model) if c.sync_batchnorm else model
 
         def optimizer_fn():
