@@ -1,18 +1,29 @@
 """Is a keras-preact ResNet50V2 as fast as keras.applications' ResNet50V2?
 
-Measures training and inference images/s of keras_preact.ResNet50V2 (paper and
-keras layouts) and of the peer, keras.applications.ResNet50V2, in one run on
-the same inputs, and prints the ratios (ours / peer; > 1 means faster).
+Measures in one process, in interleaved rounds, the training and inference
+images/s of keras_preact.ResNet50V2 in its layouts, with and without XLA
+(`jit_compile=True`), and of the peer, keras.applications.ResNet50V2, on the
+same inputs. The layouts do different work (the paper's and timm's put the
+stride of a stage on its first unit's 3x3 convolution, so that unit's first
+1x1 convolution runs at the higher resolution; keras.applications puts it on
+the previous stage's last unit), so each model's multiply-adds per image are
+counted from its traced graph (`keras_preact.analysis.cost`) and the
+achieved multiply-adds per second are compared as well. A ratio is ours /
+peer in the same round (> 1: faster); the table gives the median over rounds.
 
-    python benchmarks/model_throughput.py --batch_size 16 --steps 5
+Prints a Markdown section for BENCHMARKS.md (see benchmarks/report.py):
+
+    python benchmarks/model_throughput.py --batch_size=16 --steps=3 --rounds=2
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -20,69 +31,143 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import keras_preact  # noqa: E402
+from keras_preact.analysis import cost  # noqa: E402
 
+flags.DEFINE_string("model", "ResNet50V2", "keras-preact builder; the peer is keras.applications'")
 flags.DEFINE_integer("batch_size", 16, "images per step")
 flags.DEFINE_integer("image_size", 224, "input height and width")
-flags.DEFINE_integer("steps", 5, "timed steps after 2 warm-up steps")
-flags.DEFINE_integer("rounds", 2, "interleaved measurement rounds; the best of each is kept")
+flags.DEFINE_integer("steps", 3, "timed steps per round (after one warm-up step)")
+flags.DEFINE_integer("rounds", 2, "interleaved measurement rounds")
+flags.DEFINE_list("layouts", ["paper", "keras"], "keras-preact layouts to measure")
+flags.DEFINE_list("xla", ["off", "on"], "jit_compile settings to measure: off, on")
+FLAGS = flags.FLAGS
+
+DEFAULT_LAYOUT = "paper"
+MAC_RATE_TARGET = 1.00  # default layout / peer, multiply-adds per second
+XLA_TARGET = 1.25  # best configuration / peer (no XLA), training images per second
 
 
-def _rate(fn, batch, steps):
-    for _ in range(2):
-        fn()
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return batch * steps / (time.perf_counter() - start)
+def log(message):
+    print(message, file=sys.stderr, flush=True)
 
 
-def measure(model, images, labels, steps, preprocess=None):
-    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy()
-    inputs = preprocess(images) if preprocess else images
+class Contender:
+    """A model with its compiled training and inference steps on fixed inputs."""
 
-    @tf.function
-    def train_step():
-        with tf.GradientTape() as tape:
-            loss = loss_fn(labels, model(inputs, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply(grads, model.trainable_variables)
-        return loss
+    def __init__(self, name, model, images, labels, jit_compile, input_shape):
+        self.name = name
+        self.multiply_adds = cost.multiply_adds(model, input_shape)
+        optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+        loss_fn = keras.losses.SparseCategoricalCrossentropy()
 
-    @tf.function
-    def infer_step():
-        return model(inputs, training=False)
+        @tf.function(jit_compile=jit_compile)
+        def train_step():
+            with tf.GradientTape() as tape:
+                loss = loss_fn(labels, model(images, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply(grads, model.trainable_variables)
+            return loss
 
-    batch = images.shape[0]
-    return _rate(train_step, batch, steps), _rate(infer_step, batch, steps)
+        @tf.function(jit_compile=jit_compile)
+        def infer_step():
+            return model(images, training=False)
+
+        self.steps = {"train": train_step, "infer": infer_step}
+        self.rates = {"train": [], "infer": []}  # images/s per round
+        start = time.perf_counter()
+        for step in self.steps.values():
+            step().numpy()  # tracing (and XLA compilation)
+        log(f"  {name}: traced in {time.perf_counter() - start:.0f} s")
+
+    def measure(self, steps, batch):
+        for kind, step in self.steps.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                out = step()
+            out.numpy()
+            self.rates[kind].append(batch * steps / (time.perf_counter() - start))
 
 
-def main(_):
-    f = flags.FLAGS
+def _median_ratio(ours, peer):
+    return float(np.median([a / b for a, b in zip(ours, peer)]))
+
+
+def main(argv):
+    del argv
+    f = FLAGS
     rng = np.random.default_rng(0)
-    images = tf.constant(
-        rng.uniform(0, 255, (f.batch_size, f.image_size, f.image_size, 3)).astype("float32")
-    )
+    shape = (f.image_size, f.image_size, 3)
+    images = tf.constant(rng.uniform(0, 255, (f.batch_size, *shape)).astype("float32"))
     labels = tf.constant(rng.integers(0, 1000, f.batch_size))
-    candidates = {
-        "peer keras.applications.ResNet50V2": (
-            keras.applications.ResNet50V2(weights=None),
-            keras.applications.resnet_v2.preprocess_input,
-        ),
-        "keras_preact.ResNet50V2(layout='paper')": (keras_preact.ResNet50V2(layout="paper"), None),
-        "keras_preact.ResNet50V2(layout='keras')": (keras_preact.ResNet50V2(layout="keras"), None),
-    }
-    # Interleaved rounds, best of each: the machine's load drifts during a run.
-    best = {name: (0.0, 0.0) for name in candidates}
-    for _ in range(f.rounds):
-        for name, (model, preprocess) in candidates.items():
-            train, infer = measure(model, images, labels, f.steps, preprocess)
-            best[name] = (max(best[name][0], train), max(best[name][1], infer))
-    peer_train, peer_infer = next(iter(best.values()))
-    for name, (train, infer) in best.items():
+    peer_builder = getattr(keras.applications, f.model)
+    xla = {"off": False, "on": True}
+    contenders = []
+    log(f"Building and tracing {f.model} contenders at {f.image_size}, batch {f.batch_size} ...")
+    peer_inputs = keras.applications.resnet_v2.preprocess_input(images)
+    for setting in f.xla:
+        suffix = " + XLA" if xla[setting] else ""
+        contenders.append(
+            Contender(
+                f"keras.applications.{f.model}{suffix}",
+                peer_builder(weights=None, input_shape=shape),
+                peer_inputs,
+                labels,
+                xla[setting],
+                shape,
+            )
+        )
+        for layout in f.layouts:
+            model = getattr(keras_preact, f.model)(layout=layout)
+            name = f"keras_preact.{f.model}(layout={layout!r}){suffix}"
+            contenders.append(Contender(name, model, images, labels, xla[setting], shape))
+    for r in range(f.rounds):
+        for contender in contenders:
+            contender.measure(f.steps, f.batch_size)
+        log(f"  round {r + 1} of {f.rounds} done")
+
+    peer = contenders[0]
+    command = " ".join(["python", "benchmarks/model_throughput.py"] + sys.argv[1:])
+    print(f"## Model throughput: keras-preact {f.model} vs keras.applications\n")
+    print(
+        f"Batch {f.batch_size} at {f.image_size}x{f.image_size}, float32, "
+        f"{f.steps} timed steps per round after a warm-up, {f.rounds} interleaved rounds; "
+        "training is forward + backward + SGD-momentum update in one `tf.function`. "
+        "Ratios are against the peer without XLA, per round, median over rounds; "
+        "*G MACs* are the multiply-adds per image counted from each model's graph, and "
+        f"*MAC/s ratio* compares achieved multiply-adds per second. Command: `{command}`\n"
+    )
+    print(
+        "| model | G MACs | train img/s | train ratio | train MAC/s ratio "
+        "| infer img/s | infer ratio | infer MAC/s ratio |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    summary = {}
+    for c in contenders:
+        work = c.multiply_adds / peer.multiply_adds
+        cells = [c.name, f"{c.multiply_adds / 1e9:.3f}"]
+        for kind in ("train", "infer"):
+            ratio = _median_ratio(c.rates[kind], peer.rates[kind])
+            summary[c.name, kind] = ratio, ratio * work
+            cells += [f"{np.median(c.rates[kind]):.2f}", f"{ratio:.2f}x", f"{ratio * work:.2f}x"]
+        print("| " + " | ".join(cells) + " |")
+    print()
+    default = f"keras_preact.{f.model}(layout={DEFAULT_LAYOUT!r})"
+    for kind, label in (("train", "training"), ("infer", "inference")):
+        if (default, kind) in summary:
+            value = summary[default, kind][1]
+            met = "met" if value >= MAC_RATE_TARGET else "NOT met"
+            print(
+                f"- default layout ({DEFAULT_LAYOUT}) / peer, {label} multiply-adds per second: "
+                f"{value:.2f}x (target >= {MAC_RATE_TARGET:.2f}x): {met}"
+            )
+    ours_xla = [c for c in contenders[1:] if c.name.endswith("XLA") and "keras_preact" in c.name]
+    if ours_xla:
+        best = max(ours_xla, key=lambda c: summary[c.name, "train"][0])
+        value = summary[best.name, "train"][0]
+        met = "met" if value >= XLA_TARGET else "NOT met"
         print(
-            f"{name}: train {train:.2f} img/s (ratio {train / peer_train:.2f}), "
-            f"infer {infer:.2f} img/s (ratio {infer / peer_infer:.2f})"
+            f"- best configuration ({best.name}) / peer, training images per second: "
+            f"{value:.2f}x (target >= {XLA_TARGET:.2f}x): {met}"
         )
 
 

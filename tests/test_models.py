@@ -171,7 +171,6 @@ def test_paper_layout_pads_strided_ops_symmetrically_like_the_authors_torch_code
     TensorFlow's "same" pads 0 before and 1 after on even sizes; these checks fail with it.
     """
     import tensorflow as tf
-
     from foreign_nets import _conv_tf, _max_pool_tf
 
     model = randomize_batchnorm(kp.ResNet18V2(include_preprocessing=False, classes=5), seed=2)

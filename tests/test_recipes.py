@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 import keras
 import numpy as np
@@ -291,7 +292,8 @@ def test_killed_run_resumes_at_its_step_and_learning_rate(tmp_path):
     killed_at = int(tf.train.latest_checkpoint(os.path.dirname(state)).rsplit("-", 1)[1])
     assert 20 <= killed_at < 400
 
-    again = _run(CIFAR, *args)
+    # --remat is how a run trains, not what it trains: a resumed run may turn it on.
+    again = _run(CIFAR, *args, "--remat")
     assert again.returncode == 0, again.stderr[-4000:]
     resumed = re.search(r"Resuming from step (\d+) \(learning rate ([0-9.e-]+)\)", again.stdout)
     assert resumed, again.stdout[-2000:]
@@ -319,6 +321,9 @@ def test_killed_run_resumes_at_its_step_and_learning_rate(tmp_path):
     assert second[step + 1] == pytest.approx(expected_lr, rel=1e-6)
     steps = [int(r["step"]) for r in _history(model_dir)]
     assert steps == sorted(set(steps)) and steps[-1] == 400
+    with open(os.path.join(model_dir, "model.keras"), "rb") as f, zipfile.ZipFile(f) as saved:
+        config = saved.read("config.json").decode()
+    assert '"remat": true' not in config and '"remat": false' in config  # saved plain
 
 
 def test_ctrl_c_stops_at_a_checkpoint_of_the_current_step(tmp_path):

@@ -152,18 +152,23 @@ def decode_and_crop(encoded, window):
     `[height, width, channels]`, so that it is computed from the header (JPEG)
     or the decoded image (others).
     """
-
-    def jpeg():
-        shape = tf.image.extract_jpeg_shape(encoded)
-        w = window(shape) if callable(window) else window
-        return tf.image.decode_and_crop_jpeg(encoded, w, channels=3)
-
-    def other():
-        image = crops.decode_image(encoded)
-        w = window(tf.shape(image)) if callable(window) else window
-        return tf.slice(image, [w[0], w[1], 0], [w[2], w[3], 3])
-
-    image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    # Three small conds around one window (not the window built in two branches):
+    # the training map runs this for every image.
+    is_jpeg = tf.io.is_jpeg(encoded)
+    whole = tf.cond(
+        is_jpeg, lambda: tf.zeros([0, 0, 3], tf.uint8), lambda: crops.decode_image(encoded)
+    )
+    if callable(window):
+        shape = tf.cond(
+            is_jpeg, lambda: tf.image.extract_jpeg_shape(encoded), lambda: tf.shape(whole)
+        )
+        window = window(shape)
+    window = tf.cast(window, tf.int32)
+    image = tf.cond(
+        is_jpeg,
+        lambda: tf.image.decode_and_crop_jpeg(encoded, window, channels=3),
+        lambda: tf.slice(whole, [window[0], window[1], 0], [window[2], window[3], 3]),
+    )
     image.set_shape([None, None, 3])
     return image
 
@@ -196,8 +201,8 @@ def random_resized_crop(
             max_attempts=max_attempts,
         ),
     )
+    # Bilinear weights are convex and the crop is uint8: already in [0, 255], no clip needed.
     image = tf.image.resize(image, [image_size, image_size], method="bilinear")
-    image = tf.clip_by_value(image, 0.0, 255.0)
     image.set_shape([image_size, image_size, 3])
     return image
 

@@ -21,10 +21,11 @@ folder's file path, "record N of FILE" for TFRecords), however many passes
 meet it: `skipped_images()` counts the distinct names, `skipped_image_names()`
 lists them. Nothing is printed from the pipeline; the training run reports
 the names between epochs and writes them to `<model_dir>/skipped_files.txt`
-(`keras_preact.training.run`). How (`decode_and_count`): each element enters
-the stream twice, as a marker and then to be decoded; the decoding `map`
-(parallel, in order) drops the failures with `ignore_errors`, so two markers
-in a row name a failed element.
+(`keras_preact.training.run`). How (`decode_and_count`): the elements enter
+the decoding `map` (parallel, in order) numbered in chunks of `CHUNK_SIZE`,
+each chunk after a marker that cannot fail; the map drops the failures with
+`ignore_errors`, so a number missing before the next element or marker names
+a failed element.
 
 Example (two in-memory images, evaluation order, batches of 2):
 
@@ -315,16 +316,15 @@ def reset_skipped_images():
     SKIPPED.reset()
 
 
-def _record_skip(name):
-    SKIPPED.add(name.numpy().decode("utf-8", "replace"))
-    return False
-
-
 def _unnamed(x, label):
     """`Raw.name`'s default: the element told apart by a fingerprint of `x`."""
     content = tf.strings.join([tf.io.serialize_tensor(t) for t in tf.nest.flatten(x)])
     fingerprint = tf.strings.to_hash_bucket_fast(content, 2**62)
     return tf.strings.join(["unnamed element #", tf.strings.as_string(fingerprint)])
+
+
+# Elements per marker in `decode_and_count`: the markers' share of the work is 1/CHUNK_SIZE.
+CHUNK_SIZE = 64
 
 
 def decode_and_count(ds, decode_fn, *, image_shape, name_fn=None, seeds=None):
@@ -337,12 +337,16 @@ def decode_and_count(ds, decode_fn, *, image_shape, name_fn=None, seeds=None):
     element whose `decode_fn` fails is dropped and `name_fn(x, label)` (a
     string; `Raw.name`) is added to `SKIPPED`.
 
-    How: every element goes into the stream twice, first as a marker, then to
-    be decoded. The parallel, order-keeping `map` passes markers through and
-    decodes the rest; `ignore_errors` drops the elements that fail. So a
-    marker that follows a marker (or ends the stream: a last marker closes
-    it) means the element before it failed: a `scan` records its name (a
-    `py_function`, on that path only), and a filter drops the markers.
+    How: the elements go in chunks of `CHUNK_SIZE`. Each chunk enters the
+    stream as a marker, then one item per element (its position in the chunk);
+    every item holds the chunk itself (the same tensors, not copies). The
+    parallel, order-keeping `map` passes markers through and decodes the
+    element at each position; `ignore_errors` drops the elements that fail.
+    So a position missing before the next item of its chunk, or before the
+    next marker (a last marker closes the stream), is an element that failed:
+    a `scan` records its name (a `py_function`, on that path only), and
+    `unbatch` drops the markers (they hold no image). A failure in `ds` itself
+    (there is no element to name) is skipped unrecorded.
 
     >>> ds = tf.data.Dataset.from_tensor_slices((["4", "x", "2", "y"], [0, 1, 2, 3]))
     >>> def decode(text, label):
@@ -356,50 +360,71 @@ def decode_and_count(ds, decode_fn, *, image_shape, name_fn=None, seeds=None):
     (2, ['text x', 'text y'])
     """
     name_fn = name_fn or _unnamed
-    if seeds is not None:
-        ds = tf.data.Dataset.zip(ds, seeds).map(lambda pair, seed: (*pair, seed))
-    # A stand-in element: the last marker's, and the scan's state before the first.
-    last = tf.nest.map_structure(
-        lambda s: tf.zeros([d or 0 for d in s.shape.as_list()], s.dtype), ds.element_spec
+    image_shape = list(image_shape)
+    ds = ds.ignore_errors()  # so that a failure in ds cannot take its whole chunk along
+    if seeds is None:
+        unpack = lambda x, label: (x, label)  # noqa: E731
+    else:
+        ds = tf.data.Dataset.zip(ds, seeds)
+        unpack = lambda pair, seed: (*pair, seed)  # noqa: E731
+    chunks = ds.batch(CHUNK_SIZE)
+    spec = chunks.element_spec
+    no_chunk = tf.nest.map_structure(
+        lambda s: tf.zeros([0] + [d or 0 for d in s.shape.as_list()[1:]], s.dtype), spec
     )
 
-    def marker_then_element(*element):
-        return tf.constant([True, False]), tf.nest.map_structure(
-            lambda t: tf.stack([t, t]), element
-        )
+    def chunk_size(chunk):
+        return tf.shape(unpack(*chunk)[1], out_type=tf.int64)[0]
 
-    ds = ds.map(marker_then_element).unbatch()
-    ds = ds.concatenate(tf.data.Dataset.from_tensors((True, last)))
+    def marker_then_positions(*chunk):
+        positions = tf.data.Dataset.range(-1, chunk_size(chunk))  # -1: the marker
+        return tf.data.Dataset.zip(positions, tf.data.Dataset.from_tensors(chunk).repeat())
 
-    def decode(is_marker, element):
+    ds = chunks.flat_map(marker_then_positions)
+    ds = ds.concatenate(tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), no_chunk)))
+
+    def decode(position, chunk):
+        # Images and labels with a leading dimension: 0 for a marker, 1 for an element.
         def decoded():
-            image, label = decode_fn(*element)
+            element = tf.nest.map_structure(lambda t: t[position], chunk)
+            image, label = decode_fn(*unpack(*element))
             image = tf.ensure_shape(tf.cast(image, tf.float32), image_shape)
-            return image, tf.cast(label, tf.int32)
+            return image[None], tf.cast(label, tf.int32)[None]
 
         def marker():
-            return tf.zeros([0] * len(image_shape)), tf.constant(-1)
+            return tf.zeros([0, *image_shape]), tf.zeros([0], tf.int32)
 
-        image, label = tf.cond(is_marker, marker, decoded)
-        return is_marker, image, label, element
+        images, labels = tf.cond(position < 0, marker, decoded)
+        return position, images, labels, chunk
 
     ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors()
 
-    def record_failures(previous, item):
-        previous_is_marker, previous_element = previous
-        is_marker, image, label, element = item
+    def record(first, stop, *flat_chunk):
+        """Eager, in a `py_function`: records positions first..stop-1 of a chunk as skipped."""
+        chunk = tf.nest.pack_sequence_as(spec, list(flat_chunk))
+        for k in range(int(first), int(stop)):
+            x, label = unpack(*tf.nest.map_structure(lambda t, k=k: t[k], chunk))[:2]
+            SKIPPED.add(name_fn(x, label).numpy().decode("utf-8", "replace"))
+        return False
+
+    def record_failures(state, item):
+        # The state: the next position expected and the chunk of the item before.
+        expected, previous_chunk = state
+        position, images, labels, chunk = item
+        stop = tf.where(position < 0, chunk_size(previous_chunk), position)
         recorded = tf.cond(
-            tf.logical_and(previous_is_marker, is_marker),
-            lambda: tf.py_function(_record_skip, [name_fn(*previous_element[:2])], tf.bool),
+            stop > expected,
+            lambda: tf.py_function(
+                record, [expected, stop, *tf.nest.flatten(previous_chunk)], tf.bool
+            ),
             lambda: tf.constant(False),
         )
         with tf.control_dependencies([recorded]):
-            is_marker = tf.identity(is_marker)
-        return (is_marker, element), (is_marker, image, label)
+            expected = tf.where(position < 0, tf.constant(0, tf.int64), position + 1)
+        return (expected, chunk), (images, labels)
 
-    ds = ds.scan((tf.constant(False), last), record_failures)
-    ds = ds.filter(lambda is_marker, image, label: tf.logical_not(is_marker))
-    return ds.map(lambda is_marker, image, label: (tf.ensure_shape(image, image_shape), label))
+    ds = ds.scan((tf.constant(0, tf.int64), no_chunk), record_failures)
+    return ds.unbatch()
 
 
 def batch_and_prefetch(ds, batch_size, drop_remainder):
