@@ -37,9 +37,9 @@ def float32_copy(model, dynamic_hw=True, classifier_activation=_KEEP):
 
     Mixed-precision layers become float32 and rematerialised units plain;
     variables are plain (not mirrored), so the copy saves and exports the same
-    way whatever strategy trained the original. With `dynamic_hw`, the copy takes `[N, H, W, C]` of any H/W
-    when the network allows it (convolutions and global pooling); otherwise it
-    keeps the original input size. `classifier_activation` replaces the
+    way whatever strategy trained the original. With `dynamic_hw`, the copy
+    takes `[N, H, W, C]` of any H/W when the network allows it (convolutions
+    and global pooling); otherwise it keeps the original input size. `classifier_activation` replaces the
     activation of the `predictions` layer (e.g. `"softmax"` on a model trained
     on logits).
     """
