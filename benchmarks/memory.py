@@ -29,6 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+from contract import target_line  # noqa: E402
 
 import keras_preact  # noqa: E402
 
@@ -168,7 +169,7 @@ def main(argv):
     if targets:
         print()
     for what, value, target, met in targets:
-        print(f"- {what}: {value:.3f}x (target {target}): {'met' if met else 'NOT met'}")
+        print(target_line(what, f"{value:.3f}x", target, met))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+from contract import target_line  # noqa: E402
 
 flags.DEFINE_string("model", "ResNet50V2", "keras-preact builder name")
 flags.DEFINE_integer("crop_size", 224, "input size (the eval crop)")
@@ -183,10 +184,6 @@ def _command_line():
     return " ".join(parts)
 
 
-def _target(what, measured, target, met):
-    return f"- {what}: {measured} (target {target}): {'met' if met else 'NOT met'}"
-
-
 def measure():
     """Runs the benchmark; returns the Markdown section."""
     import keras
@@ -301,7 +298,7 @@ def _report(best, sizes, checks, off_delegate, calibration_count):
         int8 = best["TFLite int8"]
         ratio = int8 / peer
         lines.append(
-            _target(
+            target_line(
                 "int8 / SavedModel latency",
                 f"{ratio:.2f}x",
                 f"<= {TARGET_VS_SAVED_MODEL:g}x",
@@ -311,7 +308,7 @@ def _report(best, sizes, checks, off_delegate, calibration_count):
         if "TFLite float32" in best:
             ratio = int8 / best["TFLite float32"]
             lines.append(
-                _target(
+                target_line(
                     "int8 / float32 TFLite latency",
                     f"{ratio:.2f}x",
                     f"<= {TARGET_VS_FLOAT32:g}x",

@@ -29,6 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+from contract import target_line  # noqa: E402
 
 from keras_preact import CIFARResNetV2, training  # noqa: E402
 
@@ -165,8 +166,10 @@ def section(results):
         f"| Trainer / fit | {ratio:.2f}x | {cpu['fit'] / cpu['trainer']:.2f}x "
         "(images per CPU second) | |"
     )
-    status = "met" if ratio >= TARGET else "NOT met"
-    lines += ["", f"- Trainer / fit, images/s: {ratio:.2f}x (target >= {TARGET:.2f}x): {status}"]
+    target = target_line(
+        "Trainer / fit, images/s", f"{ratio:.2f}x", f">= {TARGET:.2f}x", ratio >= TARGET
+    )
+    lines += ["", target]
     return "\n".join(lines)
 
 
