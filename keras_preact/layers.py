@@ -29,6 +29,7 @@ import dataclasses
 import keras
 from keras import ops
 
+from keras_preact.normalization import FusedBatchNormalization
 from keras_preact.remat import rematerialize
 
 
@@ -303,7 +304,7 @@ class _ResidualUnit(keras.layers.Layer):
 
     # ----------------------------------------------------------------- building
     def _norm(self, name, zero_gamma=False):
-        return keras.layers.BatchNormalization(
+        return FusedBatchNormalization(
             epsilon=self.norm_epsilon,
             momentum=self.norm_momentum,
             gamma_initializer="zeros" if zero_gamma else "ones",
@@ -469,7 +470,7 @@ class _ResidualUnit(keras.layers.Layer):
         norm = getattr(self, attr)
         if not training or update_statistics or not norm.trainable:
             return norm(x, training=training)
-        return _batch_statistics_norm(norm, x)
+        return norm.normalize_with_batch_statistics(x)
 
     def _forward(self, inputs, masks, training, update_statistics=True):
         facts = self.variant_facts
@@ -596,27 +597,6 @@ _COMMON_ARGS_DOC = """
             Much less memory for deep nets at about a third more step time; the
             gradients and BN statistics are the same as without.
 """
-
-
-def _batch_statistics_norm(norm, x):
-    """`norm(x, training=True)` without the update of its moving statistics.
-
-    A rematerialised unit runs twice per training step; this is its second run.
-    The ops are those of `keras.layers.BatchNormalization.call` in training.
-    """
-    inputs = ops.cast(x, keras.backend.result_type(x.dtype, "float32"))
-    axes = [i for i in range(len(inputs.shape)) if i != norm.axis % len(inputs.shape)]
-    mean, variance = ops.moments(inputs, axes=axes, synchronized=norm.synchronized)
-    outputs = ops.batch_normalization(
-        inputs,
-        mean,
-        variance,
-        axis=norm.axis,
-        offset=ops.cast(norm.beta, inputs.dtype) if norm.center else None,
-        scale=ops.cast(norm.gamma, inputs.dtype) if norm.scale else None,
-        epsilon=norm.epsilon,
-    )
-    return ops.cast(outputs, norm.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_preact")

@@ -329,3 +329,72 @@ def test_remat_is_a_training_setting_that_serializes_and_leaves_inference_alone(
     copy = float32_copy(model)
     assert not copy.get_layer("stage1_unit1").remat  # what is saved and exported
     np.testing.assert_array_equal(copy(images), model(images))
+
+
+def _fused_ops(fn, *args):
+    graph = tf.function(fn).get_concrete_function(*args).graph
+    return sum(op.type.startswith("FusedBatchNorm") for op in graph.get_operations())
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_fused_batchnorm_trains_like_keras_batchnorm(policy, rng):
+    """FusedBatchNormalization: Keras BatchNormalization's numbers, through one fused kernel.
+
+    Outputs, gradients and the moving statistics (Keras' momentum convention, biased
+    variance) against the stock layer with random statistics; inference, a frozen
+    layer and cross-replica statistics stay Keras' own call.
+    """
+    from keras_preact.normalization import FusedBatchNormalization
+
+    shape = (4, 5, 6, 3)
+    x = tf.constant(rng.normal(2.0, 3.0, shape).astype("float32"))
+    weighting = tf.constant(rng.normal(size=shape).astype("float32"))
+    stock = keras.layers.BatchNormalization(momentum=0.8, epsilon=1e-5, dtype=policy)
+    fused = FusedBatchNormalization(momentum=0.8, epsilon=1e-5, dtype=policy)
+    stock.build(shape)
+    fused.build(shape)
+    values = [rng.uniform(0.5, 1.5, v.shape).astype("float32") for v in stock.weights]
+    stock.set_weights(values)
+    fused.set_weights(values)
+
+    def step(layer, x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, "float32") * weighting)
+        return (y, *tape.gradient(loss, [x, *layer.trainable_weights]))
+
+    tolerance = 1e-5 if policy == "float32" else 1e-2
+    expected_step = step(stock, x)
+    for expected, got in zip(expected_step, step(fused, x), strict=True):
+        assert got.dtype == expected.dtype
+        expected, got = (tf.cast(t, "float32").numpy() for t in (expected, got))
+        np.testing.assert_allclose(got, expected, rtol=tolerance, atol=tolerance)
+    for expected, got in zip(stock.weights, fused.weights, strict=True):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-6, atol=1e-6)
+    assert _fused_ops(lambda t: fused(t, training=True), x) == 1
+    assert _fused_ops(lambda t: stock(t, training=True), x) == 0
+
+    # The second run of a rematerialised unit: batch statistics, moving ones untouched.
+    moving = [w.numpy() for w in fused.weights[2:]]
+    np.testing.assert_allclose(
+        tf.cast(fused.normalize_with_batch_statistics(x), "float32"),
+        tf.cast(expected_step[0], "float32"),
+        rtol=tolerance,
+        atol=tolerance,
+    )
+    for before, after in zip(moving, fused.weights[2:], strict=True):
+        np.testing.assert_array_equal(after.numpy(), before)
+
+    # Keras' own call where the fused kernel would differ or does not apply.
+    fused.set_weights(stock.get_weights())
+    assert _fused_ops(lambda t: fused(t, training=False), x) == 0
+    np.testing.assert_array_equal(fused(x, training=False), stock(x, training=False))
+    fused.trainable = False  # frozen: Keras 3 normalises with the moving statistics
+    assert _fused_ops(lambda t: fused(t, training=True), x) == 0
+    np.testing.assert_array_equal(fused(x, training=True), stock(x, training=False))
+    fused.trainable, fused.synchronized = True, True
+    assert _fused_ops(lambda t: fused(t, training=True), x) == 0
+
+    config = keras.saving.serialize_keras_object(fused)
+    assert type(keras.saving.deserialize_keras_object(config)) is FusedBatchNormalization

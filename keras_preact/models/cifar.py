@@ -12,6 +12,7 @@ import keras
 
 from keras_preact.layers import UNIT_VARIANT_FACTS, he_normal_fan_out
 from keras_preact.models import common
+from keras_preact.normalization import FusedBatchNormalization
 
 # Named CIFAR nets: depth -> unit type (as fb.resnet.torch's resnet-pre-act.lua).
 CIFAR_DEPTHS = {
@@ -142,7 +143,7 @@ def CIFARResNetV2(
     )(x)
     if not UNIT_VARIANT_FACTS[unit_variant].preact_norm:
         # Units that do not start with BN-ReLU follow a conv-BN-ReLU stem (ResNet-v1).
-        x = keras.layers.BatchNormalization(momentum=norm_momentum, name="stem_bn")(x)
+        x = FusedBatchNormalization(momentum=norm_momentum, name="stem_bn")(x)
         x = keras.layers.Activation("relu", name="stem_relu")(x)
     x = common.add_stages(
         x,

@@ -10,6 +10,7 @@ import keras
 
 from keras_preact import layers as preact_layers
 from keras_preact import preprocessing
+from keras_preact.normalization import FusedBatchNormalization
 
 UNIT_CLASSES = {
     "basic": preact_layers.PreActBlock,
@@ -175,9 +176,7 @@ def add_head(
 ):
     """Final BN-ReLU (where `unit_variant`'s units leave the sum unactivated), pooling, classifier."""
     if preact_layers.UNIT_VARIANT_FACTS[unit_variant].final_norm:
-        x = keras.layers.BatchNormalization(
-            epsilon=norm_epsilon, momentum=norm_momentum, name="post_bn"
-        )(x)
+        x = FusedBatchNormalization(epsilon=norm_epsilon, momentum=norm_momentum, name="post_bn")(x)
         x = keras.layers.Activation("relu", name="post_relu")(x)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)

@@ -41,6 +41,7 @@ import keras
 
 from keras_preact.layers import SymmetricMaxPooling2D, he_normal_fan_out
 from keras_preact.models import common
+from keras_preact.normalization import FusedBatchNormalization
 
 # depth -> (unit, units per stage)
 IMAGENET_DEPTHS = {
@@ -146,7 +147,7 @@ def _stem(x, layout, norm_momentum):
         name="stem_conv",
     )(x)
     if layout.stem_norm:
-        x = keras.layers.BatchNormalization(
+        x = FusedBatchNormalization(
             epsilon=layout.norm_epsilon, momentum=norm_momentum, name="stem_bn"
         )(x)
         x = keras.layers.Activation("relu", name="stem_relu")(x)
