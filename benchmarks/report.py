@@ -52,8 +52,8 @@ BENCHMARKS = [
     (
         "model_throughput.py",
         {
-            # ResNet-50 at 224, batch 16: the peer, paper and keras layouts, each with and
-            # without XLA, 2 rounds of 3 steps.
+            # ResNet-50 at 224, batch 16: the peer, paper and keras layouts, each in float32,
+            # float32 with XLA and mixed_bfloat16, 2 rounds of 3 steps.
             "report": [],
             "smoke": [
                 "--image_size=32",
@@ -61,7 +61,7 @@ BENCHMARKS = [
                 "--steps=1",
                 "--rounds=1",
                 "--layouts=paper",
-                "--xla=off",
+                "--configs=float32",
             ],
         },
     ),

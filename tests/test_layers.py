@@ -398,3 +398,15 @@ def test_fused_batchnorm_trains_like_keras_batchnorm(policy, rng):
 
     config = keras.saving.serialize_keras_object(fused)
     assert type(keras.saving.deserialize_keras_object(config)) is FusedBatchNormalization
+
+
+@pytest.mark.parametrize("policy,unfolded", [("float32", 1), ("mixed_bfloat16", 3)])
+def test_inference_folds_each_branch_batchnorm_into_its_convolution(policy, unfolded, rng):
+    """In float32 inference only the unit's first BN (on the sum) stays a BN: the two BNs
+    after convolutions are folded into them (the numbers are checked against stock layers
+    by test_full_preact_bottleneck_matches_stock_layers)."""
+    unit = PreActBottleneck(4, dtype=policy)
+    x = tf.constant(rng.normal(size=(2, 6, 6, 16)).astype("float32"))
+    unit(x)
+    graph = tf.function(lambda t: unit(t, training=False)).get_concrete_function(x).graph
+    assert sum(op.type == "Rsqrt" for op in graph.get_operations()) == unfolded
