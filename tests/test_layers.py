@@ -336,7 +336,7 @@ def _fused_ops(fn, *args):
     return sum(op.type.startswith("FusedBatchNorm") for op in graph.get_operations())
 
 
-@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16", "mixed_float16"])
 def test_fused_batchnorm_trains_like_keras_batchnorm(policy, rng):
     """FusedBatchNormalization: Keras BatchNormalization's numbers, through one fused kernel.
 
