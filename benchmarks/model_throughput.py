@@ -106,20 +106,9 @@ def _median_ratio(ours, peer):
     return float(np.median([a / b for a, b in zip(ours, peer)]))
 
 
-def main(argv):
-    del argv
+def build_contenders(images, labels, shape):
+    """The peer and each layout in each of `--configs`, traced, in measurement order."""
     f = FLAGS
-    rng = np.random.default_rng(0)
-    shape = (f.image_size, f.image_size, 3)
-    images = tf.constant(rng.uniform(0, 255, (f.batch_size, *shape)).astype("float32"))
-    labels = tf.constant(rng.integers(0, 1000, f.batch_size))
-    unknown = sorted(set(f.configs) - set(CONFIGS))
-    if unknown or not f.configs or f.configs[0] != "float32":
-        raise app.UsageError(
-            f"--configs={','.join(f.configs)}: give float32 first (the baseline of the "
-            f"ratios), then any of {', '.join(CONFIGS)}"
-            + (f"; unknown: {unknown}" if unknown else "")
-        )
     peer_builder = getattr(keras.applications, f.model)
     contenders = []
     log(f"Building and tracing {f.model} contenders at {f.image_size}, batch {f.batch_size} ...")
@@ -138,6 +127,24 @@ def main(argv):
                 contenders.append(Contender(name, model, images, labels, jit_compile, shape))
         finally:
             keras.mixed_precision.set_global_policy("float32")
+    return contenders
+
+
+def main(argv):
+    del argv
+    f = FLAGS
+    rng = np.random.default_rng(0)
+    shape = (f.image_size, f.image_size, 3)
+    images = tf.constant(rng.uniform(0, 255, (f.batch_size, *shape)).astype("float32"))
+    labels = tf.constant(rng.integers(0, 1000, f.batch_size))
+    unknown = sorted(set(f.configs) - set(CONFIGS))
+    if unknown or not f.configs or f.configs[0] != "float32":
+        raise app.UsageError(
+            f"--configs={','.join(f.configs)}: give float32 first (the baseline of the "
+            f"ratios), then any of {', '.join(CONFIGS)}"
+            + (f"; unknown: {unknown}" if unknown else "")
+        )
+    contenders = build_contenders(images, labels, shape)
     for r in range(f.rounds):
         for contender in contenders:
             contender.measure(f.steps, f.batch_size)

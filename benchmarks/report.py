@@ -30,6 +30,7 @@ From the repository root:
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import datetime
 import json
@@ -162,6 +163,12 @@ flags.DEFINE_multi_string(
     "SCRIPT:FLAG, one more flag for one script (repeatable), e.g. training_step.py:--rounds=5",
 )
 flags.DEFINE_integer("timeout", 1800, "seconds a script may run before it is stopped (failed)")
+flags.DEFINE_integer(
+    "jobs",
+    1,
+    "scripts run at once; more than 1 only with --settings=smoke (a measurement needs the "
+    "machine to itself)",
+)
 FLAGS = flags.FLAGS
 
 
@@ -616,24 +623,12 @@ def selected():
     ]
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.timeout < 1:
-        raise UsageError("--timeout must be at least 1 second")
-    jobs = selected()
-    output = FLAGS.output
-    if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        raise UsageError(f"--output {output!r}: its folder does not exist")
-    previous = read_previous(output)
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    info = machine()
-    log(f"{machine_line(info)}; {len(jobs)} script(s), --settings={FLAGS.settings}")
-    results = {}
-    for i, (name, args) in enumerate(jobs, 1):
-        log(f"[{i}/{len(jobs)}] {name}: {shlex.join(['benchmarks/' + name, *args])}")
+def run_all(jobs):
+    """{name: Result} of running `jobs` ([(name, args)]), `--jobs` at a time, in order."""
+
+    def run_one(position, name, args):
+        log(f"[{position}/{len(jobs)}] {name}: {shlex.join(['benchmarks/' + name, *args])}")
         result = run_script(name, args, FLAGS.timeout)
-        results[name] = result
         if result.error:
             log(f"{name}: FAILED after {result.seconds:.0f} s ({result.error})")
         else:
@@ -643,6 +638,32 @@ def main(argv):
                 f"{name}: done in {result.seconds:.0f} s "
                 f"({len(found)} target line(s), {missed} not met)"
             )
+        return result
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=FLAGS.jobs) as pool:
+        futures = [pool.submit(run_one, i, *job) for i, job in enumerate(jobs, 1)]
+        return {future.result().name: future.result() for future in futures}
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.timeout < 1:
+        raise UsageError("--timeout must be at least 1 second")
+    if FLAGS.jobs < 1 or (FLAGS.jobs > 1 and FLAGS.settings != "smoke"):
+        raise UsageError(
+            f"--jobs={FLAGS.jobs}: 1, or more with --settings=smoke only (measurements running "
+            "side by side would measure each other)"
+        )
+    jobs = selected()
+    output = FLAGS.output
+    if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        raise UsageError(f"--output {output!r}: its folder does not exist")
+    previous = read_previous(output)
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    info = machine()
+    log(f"{machine_line(info)}; {len(jobs)} script(s), --settings={FLAGS.settings}")
+    results = run_all(jobs)
     text = build_report(results, previous, info, date, FLAGS.settings)
     if output:
         write_atomically(output, text)

@@ -20,8 +20,7 @@ that keep dimensions feed the raw input to the shortcut.
 
 The units are channels-last Keras 3 layers written with `keras.ops`, so they
 run on any backend and serialize with `get_config`. Their BNs are
-`FusedBatchNormalization` (TensorFlow's fused kernel in training), and at
-float32 inference the BN after each convolution is folded into it.
+`FusedBatchNormalization` (on TensorFlow, its fused kernel).
 """
 
 from __future__ import annotations
@@ -494,15 +493,11 @@ class _ResidualUnit(keras.layers.Layer):
         shortcut_in = preact if self._project and not self.raw_projection else inputs
 
         residual = preact
-        branch = list(self._branch)
-        while branch:
-            kind, attr = branch.pop(0)
+        for kind, attr in self._branch:
             if kind == "relu":
                 residual = ops.relu(residual)
             elif kind == "norm":
                 residual = norm(attr, residual)
-            elif kind == "conv" and branch[:1] and branch[0][0] == "norm" and self._folds(training):
-                residual = self._conv_with_norm_folded(attr, branch.pop(0)[1], residual)
             else:
                 residual = getattr(self, attr)(residual)
         if self.strides > 1:
@@ -533,34 +528,6 @@ class _ResidualUnit(keras.layers.Layer):
         if facts.output_relu:
             outputs = ops.relu(outputs)
         return outputs
-
-    def _folds(self, training):
-        """Whether inference folds each BN into the convolution before it: float32 only, as
-        under mixed precision the kernel reads in bfloat16/float16 and would round twice."""
-        return not training and self.compute_dtype == "float32"
-
-    def _conv_with_norm_folded(self, conv_attr, norm_attr, x):
-        """`norm(conv(x))` at inference as one convolution with a bias.
-
-        The BN's moving statistics fold into the kernel and a bias (what TFLite's
-        converter does), so inference runs one convolution where it ran a convolution,
-        a multiply and an add, and TensorFlow fuses the bias and the ReLU after it into
-        the convolution: `ResNet50V2`'s float32 inference went from 0.78x to 0.87x the
-        images/s of keras.applications' on a 2-core CPU (`benchmarks/model_throughput.py`).
-        """
-        conv, norm = getattr(self, conv_attr), getattr(self, norm_attr)
-        scale = norm.gamma / ops.sqrt(norm.moving_variance + norm.epsilon)
-        bias = norm.beta - norm.moving_mean * scale
-        if conv.use_bias:
-            bias = bias + conv.bias * scale
-        outputs = ops.conv(
-            x,
-            conv.kernel * scale,
-            strides=conv.strides,
-            padding=conv.padding,
-            dilation_rate=conv.dilation_rate,
-        )
-        return outputs + bias
 
     def compute_output_shape(self, input_shape):
         def out(size):

@@ -64,7 +64,7 @@ def summary_rows(text):
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     output = tmp_path_factory.mktemp("benchmarks") / "BENCHMARKS.md"
-    proc = run_report(f"--output={output}")
+    proc = run_report(f"--output={output}", "--jobs=2")
     text = output.read_text() if output.exists() else ""
     return proc, output, text
 
@@ -116,6 +116,9 @@ def test_failures_leave_a_marked_report_and_exit_non_zero(smoke, tmp_path):
     bad = run_report(f"--output={previous}", "--only=no_such_benchmark.py")
     assert bad.returncode == 2
     assert "no_such_benchmark.py" in bad.stderr and "training_step.py" in bad.stderr
+    assert previous.read_text() == text
+    side_by_side = run_report(f"--output={previous}", "--settings=report", "--jobs=2")
+    assert side_by_side.returncode == 2 and "--jobs=2" in side_by_side.stderr
     assert previous.read_text() == text
 
     # A script that fails: its section is marked FAILED with its stderr, its

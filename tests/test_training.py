@@ -264,3 +264,14 @@ def test_stop_signals_catch_sigterm_and_ctrl_c_then_restore_the_handlers():
     assert Preempted(5, "ckpt-5", "SIGINT").code == 130
     other = Preempted(5, "ckpt-5")  # a worker stopped by another worker's signal
     assert other.code == 143 and str(other).startswith("Another worker received a stop signal")
+
+
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="a CPU-only check")
+@pytest.mark.parametrize("strategy", ["default", "one_device", "mirrored"])
+def test_mixed_precision_is_bfloat16_on_cpus(strategy):
+    """--mixed_precision on a machine without GPUs: bfloat16, CPUs' native half type
+    (float16 there is emulated and slower than float32); loss scaling is for float16 only."""
+    from keras_preact.training.run import mixed_precision_policy
+    from keras_preact.training.strategy import make_strategy
+
+    assert mixed_precision_policy(make_strategy(strategy)) == "mixed_bfloat16"

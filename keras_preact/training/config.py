@@ -274,7 +274,9 @@ class TrainConfig:
         "Batch statistics over all replicas (default: per replica, as the paper).",
     )
     mixed_precision: bool = option(
-        False, DISTRIBUTION, "mixed_float16 (mixed_bfloat16 on TPU) with loss scaling."
+        False,
+        DISTRIBUTION,
+        "mixed_float16 with loss scaling on GPUs; mixed_bfloat16 on TPUs and CPUs.",
     )
     jit_compile: bool = option(False, DISTRIBUTION, "Compile the forward/backward pass with XLA.")
     remat: bool = option(

@@ -155,6 +155,31 @@ def build_model(config, info, *, classifier_activation=None, weights=None, remat
     )
 
 
+def mixed_precision_policy(strategy):
+    """The Keras policy `--mixed_precision` trains with under `strategy`.
+
+    mixed_float16 (with loss scaling) where the strategy's devices are GPUs, whose
+    tensor cores are float16's; mixed_bfloat16 (no loss scaling needed) on TPUs and
+    CPUs, where bfloat16 is the native half type: float16 on a CPU is emulated, far
+    slower than float32, while bfloat16 runs ResNet-50's training step at about 1.5x
+    float32 on a CPU with AVX512-BF16 (`benchmarks/model_throughput.py`).
+
+    >>> import tensorflow as tf
+    >>> mixed_precision_policy(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    'mixed_bfloat16'
+    """
+    import tensorflow as tf
+
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return "mixed_bfloat16"
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy: TensorFlow's placement, a GPU if there is one
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+    gpu = any(tf.DeviceSpec.from_string(d).device_type == "GPU" for d in devices)
+    return "mixed_float16" if gpu else "mixed_bfloat16"
+
+
 def synchronize_batchnorm(model):
     """Makes every BatchNormalization layer of `model` use cross-replica batch statistics."""
     for layer in model._flatten_layers(include_self=False, recursive=True):
@@ -313,6 +338,7 @@ class _Run:
         from keras_preact.weights import WeightsDownloadError
 
         c = self.config
+        policy = mixed_precision_policy(self.strategy) if c.mixed_precision else None
 
         def model_fn():
             if c.seed is not None:
@@ -323,13 +349,12 @@ class _Run:
         def optimizer_fn():
             schedule = 0.0 if c.eval_only else self.schedule  # eval_only never applies it
             optimizer = CoupledSGD(schedule, momentum=c.momentum, l2=c.weight_decay)
-            if c.mixed_precision and not isinstance(self.strategy, tf.distribute.TPUStrategy):
+            if policy == "mixed_float16":
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             return optimizer
 
-        if c.mixed_precision:
-            tpu = isinstance(self.strategy, tf.distribute.TPUStrategy)
-            keras.mixed_precision.set_global_policy("mixed_bfloat16" if tpu else "mixed_float16")
+        if policy:
+            keras.mixed_precision.set_global_policy(policy)
         try:
             return Trainer(
                 self.strategy,
