@@ -5,13 +5,14 @@ images/s of keras_preact.ResNet50V2 in its layouts and of the peer,
 keras.applications.ResNet50V2, on the same inputs, in each configuration:
 float32, float32 with XLA (`jit_compile=True`) and `mixed_bfloat16` (Keras
 mixed precision: bfloat16 compute, float32 weights; fast where the CPU has
-bfloat16 instructions, such as AVX512-BF16 or AMX). The layouts do different work (the paper's and timm's put the
-stride of a stage on its first unit's 3x3 convolution, so that unit's first
-1x1 convolution runs at the higher resolution; keras.applications puts it on
-the previous stage's last unit), so each model's multiply-adds per image are
-counted from its traced graph (`keras_preact.analysis.cost`) and the
-achieved multiply-adds per second are compared as well. A ratio is ours /
-peer in the same round (> 1: faster); the table gives the median over rounds.
+bfloat16 instructions, such as AVX512-BF16 or AMX). The layouts do different
+work (the paper's and timm's put the stride of a stage on its first unit's
+3x3 convolution, so that unit's first 1x1 convolution runs at the higher
+resolution; keras.applications puts it on the previous stage's last unit),
+so each model's multiply-adds per image are counted from its traced graph
+(`keras_preact.analysis.cost`) and the achieved multiply-adds per second are
+compared as well. A ratio is ours / peer in the same round (> 1: faster);
+the table gives the median over rounds.
 
 Prints a Markdown section for BENCHMARKS.md (see benchmarks/report.py):
 
