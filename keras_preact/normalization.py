@@ -8,10 +8,10 @@ and its gradient), the one tf.keras 2 used, and at inference its graph
 optimizer fuses a convolution, the fused BN after it and a ReLU into one
 kernel on CPUs. A pre-activation ResNet normalises three times per bottleneck
 unit, so this is a large share of a step. Measured on a 2-core CPU
-(`benchmarks/model_throughput.py`), `ResNet50V2`'s training step went from
-0.84x to 0.93x the images/s of keras.applications' (1.09x its multiply-adds
-per second: the paper's layout does 17% more work), and inference from 0.80x
-to 0.82x in a side-by-side run.
+(`benchmarks/model_throughput.py`, `BENCHMARKS.md`), `ResNet50V2` trained at
+0.84x keras.applications' images/s before and at 0.94x with it (1.11x its
+multiply-adds per second: the paper's layout does 17% more work), and ran
+inference at 0.78x before and 0.88x with it.
 
 `FusedBatchNormalization` is `keras.layers.BatchNormalization` with that one
 change: same arguments, weights, weight names, config and moving-statistics
