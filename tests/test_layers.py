@@ -307,9 +307,9 @@ def test_remat_gives_the_plain_gradients_and_batchnorm_statistics(
         results[remat] = _training_step(model, images, labels)
     (loss, grads, stats, graph), (r_loss, r_grads, r_stats, r_graph) = results[False], results[True]
     assert r_loss == loss
-    for plain, rematerialised in zip(grads, r_grads):
+    for plain, rematerialised in zip(grads, r_grads):  # measured: identical
         scale = np.max(np.abs(plain)) + 1e-12
-        assert np.max(np.abs(rematerialised - plain)) / scale < 1e-5
+        assert np.max(np.abs(rematerialised - plain)) / scale <= 1e-6
     for plain, rematerialised in zip(stats, r_stats, strict=True):
         np.testing.assert_allclose(rematerialised, plain, rtol=1e-6, atol=1e-7)
     # The units' convolutions run again in the backward pass: 3 units of 3 convs and a projection.
