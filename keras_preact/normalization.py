@@ -49,8 +49,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         if not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         if not (training and self.trainable):
-            return self._fused_inference_call(inputs)
-        outputs, mean, variance = self._fused_training_call(inputs)
+            return self._fused(inputs, training=False)[0]
+        outputs, mean, variance = self._fused(inputs, training=True)
         momentum = self.momentum
         self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
         self.moving_variance.assign(self.moving_variance * momentum + variance * (1.0 - momentum))
@@ -59,7 +59,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     def normalize_with_batch_statistics(self, inputs):
         """`self(inputs, training=True)` without the update of the moving statistics."""
         if self._fusable(inputs, None):
-            return self._fused_training_call(inputs)[0]
+            return self._fused(inputs, training=True)[0]
         x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
         axes = [i for i in range(len(x.shape)) if i != self.axis % len(x.shape)]
         mean, variance = ops.moments(x, axes=axes, synchronized=self.synchronized)
@@ -87,39 +87,29 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             and not self.synchronized
         )
 
-    def _fused_inference_call(self, inputs):
-        """The inputs normalised with the moving statistics, by the fused kernel."""
-        import tensorflow as tf
-
-        outputs, *_ = tf.raw_ops.FusedBatchNormV3(
-            x=tf.cast(inputs, self.compute_dtype),
-            scale=tf.cast(self.gamma, "float32"),
-            offset=tf.cast(self.beta, "float32"),
-            mean=tf.cast(self.moving_mean, "float32"),
-            variance=tf.cast(self.moving_variance, "float32"),
-            epsilon=self.epsilon,
-            data_format="NHWC",
-            is_training=False,
-        )
-        return outputs
-
-    def _fused_training_call(self, inputs):
-        """(normalised inputs, batch mean, biased batch variance) from one fused kernel."""
+    def _fused(self, inputs, training):
+        """(normalised inputs, batch mean, biased batch variance) from one fused kernel;
+        with `training` False, normalised by the moving statistics (and those returned)."""
         import tensorflow as tf
 
         x = tf.cast(inputs, self.compute_dtype)
+        if training:
+            moving = (tf.constant([], "float32"), tf.constant([], "float32"))
+        else:
+            moving = (self.moving_mean, self.moving_variance)
         outputs, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
             x=x,
             scale=tf.cast(self.gamma, "float32"),
             offset=tf.cast(self.beta, "float32"),
-            mean=tf.constant([], "float32"),
-            variance=tf.constant([], "float32"),
+            mean=tf.cast(moving[0], "float32"),
+            variance=tf.cast(moving[1], "float32"),
             epsilon=self.epsilon,
             data_format="NHWC",
-            is_training=True,
+            is_training=training,
         )
-        # The kernel returns the Bessel-corrected variance (for a moving average);
-        # Keras' moving variance follows the biased one, as the normalisation does.
-        count = tf.cast(tf.size(x) // tf.shape(x)[-1], "float32")
-        variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
+        if training:
+            # The kernel returns the Bessel-corrected variance (for a moving average);
+            # Keras' moving variance follows the biased one, as the normalisation does.
+            count = tf.cast(tf.size(x) // tf.shape(x)[-1], "float32")
+            variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
         return outputs, mean, variance

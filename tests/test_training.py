@@ -266,12 +266,13 @@ def test_stop_signals_catch_sigterm_and_ctrl_c_then_restore_the_handlers():
     assert other.code == 143 and str(other).startswith("Another worker received a stop signal")
 
 
-@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="a CPU-only check")
 @pytest.mark.parametrize("strategy", ["default", "one_device", "mirrored"])
-def test_mixed_precision_is_bfloat16_on_cpus(strategy):
-    """--mixed_precision on a machine without GPUs: bfloat16, CPUs' native half type
-    (float16 there is emulated and slower than float32); loss scaling is for float16 only."""
+def test_mixed_precision_is_float16_on_gpus_and_bfloat16_on_cpus(strategy):
+    """--mixed_precision: float16 (with loss scaling) where the strategy's devices are GPUs,
+    bfloat16 on CPUs, their native half type (float16 there is emulated, slower than float32)."""
     from keras_preact.training.run import mixed_precision_policy
     from keras_preact.training.strategy import make_strategy
 
-    assert mixed_precision_policy(make_strategy(strategy)) == "mixed_bfloat16"
+    gpus = bool(tf.config.list_physical_devices("GPU"))  # every strategy here then uses them
+    expected = "mixed_float16" if gpus else "mixed_bfloat16"
+    assert mixed_precision_policy(make_strategy(strategy)) == expected
