@@ -2,7 +2,11 @@
 
 >>> import keras_preact
 >>> model = keras_preact.ResNet50V2(weights=None)            # the paper's layout
+>>> model.output_shape, f"{sum(w.numpy().size for w in model.trainable_weights):,}"
+((None, 1000), '25,549,480')
 >>> cifar = keras_preact.ResNet164V2(classes=100)            # CIFAR bottleneck net
+>>> cifar.output_shape, f"{sum(w.numpy().size for w in cifar.trainable_weights):,}"
+((None, 100), '1,726,388')
 >>> r200 = keras_preact.ResNet200V2(weights="imagenet")      # doctest: +SKIP
 """
 
@@ -39,7 +43,9 @@ from keras_preact.models import (
     ResNet164V2,
     ResNet200V2,
     ResNet1001V2,
+    ResNetV2,
 )
+from keras_preact.options import EvalProtocol, ShortcutOptions
 from keras_preact.preprocessing import (
     NORMALIZATIONS,
     decode_predictions,

@@ -31,6 +31,7 @@ import keras
 from keras import ops
 
 from keras_preact.normalization import FusedBatchNormalization
+from keras_preact.options import SHORTCUTS, ShortcutOptions, check_choice
 from keras_preact.remat import rematerialize
 
 
@@ -44,8 +45,16 @@ class VariantFacts:
     branch_relu: bool  # a ReLU on F after its last BN, before the addition
     output_norm: bool  # a BN after the addition (`output_norm`)
     output_relu: bool  # a ReLU after the addition: the unit's output is activated
-    post_activation: bool  # no pre-activation: a projection is conv + BN (ResNet-v1)
-    final_norm: bool  # outputs are not activated: the net adds BN-ReLU after the last unit
+
+    @property
+    def post_activation(self):
+        """No pre-activation: a projection is conv + BN, as in ResNet-v1."""
+        return not self.preact_relu
+
+    @property
+    def final_norm(self):
+        """The outputs are not activated, so the net adds a BN-ReLU after the last unit."""
+        return not self.output_relu
 
 
 # The five units of the paper's Fig. 4, compared in its Table 2 (F is the residual branch,
@@ -66,8 +75,6 @@ UNIT_VARIANT_FACTS = {
         branch_relu=False,
         output_norm=False,
         output_relu=True,
-        post_activation=True,
-        final_norm=False,
     ),
     "bn_after_addition": VariantFacts(  # (b)
         preact_norm=False,
@@ -76,8 +83,6 @@ UNIT_VARIANT_FACTS = {
         branch_relu=False,
         output_norm=True,
         output_relu=True,
-        post_activation=True,
-        final_norm=False,
     ),
     "relu_before_addition": VariantFacts(  # (c)
         preact_norm=False,
@@ -86,8 +91,6 @@ UNIT_VARIANT_FACTS = {
         branch_relu=True,
         output_norm=False,
         output_relu=False,
-        post_activation=True,
-        final_norm=True,
     ),
     "relu_only_preact": VariantFacts(  # (d)
         preact_norm=False,
@@ -96,8 +99,6 @@ UNIT_VARIANT_FACTS = {
         branch_relu=False,
         output_norm=False,
         output_relu=False,
-        post_activation=False,
-        final_norm=True,
     ),
     "full_preact": VariantFacts(  # (e)
         preact_norm=True,
@@ -106,28 +107,32 @@ UNIT_VARIANT_FACTS = {
         branch_relu=False,
         output_norm=False,
         output_relu=False,
-        post_activation=False,
-        final_norm=True,
     ),
 }
 UNIT_VARIANTS = tuple(UNIT_VARIANT_FACTS)
-SHORTCUTS = (
-    "identity",
-    "constant_scaling",
-    "exclusive_gating",
-    "shortcut_only_gating",
-    "conv1x1",
-    "dropout",
-)
 PADDINGS = ("same", "symmetric")
 
-# Per-shortcut options and their defaults (the paper's settings).
-_SHORTCUT_OPTIONS = {
-    "shortcut_scale": ("constant_scaling", 0.5),
-    "residual_scale": ("constant_scaling", 1.0),
-    "gate_bias_init": (("exclusive_gating", "shortcut_only_gating"), 0.0),
-    "shortcut_dropout_rate": ("dropout", 0.5),
-}
+
+def _check_unit_arguments(
+    filters, strides, unit_variant, padding, drop_path_rate, preactivate, options, projection
+):
+    check_choice("unit_variant", unit_variant, UNIT_VARIANTS)
+    check_choice("padding", padding, PADDINGS)
+    if int(filters) < 1:
+        raise ValueError(f"filters must be a positive integer, got {filters!r}.")
+    if int(strides) < 1:
+        raise ValueError(f"strides must be a positive integer, got {strides!r}.")
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
+    if not preactivate and not UNIT_VARIANT_FACTS[unit_variant].preact_relu:
+        raise ValueError(
+            f"preactivate=False removes the pre-activation of a pre-activation unit; "
+            f"unit_variant={unit_variant!r} has none."
+        )
+    if options.shortcut == "conv1x1" and projection is False:
+        raise ValueError(
+            "shortcut='conv1x1' puts a projection on every unit; projection=False contradicts it."
+        )
 
 
 def he_normal_fan_out():
@@ -135,35 +140,6 @@ def he_normal_fan_out():
     return keras.initializers.VarianceScaling(
         scale=2.0, mode="fan_out", distribution="untruncated_normal"
     )
-
-
-def _check_choice(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(
-            f"Unknown {name} {value!r}. Allowed values: {', '.join(repr(a) for a in allowed)}."
-        )
-
-
-def _shortcut_options(shortcut, given):
-    """`{option: value}` for every shortcut option: the given value or the paper's default for
-    options of `shortcut`, None for the others (an error if one was given)."""
-    options = {}
-    for option, value in given.items():
-        owners, default = _SHORTCUT_OPTIONS[option]
-        owners = (owners,) if isinstance(owners, str) else owners
-        if shortcut in owners:
-            options[option] = float(default if value is None else value)
-        elif value is not None:
-            raise ValueError(
-                f"{option} applies only to shortcut={' or '.join(map(repr, owners))}, "
-                f"but shortcut={shortcut!r}."
-            )
-        else:
-            options[option] = None
-    rate = options["shortcut_dropout_rate"]
-    if shortcut == "dropout" and not 0.0 <= rate < 1.0:
-        raise ValueError(f"shortcut_dropout_rate must be in [0, 1), got {rate}.")
-    return options
 
 
 @keras.saving.register_keras_serializable(package="keras_preact")
@@ -207,9 +183,16 @@ class SymmetricMaxPooling2D(keras.layers.Layer):
 
 
 class _ResidualUnit(keras.layers.Layer):
-    """Shared implementation of `PreActBlock` and `PreActBottleneck`."""
+    """Shared implementation of `PreActBlock` and `PreActBottleneck`.
+
+    A subclass states its residual branch F in `_conv_specs` (kernel size,
+    filters multiplier, whether the unit's stride sits on it); its convs are
+    `conv1 ... conv{num_convs}` and its BNs `norm1, norm2, ...` numbered in
+    the order F applies them.
+    """
 
     expansion = 1
+    num_convs = 2
 
     def __init__(
         self,
@@ -235,40 +218,26 @@ class _ResidualUnit(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_choice("unit_variant", unit_variant, UNIT_VARIANTS)
-        _check_choice("shortcut", shortcut, SHORTCUTS)
-        _check_choice("padding", padding, PADDINGS)
-        if int(filters) < 1:
-            raise ValueError(f"filters must be a positive integer, got {filters!r}.")
-        if int(strides) < 1:
-            raise ValueError(f"strides must be a positive integer, got {strides!r}.")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
-        options = _shortcut_options(
-            shortcut,
-            {
-                "shortcut_scale": shortcut_scale,
-                "residual_scale": residual_scale,
-                "gate_bias_init": gate_bias_init,
-                "shortcut_dropout_rate": shortcut_dropout_rate,
-            },
+        options = ShortcutOptions(
+            shortcut, shortcut_scale, residual_scale, gate_bias_init, shortcut_dropout_rate
         )
-        for option, value in options.items():
+        _check_unit_arguments(
+            filters,
+            strides,
+            unit_variant,
+            padding,
+            drop_path_rate,
+            preactivate,
+            options,
+            projection,
+        )
+        # shortcut, shortcut_scale, residual_scale, gate_bias_init, shortcut_dropout_rate:
+        # the paper's value for this shortcut's options, None for the others.
+        for option, value in dataclasses.asdict(options.resolved()).items():
             setattr(self, option, value)
-        if not preactivate and not UNIT_VARIANT_FACTS[unit_variant].preact_relu:
-            raise ValueError(
-                f"preactivate=False removes the pre-activation of a pre-activation unit; "
-                f"unit_variant={unit_variant!r} has none."
-            )
-        if shortcut == "conv1x1" and projection is False:
-            raise ValueError(
-                "shortcut='conv1x1' puts a projection on every unit; projection=False contradicts it."
-            )
-
         self.filters = int(filters)
         self.strides = int(strides)
         self.unit_variant = unit_variant
-        self.shortcut = shortcut
         self.projection = projection
         self.drop_path_rate = float(drop_path_rate)
         self.zero_init_last = bool(zero_init_last)
@@ -302,6 +271,15 @@ class _ResidualUnit(keras.layers.Layer):
         if not self.built:
             raise ValueError(f"{self.name} is not built yet: call it on an input first.")
         return self._project
+
+    def norm_before_conv(self, index):
+        """The name of the BN that F applies before conv `index` (2 ... num_convs)."""
+        has_norm1 = self.variant_facts.preact_norm and self.preactivate
+        return f"norm{index if has_norm1 else index - 1}"
+
+    def last_norm(self):
+        """The name of the BN that ends F (units whose `variant_facts.ends_with_norm`)."""
+        return f"norm{self.num_convs}"
 
     # ----------------------------------------------------------------- building
     def _norm(self, name, zero_gamma=False):
@@ -355,8 +333,8 @@ class _ResidualUnit(keras.layers.Layer):
             )
         self._project = project
         self._projection_norm = self.variant_facts.post_activation or self.raw_projection
-        # The ops of the unit in order of application, by attribute name; each is
-        # built here with the shape it will see, so weights load before any call.
+        # Every sublayer is built here with the shape it will see, so weights load before
+        # any call; the attribute names are the weights' names.
         shape = self._build_branch(tuple(input_shape))
         self._build_shortcut(input_shape, shape)
         if self.variant_facts.output_norm:
@@ -370,38 +348,29 @@ class _ResidualUnit(keras.layers.Layer):
         return tuple(layer.compute_output_shape(in_shape))
 
     def _build_branch(self, shape):
-        """Builds F (and `norm1`), recording its ops in `self._branch`; returns F's output shape."""
+        """Builds F's convs (with their padding) and BNs; returns F's output shape."""
         facts = self.variant_facts
-        self._branch = []  # ("norm"|"relu"|"pad"|"conv", attr)
-        norm_index = 1
         if facts.preact_norm and self.preactivate:
             shape = self._add("norm1", self._norm("norm1"), shape)
-            norm_index = 2
-        specs = self._conv_specs()
-        last = len(specs) - 1
-        for i, (kernel_size, multiplier, strided) in enumerate(specs):
-            if i > 0:
-                attr = f"norm{norm_index}"
-                shape = self._add(attr, self._norm(attr), shape)
-                self._branch += [("norm", attr), ("relu", None)]
-                norm_index += 1
-            strides = self.strides if strided else 1
-            zero = self.zero_init_last and i == last and not facts.ends_with_norm
-            use_bias = self.output_bias and i == last
+        for index, (kernel_size, multiplier, strided) in enumerate(self._conv_specs(), 1):
+            if index > 1:
+                name = self.norm_before_conv(index)
+                shape = self._add(name, self._norm(name), shape)
+            last = index == self.num_convs
             pad, conv = self._conv(
-                f"conv{i + 1}", self.filters * multiplier, kernel_size, strides, use_bias, zero
+                f"conv{index}",
+                self.filters * multiplier,
+                kernel_size,
+                self.strides if strided else 1,
+                use_bias=self.output_bias and last,
+                zero=self.zero_init_last and last and not facts.ends_with_norm,
             )
             if pad is not None:
-                shape = self._add(f"conv{i + 1}_pad", pad, shape)
-                self._branch.append(("pad", f"conv{i + 1}_pad"))
-            shape = self._add(f"conv{i + 1}", conv, shape)
-            self._branch.append(("conv", f"conv{i + 1}"))
+                shape = self._add(f"conv{index}_pad", pad, shape)
+            shape = self._add(f"conv{index}", conv, shape)
         if facts.ends_with_norm:
-            attr = f"norm{norm_index}"
-            shape = self._add(attr, self._norm(attr, zero_gamma=self.zero_init_last), shape)
-            self._branch.append(("norm", attr))
-        if facts.branch_relu:
-            self._branch.append(("relu", None))
+            name = self.last_norm()
+            shape = self._add(name, self._norm(name, zero_gamma=self.zero_init_last), shape)
         return shape
 
     def _build_shortcut(self, input_shape, shape):
@@ -467,48 +436,79 @@ class _ResidualUnit(keras.layers.Layer):
             masks.append(self.shortcut_dropout(ones, training=True))
         return tuple(masks)
 
-    def _norm_call(self, attr, x, training, update_statistics):
-        norm = getattr(self, attr)
-        if not training or update_statistics or not norm.trainable:
-            return norm(x, training=training)
-        return norm.normalize_with_batch_statistics(x)
-
     def _forward(self, inputs, masks, training, update_statistics=True):
+        """The unit: x -> shortcut(x) + F(x), with BN and ReLU where `unit_variant` puts them."""
+
+        def norm(name, x):  # the BN called `name`; a remat recomputation keeps its statistics
+            layer = getattr(self, name)
+            if not training or update_statistics or not layer.trainable:
+                return layer(x, training=training)
+            return layer.normalize_with_batch_statistics(x)
+
+        if self.unit_variant == "full_preact":
+            shortcut_in, shortcut, residual = self._full_preact(inputs, norm)
+        else:
+            shortcut_in, shortcut, residual = self._other_variant(inputs, norm)
+        outputs = self._add_shortcut(shortcut_in, shortcut, residual, masks)
+        if self.variant_facts.output_norm:  # (b)
+            outputs = norm("output_norm", outputs)
+        if self.variant_facts.output_relu:  # (a), (b)
+            outputs = ops.relu(outputs)
+        return outputs
+
+    def _full_preact(self, x, norm):
+        """Fig. 4(e), the paper's unit: BN-ReLU-conv1, BN-ReLU-conv2 (, BN-ReLU-conv3)."""
+        preact = ops.relu(norm("norm1", x)) if self.preactivate else x
+        shortcut_in, shortcut = self._shortcut(x, preact, norm)
+        residual = self._apply_conv(1, preact)
+        for index in range(2, self.num_convs + 1):
+            residual = ops.relu(norm(self.norm_before_conv(index), residual))
+            residual = self._apply_conv(index, residual)
+        return shortcut_in, shortcut, residual
+
+    def _other_variant(self, x, norm):
+        """Fig. 4(a)-(d): conv1, BN-ReLU-conv2 (, BN-ReLU-conv3), then as the variant says."""
         facts = self.variant_facts
-        masks = list(masks)
-        path_mask = masks.pop(0) if masks and self.drop_path_rate > 0.0 else None
-        shortcut_mask = masks.pop(0) if masks else None
+        preact = ops.relu(x) if facts.preact_relu and self.preactivate else x  # (d)
+        shortcut_in, shortcut = self._shortcut(x, preact, norm)
+        residual = self._apply_conv(1, preact)
+        for index in range(2, self.num_convs + 1):
+            residual = ops.relu(norm(self.norm_before_conv(index), residual))
+            residual = self._apply_conv(index, residual)
+        if facts.ends_with_norm:  # (a), (c), (d)
+            residual = norm(self.last_norm(), residual)
+        if facts.branch_relu:  # (c)
+            residual = ops.relu(residual)
+        return shortcut_in, shortcut, residual
 
-        def norm(attr, x):
-            return self._norm_call(attr, x, training, update_statistics)
+    def _apply_conv(self, index, x):
+        """conv{index}, after its explicit padding where it has one (`padding="symmetric"`)."""
+        if hasattr(self, f"conv{index}_pad"):
+            x = getattr(self, f"conv{index}_pad")(x)
+        return getattr(self, f"conv{index}")(x)
 
-        preact = inputs
-        if self.preactivate and facts.preact_norm:
-            preact = norm("norm1", preact)
-        if self.preactivate and facts.preact_relu:
-            preact = ops.relu(preact)
-        # Identity units feed the raw input to the shortcut; a projection takes
-        # the pre-activated tensor (the shared BN-ReLU of the paper's appendix),
-        # or with `raw_projection` the raw input (fb.resnet.torch).
-        shortcut_in = preact if self._project and not self.raw_projection else inputs
+    def _shortcut(self, inputs, preact, norm):
+        """`(what the projection and gate see, the shortcut)` before scaling or gating (Fig. 2).
 
-        residual = preact
-        for kind, attr in self._branch:
-            if kind == "relu":
-                residual = ops.relu(residual)
-            elif kind == "norm":
-                residual = norm(attr, residual)
-            else:
-                residual = getattr(self, attr)(residual)
+        Identity units feed the raw input to the shortcut; a projection takes
+        the pre-activated tensor (the shared BN-ReLU of the paper's appendix),
+        or with `raw_projection` the raw input (fb.resnet.torch).
+        """
+        x = preact if self._project and not self.raw_projection else inputs
         if self.strides > 1:
             # What a strided 1x1 conv or 1x1 max-pool (keras.applications) sees.
-            shortcut_in = shortcut_in[:, :: self.strides, :: self.strides, :]
-        shortcut = shortcut_in
-        if self._project:
-            shortcut = self.downsample(shortcut_in)
-            if self._projection_norm:
-                shortcut = norm("downsample_norm", shortcut)
+            x = x[:, :: self.strides, :: self.strides, :]
+        if not self._project:
+            return x, x
+        shortcut = self.downsample(x)
+        if self._projection_norm:
+            shortcut = norm("downsample_norm", shortcut)
+        return x, shortcut
 
+    def _add_shortcut(self, shortcut_in, shortcut, residual, masks):
+        """shortcut + F with the shortcut's scaling, gating or dropout, and F's drop-path."""
+        masks = list(masks)
+        path_mask = masks.pop(0) if masks and self.drop_path_rate > 0.0 else None
         if self.shortcut == "constant_scaling":
             shortcut = shortcut * self.shortcut_scale
             residual = residual * self.residual_scale
@@ -517,17 +517,11 @@ class _ResidualUnit(keras.layers.Layer):
             shortcut = (1.0 - gate) * shortcut
             if self.shortcut == "exclusive_gating":
                 residual = gate * residual
-        elif shortcut_mask is not None:
-            shortcut = shortcut * shortcut_mask
-
+        elif self.shortcut == "dropout" and masks:
+            shortcut = shortcut * masks.pop(0)
         if path_mask is not None:
             residual = residual * path_mask
-        outputs = shortcut + residual
-        if facts.output_norm:
-            outputs = norm("output_norm", outputs)
-        if facts.output_relu:
-            outputs = ops.relu(outputs)
-        return outputs
+        return shortcut + residual
 
     def compute_output_shape(self, input_shape):
         def out(size):
@@ -656,6 +650,7 @@ class PreActBottleneck(_ResidualUnit):
     )
 
     expansion = 4
+    num_convs = 3
 
     def _conv_specs(self):
         return [(1, 1, False), (3, 1, True), (1, self.expansion, False)]

@@ -18,6 +18,8 @@ import importlib.resources
 import keras
 import numpy as np
 
+from keras_preact.options import EvalProtocol
+
 # (mean, std) per RGB channel, in [0, 255] pixel units.
 NORMALIZATIONS = {
     "torch": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
@@ -79,8 +81,8 @@ class PixelNormalization(keras.layers.Layer):
         super().__init__(**kwargs)
         self.mean_init = [float(v) for v in np.asarray(mean).reshape(-1)]
         self.std_init = [float(v) for v in np.asarray(std).reshape(-1)]
-        # How the model's weights were evaluated (interpolation, crop fraction,
-        # source): metadata saved with the model for eval pipelines and export.
+        # Read from .keras files saved before the model class, which kept the weights'
+        # eval protocol here; models now carry it in their config (`model.eval_protocol`).
         self.eval_preprocessing = dict(eval_preprocessing) if eval_preprocessing else None
 
     def build(self, input_shape):
@@ -115,34 +117,37 @@ class PixelNormalization(keras.layers.Layer):
         return config
 
 
-def normalization_layer(normalization, name="preprocessing", eval_preprocessing=None):
+def normalization_layer(normalization, name="preprocessing"):
     """A `PixelNormalization` layer for `normalization` (a name or a `(mean, std)` pair)."""
     mean, std = normalization_stats(normalization)
-    return PixelNormalization(mean, std, eval_preprocessing=eval_preprocessing, name=name)
+    return PixelNormalization(mean, std, name=name)
 
 
-DEFAULT_EVAL_PREPROCESSING = {"interpolation": "bilinear", "crop_fraction": None}
+DEFAULT_EVAL_PREPROCESSING = EvalProtocol().crop_settings()
 
 
 def eval_preprocessing(model):
     """How to make `model`'s evaluation crops: `{"interpolation", "crop_fraction", ...}`.
 
-    A model built with pretrained weights (`weights="imagenet"`, a named
-    source) carries its source's evaluation protocol in its `preprocessing`
-    layer, saved in `.keras` files; other models get the paper's
-    (`DEFAULT_EVAL_PREPROCESSING`: bilinear, 224 from 256, 320 from 320).
-    Pass the result to `keras_preact.data.make_dataset(eval_preprocessing=...)`
-    or unpack it into `keras_preact.data.crops.eval_crop`.
+    The model's `eval_protocol` as a dict (`keras_preact.options.EvalProtocol`):
+    a model built with pretrained weights (`weights="imagenet"`, a named
+    source) carries its source's, saved in `.keras` files; other models have
+    the paper's (bilinear, 224 from 256, 320 from 320). A `.keras` file saved
+    before the model class kept it in its `preprocessing` layer, which is read
+    instead. Pass the result to `keras_preact.data.make_dataset(eval_preprocessing=...)`.
 
     >>> import keras_preact
     >>> eval_preprocessing(keras_preact.ResNet20V2())["interpolation"]
     'bilinear'
     """
-    result = dict(DEFAULT_EVAL_PREPROCESSING)
-    for layer in getattr(model, "layers", ()):
-        if isinstance(layer, PixelNormalization) and layer.eval_preprocessing:
-            result.update(layer.eval_preprocessing)
-    return result
+    protocol = getattr(model, "eval_protocol", None)
+    if protocol is None:
+        saved = {}
+        for layer in getattr(model, "layers", ()):
+            if isinstance(layer, PixelNormalization) and layer.eval_preprocessing:
+                saved.update(layer.eval_preprocessing)
+        protocol = EvalProtocol.from_dict(saved)
+    return protocol.as_dict()
 
 
 def preprocess_input(x, normalization="torch"):

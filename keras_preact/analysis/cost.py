@@ -55,6 +55,10 @@ import time
 
 from absl import app, flags
 
+import keras_preact
+from keras_preact import console, run_dir
+from keras_preact.models import CIFAR_DEPTHS, IMAGENET_DEPTHS, LAYOUTS
+
 FLAGS = flags.FLAGS
 CIFAR_SIZE = 32
 
@@ -267,21 +271,15 @@ def named_models():
     >>> named_models()[:2], named_models()[-1]
     (('ResNet20V2', 'ResNet32V2'), 'ResNet200V2')
     """
-    from keras_preact.models import CIFAR_DEPTHS, IMAGENET_DEPTHS
-
     return tuple(f"ResNet{depth}V2" for depth in (*CIFAR_DEPTHS, *IMAGENET_DEPTHS))
 
 
 def _is_cifar(name):
-    from keras_preact.models import CIFAR_DEPTHS
-
     return int(name[len("ResNet") : -len("V2")]) in CIFAR_DEPTHS
 
 
 def check_arguments(models, layouts, sizes, cifar_classes):
     """Raises `ValueError` naming what is wrong with `cost_table`'s arguments."""
-    from keras_preact.models import LAYOUTS
-
     for kind, values, allowed in (("model", models, named_models()), ("layout", layouts, LAYOUTS)):
         unknown = [value for value in values if value not in allowed]
         if unknown:
@@ -311,9 +309,6 @@ def cost_table(models=None, layouts=None, sizes=(224, 320), cifar_classes=(10,),
     >>> [row.multiply_adds for row in cost_table(["ResNet20V2"])]
     [40813184]
     """
-    import keras_preact
-    from keras_preact.models import LAYOUTS
-
     models = named_models() if models is None else tuple(models)
     layouts = tuple(LAYOUTS) if layouts is None else tuple(layouts)
     check_arguments(models, layouts, sizes, cifar_classes)
@@ -467,7 +462,6 @@ FORMATS = {"markdown": format_markdown, "csv": format_csv}
 
 def define_flags():
     """Defines the subcommand's flags on absl's FLAGS (a name another subcommand defined is shared)."""
-    from keras_preact.models import LAYOUTS
 
     def define(kind, name, *arguments):
         if name not in FLAGS:
@@ -496,8 +490,6 @@ def _integers(values, flag):
 
 def main(argv):
     """Measures the flags' models and prints (or writes) the table."""
-    from keras_preact import console, run_dir
-
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     models = FLAGS.models or None

@@ -43,13 +43,16 @@ import io
 import math
 import os
 import re
+import sys
 
 import keras
 import tensorflow as tf
 from absl import app, flags
 
-from keras_preact import run_dir
+import keras_preact
+from keras_preact import console, data, run_dir
 from keras_preact.layers import UNIT_VARIANT_FACTS, PreActBlock, PreActBottleneck
+from keras_preact.models import CIFAR_DEPTHS
 
 # Table 1's shortcuts (builder arguments), measured on the default (full pre-activation) unit.
 SHORTCUT_CASES = {
@@ -171,11 +174,7 @@ def run(
     `cases` maps a case name to builder arguments (default: `all_cases()`). CIFAR nets see the batch at 32x32, ImageNet nets
     resized to `image_size`. Returns the rows written.
     """
-    import keras_preact
-
     cases = cases or all_cases()
-    from keras_preact import data
-
     info = data.dataset_info(dataset, data_dir)  # once: a folder reads every file's header
     images, labels = _batch(dataset, data_dir, batch_size, info)
     classes = info.num_classes
@@ -281,8 +280,6 @@ def _sigmoid(x):
 
 
 def _cifar_names():
-    from keras_preact.models import CIFAR_DEPTHS
-
     return {f"ResNet{depth}V2" for depth in CIFAR_DEPTHS}
 
 
@@ -291,8 +288,6 @@ def _batch(dataset, data_dir, batch_size, info=None):
 
     `info`: the dataset's `DatasetInfo`, when the caller has it already.
     """
-    from keras_preact import data
-
     info = info or data.dataset_info(dataset, data_dir)
     ds = data.make_dataset(
         dataset,
@@ -340,11 +335,6 @@ def usage():
 
 def main(argv):
     """Measures the flags' networks and cases; writes the CSV and the plot."""
-    import sys
-
-    import keras_preact
-    from keras_preact import console
-
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS.output_dir:

@@ -76,6 +76,8 @@ import threading
 
 from absl import app, flags
 
+from keras_preact import run_dir
+
 FLAGS = flags.FLAGS
 HELP = "trains a table of the paper (a run per row x seed), collects it beside the paper's numbers"
 
@@ -546,12 +548,10 @@ def median_curve(histories, key):
 
 def plot_curves(table, results):
     """`curves.png` as bytes (the paper's Fig. 1/6 style), or None without matplotlib."""
-    try:
+    try:  # matplotlib is optional (the analysis extra): imported only to plot
         import matplotlib
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-        from matplotlib.lines import Line2D
-        from matplotlib.ticker import FuncFormatter
     except ImportError:
         return None
     rows = len(results) + 2  # the legend: a line per row, and the two line styles
@@ -561,6 +561,21 @@ def plot_curves(table, results):
     loss_axes = figure.add_subplot(1, 1, 1)
     error_axes = loss_axes.twinx()
     palette = matplotlib.colormaps["tab10" if len(results) <= 10 else "tab20"]
+    handles, tops = _plot_median_curves(loss_axes, error_axes, results, palette)
+    _label_axes(loss_axes, error_axes, *tops)
+    _add_legend_and_title(figure, table, results, handles, legend_height)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _plot_median_curves(loss_axes, error_axes, results, palette):
+    """Each row's median training loss (dashed) and test error (bold) over the seeds.
+
+    Returns the rows' legend handles and `(top loss, top error, last step)`.
+    """
+    from matplotlib.lines import Line2D  # optional, as in plot_curves
+
     handles, top_loss, top_error, last_step = [], 0.0, 0.0, 0
     for index, r in enumerate(results):
         colour = palette(index % palette.N)
@@ -573,14 +588,25 @@ def plot_curves(table, results):
         top_loss = max([top_loss, *losses])
         top_error = max([top_error, *errors])
         last_step = max([last_step, *steps, *steps_e])
-        median = "no finished run" if r.median is None else f"{r.median:.2f}%"
-        label = (
-            f"{r.row.name}: {median}"
-            + (f" ({FAIL})" if r.median is not None and r.median > FAIL_ABOVE else "")
-            + f", {len(r.errors)} run{'s' if len(r.errors) != 1 else ''}; "
-            f"paper {_paper(r.row.paper)}"
-        )
-        handles.append(Line2D([], [], color=colour, linewidth=2.4, label=label))
+        handles.append(Line2D([], [], color=colour, linewidth=2.4, label=_curve_label(r)))
+    return handles, (top_loss, top_error, last_step)
+
+
+def _curve_label(r):
+    """A row's legend entry: median test error (failed?), number of runs, the paper's figure."""
+    median = "no finished run" if r.median is None else f"{r.median:.2f}%"
+    return (
+        f"{r.row.name}: {median}"
+        + (f" ({FAIL})" if r.median is not None and r.median > FAIL_ABOVE else "")
+        + f", {len(r.errors)} run{'s' if len(r.errors) != 1 else ''}; "
+        f"paper {_paper(r.row.paper)}"
+    )
+
+
+def _label_axes(loss_axes, error_axes, top_loss, top_error, last_step):
+    """Axis labels, limits (from the curves' tops and last step), iteration ticks, grid."""
+    from matplotlib.ticker import FuncFormatter  # optional, as in plot_curves
+
     loss_axes.set_xlabel("iterations")
     loss_axes.set_ylabel("training loss (dashed)")
     error_axes.set_ylabel("test error % (bold)")
@@ -591,7 +617,13 @@ def plot_curves(table, results):
         FuncFormatter(lambda x, _: f"{x / 1000:g}k" if last_step >= 5000 and x else f"{x:g}")
     )
     loss_axes.grid(True, alpha=0.3)
-    handles += [
+
+
+def _add_legend_and_title(figure, table, results, handles, legend_height):
+    """The legend (the rows, then the two line styles) under the axes; the title above."""
+    from matplotlib.lines import Line2D  # optional, as in plot_curves
+
+    handles = handles + [
         Line2D([], [], color="grey", linewidth=1.0, linestyle="--", label="training loss (left)"),
         Line2D([], [], color="grey", linewidth=2.4, label="test error (right)"),
     ]
@@ -614,15 +646,10 @@ def plot_curves(table, results):
     figure.subplots_adjust(
         left=0.08, right=0.92, top=1 - 0.75 / height, bottom=(legend_height + 0.55) / height
     )
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
 
 
 def write_outputs(table, results, root):
     """Writes `<root>/table.md`, `table.csv` and `curves.png`; returns the markdown."""
-    from keras_preact import run_dir
-
     os.makedirs(root, exist_ok=True)
     text = format_markdown(table, results, root)
     run_dir.atomic_write(os.path.join(root, "table.md"), text)

@@ -10,32 +10,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-# crop size -> shorter side it is cut from (the paper's two test crops).
-EVAL_RESIZE = {224: 256, 320: 320}
+from keras_preact import options
+from keras_preact.options import INTERPOLATIONS
 
-
-INTERPOLATIONS = ("bilinear", "bicubic")
-
-
-def default_resize_size(crop_size, crop_fraction=None):
-    """Shorter side to resize to before a `crop_size` centre crop.
-
-    Without `crop_fraction`, the paper's protocol (224 from 256, 320 from 320,
-    other sizes at 224/256). With a weights source's `crop_fraction` (timm's
-    `crop_pct`): floor(crop_size / crop_fraction), except at 320, which is the
-    paper's whole-shorter-side crop for every source.
-
-    >>> default_resize_size(224), default_resize_size(320), default_resize_size(288)
-    (256, 320, 329)
-    >>> default_resize_size(224, 0.95), default_resize_size(320, 0.95)
-    (235, 320)
-    """
-    crop_size = int(crop_size)
-    if crop_fraction is None or crop_size == 320:
-        return EVAL_RESIZE.get(crop_size, int(round(crop_size * 256 / 224)))
-    if not 0.0 < float(crop_fraction) <= 1.0:
-        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}.")
-    return int(crop_size / float(crop_fraction) + 1e-6)
+# The eval protocol's rule and choices (one home: keras_preact.options).
+default_resize_size = options.resize_size
 
 
 def decode_image(encoded, channels=3):

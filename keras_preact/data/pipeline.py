@@ -360,34 +360,59 @@ def decode_and_count(ds, decode_fn, *, image_shape, name_fn=None, seeds=None):
     (2, ['text x', 'text y'])
     """
     name_fn = name_fn or _unnamed
-    image_shape = list(image_shape)
     ds = ds.ignore_errors()  # so that a failure in ds cannot take its whole chunk along
     if seeds is None:
         unpack = lambda x, label: (x, label)  # noqa: E731
     else:
         ds = tf.data.Dataset.zip(ds, seeds)
         unpack = lambda pair, seed: (*pair, seed)  # noqa: E731
-    chunks = ds.batch(CHUNK_SIZE)
-    spec = chunks.element_spec
-    no_chunk = tf.nest.map_structure(
-        lambda s: tf.zeros([0] + [d or 0 for d in s.shape.as_list()[1:]], s.dtype), spec
-    )
+    batched = ds.batch(CHUNK_SIZE)
+    chunks = _Chunks(batched.element_spec, unpack)
+    no_chunk = chunks.empty()
+    ds = batched.flat_map(chunks.marker_then_positions)
+    ds = ds.concatenate(tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), no_chunk)))
+    decode = _position_decoder(decode_fn, chunks, list(image_shape))
+    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors()
+    ds = ds.scan((tf.constant(0, tf.int64), no_chunk), _failure_recorder(chunks, name_fn))
+    return ds.unbatch()
 
-    def chunk_size(chunk):
-        return tf.shape(unpack(*chunk)[1], out_type=tf.int64)[0]
 
-    def marker_then_positions(*chunk):
-        positions = tf.data.Dataset.range(-1, chunk_size(chunk))  # -1: the marker
+@dataclasses.dataclass(frozen=True)
+class _Chunks:
+    """`decode_and_count`'s chunks: batches of up to `CHUNK_SIZE` elements of its input."""
+
+    spec: object  # a chunk's element_spec
+    unpack: Callable  # the input's element -> (x, label) or (x, label, seed)
+
+    def empty(self):
+        """A chunk of no element (the last marker's, and the scan's first state)."""
+        return tf.nest.map_structure(
+            lambda s: tf.zeros([0] + [d or 0 for d in s.shape.as_list()[1:]], s.dtype), self.spec
+        )
+
+    def size(self, chunk):
+        """How many elements `chunk` holds (an int64 scalar)."""
+        return tf.shape(self.unpack(*chunk)[1], out_type=tf.int64)[0]
+
+    def element(self, chunk, k):
+        """Element `k` of `chunk`, unpacked: (x, label) or (x, label, seed)."""
+        return self.unpack(*tf.nest.map_structure(lambda t: t[k], chunk))
+
+    def marker_then_positions(self, *chunk):
+        """The stream items of a chunk: `(-1, chunk)` (its marker), then `(k, chunk)` for each k."""
+        positions = tf.data.Dataset.range(-1, self.size(chunk))  # -1: the marker
         return tf.data.Dataset.zip(positions, tf.data.Dataset.from_tensors(chunk).repeat())
 
-    ds = chunks.flat_map(marker_then_positions)
-    ds = ds.concatenate(tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), no_chunk)))
+
+def _position_decoder(decode_fn, chunks, image_shape):
+    """The `map` function: `(position, chunk)` -> `(position, images, labels, chunk)`.
+
+    Images and labels have a leading dimension: 0 for a marker, 1 for an element.
+    """
 
     def decode(position, chunk):
-        # Images and labels with a leading dimension: 0 for a marker, 1 for an element.
         def decoded():
-            element = tf.nest.map_structure(lambda t: t[position], chunk)
-            image, label = decode_fn(*unpack(*element))
+            image, label = decode_fn(*chunks.element(chunk, position))
             image = tf.ensure_shape(tf.cast(image, tf.float32), image_shape)
             return image[None], tf.cast(label, tf.int32)[None]
 
@@ -397,21 +422,27 @@ def decode_and_count(ds, decode_fn, *, image_shape, name_fn=None, seeds=None):
         images, labels = tf.cond(position < 0, marker, decoded)
         return position, images, labels, chunk
 
-    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors()
+    return decode
+
+
+def _failure_recorder(chunks, name_fn):
+    """The `scan` function: records the positions missing before each item as skipped.
+
+    Its state: the next position expected and the chunk of the item before.
+    """
 
     def record(first, stop, *flat_chunk):
         """Eager, in a `py_function`: records positions first..stop-1 of a chunk as skipped."""
-        chunk = tf.nest.pack_sequence_as(spec, list(flat_chunk))
+        chunk = tf.nest.pack_sequence_as(chunks.spec, list(flat_chunk))
         for k in range(int(first), int(stop)):
-            x, label = unpack(*tf.nest.map_structure(lambda t, k=k: t[k], chunk))[:2]
+            x, label = chunks.element(chunk, k)[:2]
             SKIPPED.add(name_fn(x, label).numpy().decode("utf-8", "replace"))
         return False
 
     def record_failures(state, item):
-        # The state: the next position expected and the chunk of the item before.
         expected, previous_chunk = state
         position, images, labels, chunk = item
-        stop = tf.where(position < 0, chunk_size(previous_chunk), position)
+        stop = tf.where(position < 0, chunks.size(previous_chunk), position)
         recorded = tf.cond(
             stop > expected,
             lambda: tf.py_function(
@@ -423,8 +454,7 @@ def decode_and_count(ds, decode_fn, *, image_shape, name_fn=None, seeds=None):
             expected = tf.where(position < 0, tf.constant(0, tf.int64), position + 1)
         return (expected, chunk), (images, labels)
 
-    ds = ds.scan((tf.constant(0, tf.int64), no_chunk), record_failures)
-    return ds.unbatch()
+    return record_failures
 
 
 def batch_and_prefetch(ds, batch_size, drop_remainder):

@@ -24,7 +24,12 @@ import sys
 from absl import app, flags
 
 from keras_preact import console
+from keras_preact.export import model as model_lib
+from keras_preact.export import pipeline
 from keras_preact.export import tflite as tflite_lib
+from keras_preact.export.verify import VerificationError
+from keras_preact.preprocessing import eval_preprocessing
+from keras_preact.run_dir import write_json
 
 FLAGS = flags.FLAGS
 
@@ -33,6 +38,15 @@ def define_flags():
     """Defines the export flags on absl's FLAGS (once)."""
     if "output_dir" in FLAGS:
         return
+    _define_source_flags()
+    _define_serving_flags()
+    _define_artifact_flags()
+    _define_calibration_flags()
+    _define_check_flags()
+
+
+def _define_source_flags():
+    """What to export and where to: --model_dir / --model_path / --builder, --output_dir."""
     flags.DEFINE_string(
         "model_dir", None, "A training run's directory (reads model.keras and spec.json)."
     )
@@ -46,6 +60,10 @@ def define_flags():
     flags.DEFINE_string("model_name", "preact", "TF Serving model name (folder under output_dir).")
     flags.DEFINE_integer("version", None, "Version number; default: the next free one.")
     flags.DEFINE_boolean("overwrite", False, "Replace an existing version (otherwise refuse).")
+
+
+def _define_serving_flags():
+    """The served model's labels, image-bytes crop, resize and interpolation, top-k."""
     flags.DEFINE_string(
         "labels", None, "Class names file, one per line (default: the run's, or labels.txt beside)."
     )
@@ -64,6 +82,10 @@ def define_flags():
         "Resize interpolation of the image-bytes signature (default: the run's / weights').",
     )
     flags.DEFINE_integer("top_k", 5, "Classes/scores/labels returned per image.")
+
+
+def _define_artifact_flags():
+    """Which artifacts besides the SavedModel: TFLite variants, ONNX; verification images."""
     flags.DEFINE_list(
         "tflite", list(tflite_lib.VARIANTS), f"TFLite variants, subset of {tflite_lib.VARIANTS}."
     )
@@ -71,6 +93,10 @@ def define_flags():
     flags.DEFINE_string(
         "images", None, "Folder of real images for verification (default: packaged sample photos)."
     )
+
+
+def _define_calibration_flags():
+    """The int8 calibration data: a folder of images or a keras_preact.data dataset."""
     flags.DEFINE_string(
         "calibration_images",
         None,
@@ -85,6 +111,10 @@ def define_flags():
     flags.DEFINE_string("calibration_split", "train", "Split for --calibration_dataset.")
     flags.DEFINE_string("calibration_data_dir", None, "data_dir for --calibration_dataset.")
     flags.DEFINE_integer("calibration_limit", 100, "At most this many calibration images.")
+
+
+def _define_check_flags():
+    """Normalisation of models without their own, verification, reporting, logs."""
     flags.DEFINE_string(
         "normalization", None, "Only for models built with include_preprocessing=False."
     )
@@ -107,10 +137,6 @@ def main(argv):
     console.quiet_python_logs()
     if line := console.device_line():
         print(line, file=sys.stderr)
-    from keras_preact.export import pipeline
-    from keras_preact.export.verify import VerificationError
-    from keras_preact.run_dir import write_json
-
     try:
         source = _source(builder_kwargs)
         result = pipeline.export_all(
@@ -153,8 +179,6 @@ def main(argv):
 
 def _source(builder_kwargs):
     """What to export: a run directory, a .keras file or a builder call (exactly one)."""
-    from keras_preact.export import model as model_lib
-
     given = [f"--{n}" for n in ("model_dir", "model_path", "builder") if FLAGS[n].value]
     if len(given) != 1:
         raise ValueError(
@@ -178,9 +202,6 @@ def _calibration(source):
         return FLAGS.calibration_images
     if FLAGS.calibration_images is not None:
         raise ValueError("Give --calibration_images or --calibration_dataset, not both.")
-    from keras_preact.export import model as model_lib
-    from keras_preact.preprocessing import eval_preprocessing
-
     model, spec, _ = model_lib.load_source(source)
     crop, _, _ = model_lib.serving_geometry(model, spec, FLAGS.crop_size)
     return model_lib.calibration_data(

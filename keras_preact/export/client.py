@@ -42,6 +42,8 @@ import sys
 import urllib.error
 import urllib.request
 
+from keras_preact import console
+
 SIGNATURE = "serving_default"
 INPUT = "image_bytes"
 REST_PORT = 8501
@@ -217,8 +219,6 @@ def format_predictions(names, predictions, top_k=None):
 def main(argv):
     from absl import flags
 
-    from keras_preact import console
-
     console.quiet_python_logs()
     FLAGS = flags.FLAGS
     files = argv[1:]
@@ -281,8 +281,6 @@ def usage():
 
 def run():
     """The `keras-preact-client` console script."""
-    from keras_preact import console
-
     _define_flags()
     console.run(main, usage)
 

@@ -27,9 +27,12 @@ import os
 import keras
 import tensorflow as tf
 
-from keras_preact import run_dir
+import keras_preact  # also registers the custom layers for deserialization
+from keras_preact import data, run_dir
+from keras_preact.models.base import ResNetV2
 from keras_preact.models.float32 import float32_copy
-from keras_preact.preprocessing import eval_preprocessing
+from keras_preact.options import EvalProtocol
+from keras_preact.preprocessing import eval_preprocessing, imagenet_classes
 
 LABELS_FILENAME = run_dir.LABELS
 DEFAULT_CROP = 224  # the paper's ImageNet evaluation crop, for a model of any input size
@@ -46,8 +49,6 @@ def load_model(model_path=None, *, builder=None, weights=None, builder_kwargs=No
 
     >>> model = load_model(builder="ResNet20V2", weights="run/model.weights.h5")  # doctest: +SKIP
     """
-    import keras_preact  # registers the custom layers for deserialization
-
     if (model_path is None) == (builder is None):
         raise ValueError(
             "Give exactly one of a .keras model file (--model_path) or a builder name (--builder)."
@@ -63,7 +64,8 @@ def load_model(model_path=None, *, builder=None, weights=None, builder_kwargs=No
             raise FileNotFoundError(f"No model file at {model_path!r}.")
         return keras.models.load_model(model_path, compile=False)
     fn = getattr(keras_preact, builder, None)
-    if not (callable(fn) and builder.endswith("V2") and not isinstance(fn, type)):
+    model_class = isinstance(fn, type) and issubclass(fn, ResNetV2)
+    if not (callable(fn) and builder.endswith("V2") and (model_class or not isinstance(fn, type))):
         known = sorted(n for n in dir(keras_preact) if n.endswith("V2") and n[0].isupper())
         raise ValueError(f"Unknown builder {builder!r}. Allowed values: {', '.join(known)}.")
     if weights is not None and not os.path.isfile(weights):
@@ -131,8 +133,6 @@ def resolve_labels(classes, labels_file=None, model_path=None):
             )
         return labels, path
     if classes == 1000:
-        from keras_preact.preprocessing import imagenet_classes
-
         return [name for _, name in imagenet_classes()], "ImageNet classes (keras_preact)"
     return [str(i) for i in range(classes)], "class indices"
 
@@ -205,16 +205,13 @@ def serving_geometry(model, spec=None, crop_size=None, resize_size=None, interpo
     eval crop, the weights source's or the paper's resize, the source's
     interpolation), else the model's: its fixed square input size resized from
     the same side, or 224 from the shorter side its weights source evaluates at
-    (`keras_preact.preprocessing.eval_preprocessing`).
+    (the model's `eval_protocol`).
 
-    >>> import keras_preact
     >>> serving_geometry(keras_preact.ResNet20V2(classes=2))
     (32, 32, 'bilinear')
     """
-    from keras_preact.data.crops import default_resize_size
-
-    protocol = eval_preprocessing(model)
-    interpolation = interpolation or (spec.interpolation if spec else protocol["interpolation"])
+    protocol = spec.eval_protocol if spec else EvalProtocol.from_dict(eval_preprocessing(model))
+    interpolation = interpolation or protocol.interpolation
     fixed = image_size(model)
     if spec is not None:
         crop = int(crop_size or spec.crop_size)
@@ -222,7 +219,7 @@ def serving_geometry(model, spec=None, crop_size=None, resize_size=None, interpo
     if crop_size is None and fixed is not None and fixed[0] == fixed[1]:
         return fixed[0], int(resize_size or fixed[0]), interpolation
     crop = int(crop_size or DEFAULT_CROP)
-    resize = resize_size or default_resize_size(crop, protocol["crop_fraction"])
+    resize = resize_size or protocol.resize_size(crop)
     return crop, int(resize), interpolation
 
 
@@ -274,8 +271,6 @@ def calibration_data(
     training size where it has one to choose (default: `crop_size`). Raises
     ValueError when the data is not there.
     """
-    from keras_preact import data
-
     try:
         return data.make_dataset(
             dataset,

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_preact.export import verify as verify_lib
+from keras_preact.preprocessing import normalization_stats
 from keras_preact.run_dir import atomic_path
 
 INPUT_NAME = "image"
@@ -67,8 +68,6 @@ def export_onnx(model, path, normalization=None, opset=None):
     def serve(image):
         x = image
         if normalization is not None:
-            from keras_preact.preprocessing import normalization_stats
-
             mean, std = normalization_stats(normalization)
             x = (x - mean) / std
         return tf.identity(tf.cast(model(x, training=False), tf.float32), name=OUTPUT_NAME)

@@ -35,13 +35,13 @@ import dataclasses
 import os
 import re
 import shutil
-import types
 
 import tensorflow as tf
 from absl import logging
 
 from keras_preact import run_dir
 from keras_preact.export import model as model_lib
+from keras_preact.export import onnx_export
 from keras_preact.export import saved_model as saved_model_lib
 from keras_preact.export import tflite as tflite_lib
 from keras_preact.export import verify as verify_lib
@@ -49,6 +49,54 @@ from keras_preact.run_dir import write_json
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _RESERVED = ("tflite", "onnx")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOptions:
+    """`export_all`'s arguments (documented there), checked when made.
+
+    Built once per call; `version=None` becomes the version chosen for every
+    artifact through `dataclasses.replace`, never by assignment.
+    """
+
+    model: object
+    output_dir: str | os.PathLike
+    model_name: str = "preact"
+    version: int | None = None
+    overwrite: bool = False
+    labels: object = None
+    crop_size: int | None = None
+    resize_size: int | None = None
+    interpolation: str | None = None
+    top_k: int = 5
+    tflite: tuple[str, ...] = tflite_lib.VARIANTS
+    onnx: bool = False
+    images: object = None
+    calibration: object = None
+    calibration_limit: int = 100
+    normalization: str | None = None
+    verify: bool = True
+    saved_model_cli: bool = True
+    num_threads: int = 1
+    saved_model: bool = True
+    float32_tolerance: float = tflite_lib.FLOAT32_TOLERANCE
+
+    def __post_init__(self):
+        """Validates names and formats before anything is loaded or written."""
+        if not _NAME.match(self.model_name) or self.model_name in _RESERVED:
+            raise ValueError(
+                f"Invalid model_name {self.model_name!r}: use letters, digits, '_', '.', '-' "
+                f"(not starting with '.' or '-'), and not {' or '.join(_RESERVED)}."
+            )
+        for variant in self.tflite:
+            if variant not in tflite_lib.VARIANTS:
+                raise ValueError(
+                    f"Unknown TFLite variant {variant!r}. Allowed values: {tflite_lib.VARIANTS}."
+                )
+        if self.onnx:
+            onnx_export.require()
+        if not (self.saved_model or self.tflite or self.onnx):
+            raise ValueError("Nothing to export: enable the SavedModel, a TFLite variant or ONNX.")
 
 
 @dataclasses.dataclass
@@ -166,7 +214,29 @@ def export_all(
         saved_model: write the SavedModel (False: only TFLite / ONNX).
         float32_tolerance: max |delta| allowed for TFLite float32 (and ONNX).
     """
-    options = types.SimpleNamespace(**locals())
+    options = ExportOptions(
+        model,
+        output_dir,
+        model_name=model_name,
+        version=version,
+        overwrite=overwrite,
+        labels=labels,
+        crop_size=crop_size,
+        resize_size=resize_size,
+        interpolation=interpolation,
+        top_k=top_k,
+        tflite=tuple(tflite or ()),
+        onnx=onnx,
+        images=images,
+        calibration=calibration,
+        calibration_limit=calibration_limit,
+        normalization=normalization,
+        verify=verify,
+        saved_model_cli=saved_model_cli,
+        num_threads=num_threads,
+        saved_model=saved_model,
+        float32_tolerance=float32_tolerance,
+    )
     if tf.distribute.has_strategy():
         # Strategy scopes are per thread: export in a fresh thread, outside the caller's scope.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -175,7 +245,7 @@ def export_all(
 
 
 def _export(o):
-    _check_options(o)
+    """Exports what the options say (in the caller's thread, or in one outside its strategy)."""
     plan = model_lib.prepare(
         o.model,
         labels=o.labels,
@@ -185,6 +255,7 @@ def _export(o):
         normalization=o.normalization,
     )
     bases = _version_bases(o)
+    o = dataclasses.replace(o, version=_free_version(o, bases))
     images = verify_lib.load_images(o.images)
     crops = verify_lib.eval_crops(images, plan.crop_size, plan.resize_size, plan.interpolation)
     reference = None
@@ -214,29 +285,8 @@ def _export(o):
     return result
 
 
-def _check_options(o):
-    """Validates names and formats before anything is loaded or written."""
-    if not _NAME.match(o.model_name) or o.model_name in _RESERVED:
-        raise ValueError(
-            f"Invalid model_name {o.model_name!r}: use letters, digits, '_', '.', '-' "
-            f"(not starting with '.' or '-'), and not {' or '.join(_RESERVED)}."
-        )
-    o.tflite = list(o.tflite or [])
-    for variant in o.tflite:
-        if variant not in tflite_lib.VARIANTS:
-            raise ValueError(
-                f"Unknown TFLite variant {variant!r}. Allowed values: {tflite_lib.VARIANTS}."
-            )
-    if o.onnx:
-        from keras_preact.export import onnx_export
-
-        onnx_export.require()
-    if not (o.saved_model or o.tflite or o.onnx):
-        raise ValueError("Nothing to export: enable the SavedModel, a TFLite variant or ONNX.")
-
-
 def _version_bases(o):
-    """`{format: base folder}`; sets `o.version` (one free version number for all of them)."""
+    """`{format: base folder}` of the artifacts asked for; removes killed exports' temporaries."""
     bases = {}
     if o.saved_model:
         bases["saved_model"] = os.path.join(o.output_dir, o.model_name)
@@ -248,12 +298,18 @@ def _version_bases(o):
         removed = saved_model_lib.remove_stale_temporaries(base)
         if removed:
             logging.info("Removed temporaries of killed exports in %s: %s", base, removed)
-    if o.version is None:
-        o.version = max(saved_model_lib.next_version(b) for b in bases.values())
-    o.version = int(o.version)
-    for base in bases.values():
-        saved_model_lib.resolve_version(base, o.version, o.overwrite)
     return bases
+
+
+def _free_version(o, bases):
+    """The version number: `o.version`, else the next one free in every base (checked in each)."""
+    version = o.version
+    if version is None:
+        version = max(saved_model_lib.next_version(b) for b in bases.values())
+    version = int(version)
+    for base in bases.values():
+        saved_model_lib.resolve_version(base, version, o.overwrite)
+    return version
 
 
 def _write_saved_model(o, plan, result, base, images):
@@ -302,19 +358,8 @@ def _write_tflite(o, plan, result, base, checked):
     images, crops, reference = checked
     result.tflite_dir = os.path.join(base, str(result.version))
     representative, calibration_source = None, None
-    if "int8" in o.tflite:
-        # Built only when int8 is asked for: the run's training images, unless given.
-        calibration = o.calibration if o.calibration is not None else plan.run_calibration()
-        calibration_source = _describe_source(calibration, images)
-        if o.calibration is None and calibration is not None:
-            calibration_source = f"the run's {plan.spec.dataset} training images"
-        representative = tflite_lib.representative_images(
-            calibration if calibration is not None else images,
-            plan.crop_size,
-            plan.resize_size,
-            o.calibration_limit,
-            plan.interpolation,
-        )
+    if "int8" in o.tflite:  # built only when int8 is asked for
+        representative, calibration_source = _representative_images(o, plan, images)
     converted = tflite_lib.convert_all(
         plan.model, o.tflite, plan.crop_size, representative, plan.normalization
     )
@@ -358,10 +403,27 @@ def _write_tflite(o, plan, result, base, checked):
     logging.info("TFLite: %s", result.tflite_dir)
 
 
+def _representative_images(o, plan, images):
+    """int8 calibration crops and where they come from, in words.
+
+    From `o.calibration`, else the run's training images, else the verification images.
+    """
+    calibration = o.calibration if o.calibration is not None else plan.run_calibration()
+    calibration_source = _describe_source(calibration, images)
+    if o.calibration is None and calibration is not None:
+        calibration_source = f"the run's {plan.spec.dataset} training images"
+    representative = tflite_lib.representative_images(
+        calibration if calibration is not None else images,
+        plan.crop_size,
+        plan.resize_size,
+        o.calibration_limit,
+        plan.interpolation,
+    )
+    return representative, calibration_source
+
+
 def _write_onnx(o, plan, result, base, checked):
     """Converts, verifies and publishes the ONNX file of one version (fills `result`)."""
-    from keras_preact.export import onnx_export
-
     images, crops, reference = checked
     onnx_dir = os.path.join(base, str(result.version))
     with _staging(base, result.version) as tmp:

@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_preact.data.crops import decode_image, eval_crop
+from keras_preact.preprocessing import preprocess_input
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 SAVED_MODEL_TOLERANCE = 1e-5
@@ -379,6 +380,4 @@ def normalize(pixels, normalization):
     """`preprocess_input` for models without their own preprocessing layer; else unchanged."""
     if normalization is None:
         return pixels
-    from keras_preact.preprocessing import preprocess_input
-
     return preprocess_input(pixels, normalization)

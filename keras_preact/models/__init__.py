@@ -1,5 +1,6 @@
-"""Model builders: depth tables over the pre-activation units."""
+"""The model zoo: depth tables over the pre-activation units; every net is a `ResNetV2`."""
 
+from keras_preact.models.base import ResNetV2
 from keras_preact.models.cifar import (
     CIFAR_DEPTHS,
     CIFARResNetV2,

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import keras
 
-from keras_preact.layers import UNIT_VARIANT_FACTS, he_normal_fan_out
+from keras_preact.layers import he_normal_fan_out
 from keras_preact.models import common
+from keras_preact.models.base import ResNetV2
 from keras_preact.normalization import FusedBatchNormalization
+from keras_preact.options import ShortcutOptions, check_choice
 
 # Named CIFAR nets: depth -> unit type (as fb.resnet.torch's resnet-pre-act.lua).
 CIFAR_DEPTHS = {
@@ -32,10 +34,7 @@ def cifar_units_per_stage(depth, unit):
     >>> cifar_units_per_stage(164, "bottleneck")
     18
     """
-    if unit not in common.CONVS_PER_UNIT:
-        raise ValueError(
-            f"Unknown unit {unit!r}. Allowed values: {', '.join(map(repr, common.CONVS_PER_UNIT))}."
-        )
+    check_choice("unit", unit, tuple(common.CONVS_PER_UNIT))
     per_unit = common.CONVS_PER_UNIT[unit]
     step = 3 * per_unit
     if not isinstance(depth, int) or depth < step + 2 or (depth - 2) % step:
@@ -47,35 +46,9 @@ def cifar_units_per_stage(depth, unit):
     return (depth - 2) // step
 
 
-# Over 80 lines for its public signature and docstring only; the code is short.
-def CIFARResNetV2(
-    depth,
-    unit=None,
-    *,
-    include_top=True,
-    weights=None,
-    input_tensor=None,
-    input_shape=None,
-    pooling=None,
-    classes=10,
-    classifier_activation="softmax",
-    include_preprocessing=True,
-    normalization="cifar10",
-    width=16,
-    unit_variant="full_preact",
-    shortcut="identity",
-    shortcut_scale=None,
-    residual_scale=None,
-    gate_bias_init=None,
-    shortcut_dropout_rate=None,
-    drop_path_rate=0.0,
-    zero_init_last=False,
-    norm_momentum=0.9,
-    seed=None,
-    remat=False,
-    name=None,
-):
-    """Builds a CIFAR pre-activation ResNet of any valid depth.
+@keras.saving.register_keras_serializable(package="keras_preact")
+class CIFARResNetV2(ResNetV2):
+    """A CIFAR pre-activation ResNet of any valid depth.
 
     Args:
         depth: total weighted layers: `6n+2` (basic), `9n+2` (bottleneck) or
@@ -104,75 +77,112 @@ def CIFARResNetV2(
         remat: recompute each unit's activations in the backward pass instead of
             keeping them (`PreActBlock`'s `remat`): about a third of the training
             memory of deep nets for about a third more step time.
+        eval_protocol: how the model is evaluated (an `EvalProtocol` or its
+            dict; the paper's by default): `model.eval_protocol`.
         name: the model's name (`"resnet{depth}v2"`, plus `"_{unit}"` for a
             unit other than the named depth's).
+
+    The model's `get_config()` holds all of these but `weights` and
+    `input_tensor`, with `stage_units` and `stage_widths`.
 
     Example:
 
     >>> model = CIFARResNetV2(164, classes=100)
     >>> sum(w.numpy().size for w in model.trainable_weights)  # the paper's 1.7M
     1726388
+    >>> model.get_config()["stage_units"], model.get_config()["stage_widths"]
+    ([18, 18, 18], [16, 32, 64])
     >>> table2_row = CIFARResNetV2(110, unit_variant="relu_before_addition")
     >>> table2_row.get_layer("stage3_unit18").unit_variant
     'relu_before_addition'
     """
-    common.check_cifar_weights(weights)
-    if unit is None:
-        unit = CIFAR_DEPTHS.get(depth, "basic")
-    units = cifar_units_per_stage(depth, unit)
-    common.validate_unit_variant(unit_variant, shortcut)
-    common.check_head_args(include_top, pooling, classes)
-    options = common.shortcut_options(
-        shortcut_scale, residual_scale, gate_bias_init, shortcut_dropout_rate
-    )
-    inputs, x = common.model_input(
-        input_tensor,
-        input_shape,
-        default_shape=(32, 32, 3),
-        min_size=8,
-        needs_rgb=include_preprocessing or weights is not None,
-    )
-    x = common.maybe_preprocess(x, include_preprocessing, normalization)
+
+    def __init__(
+        self,
+        depth,
+        unit=None,
+        *,
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=10,
+        classifier_activation="softmax",
+        include_preprocessing=True,
+        normalization="cifar10",
+        width=16,
+        unit_variant="full_preact",
+        shortcut="identity",
+        shortcut_scale=None,
+        residual_scale=None,
+        gate_bias_init=None,
+        shortcut_dropout_rate=None,
+        drop_path_rate=0.0,
+        zero_init_last=False,
+        norm_momentum=0.9,
+        seed=None,
+        remat=False,
+        eval_protocol=None,
+        name=None,
+        trainable=True,
+    ):
+        common.check_cifar_weights(weights)
+        unit = unit or CIFAR_DEPTHS.get(depth, "basic")
+        units = cifar_units_per_stage(depth, unit)
+        shortcut = ShortcutOptions(
+            shortcut, shortcut_scale, residual_scale, gate_bias_init, shortcut_dropout_rate
+        )
+        options = common.UnitOptions(
+            unit_variant, shortcut, drop_path_rate, zero_init_last, norm_momentum, seed, remat
+        )
+        head = common.HeadOptions(include_top, pooling, classes, classifier_activation)
+        rgb = include_preprocessing or weights is not None
+        inputs, x = common.model_input(input_tensor, input_shape, (32, 32, 3), 8, needs_rgb=rgb)
+        x = common.maybe_preprocess(x, include_preprocessing, normalization)
+        widths = (width, 2 * width, 4 * width)
+        outputs = _network(x, unit, (units,) * 3, widths, options, head)
+        config = {
+            "depth": depth,
+            "unit": unit,
+            "stage_units": (units,) * 3,
+            "stage_widths": widths,
+            "width": width,
+            "normalization": normalization,
+            **common.model_config(inputs, include_preprocessing, head, options, eval_protocol),
+        }
+        if name is None:
+            name = f"resnet{depth}v2" + ("" if unit == CIFAR_DEPTHS.get(depth) else f"_{unit}")
+        self._init_functional(inputs, outputs, name, config, weights, trainable=trainable)
+
+    @property
+    def normalization(self):
+        """How the net's inputs are normalised: a name in `NORMALIZATIONS` or `(mean, std)`."""
+        return self._preact_config["normalization"]
+
+
+def _network(x, unit, stage_units, widths, options, head):
+    """The 3x3 stem conv, three stages at strides 1, 2, 2, and the head. Units without a
+    leading BN follow a conv-BN-ReLU stem (ResNet-v1)."""
     x = keras.layers.Conv2D(
-        width,
+        widths[0],
         3,
         padding="same",
         use_bias=False,
         kernel_initializer=he_normal_fan_out(),
         name="stem_conv",
     )(x)
-    if not UNIT_VARIANT_FACTS[unit_variant].preact_norm:
-        # Units that do not start with BN-ReLU follow a conv-BN-ReLU stem (ResNet-v1).
-        x = FusedBatchNormalization(momentum=norm_momentum, name="stem_bn")(x)
+    if not options.facts.preact_norm:
+        x = FusedBatchNormalization(momentum=options.norm_momentum, name="stem_bn")(x)
         x = keras.layers.Activation("relu", name="stem_relu")(x)
-    x = common.add_stages(
+    x = common.add_stages(x, unit, widths, stage_units, (1, 2, 2), options)
+    return common.add_head(
         x,
-        unit,
-        stage_widths=(width, 2 * width, 4 * width),
-        stage_units=(units, units, units),
-        stage_strides=(1, 2, 2),
-        unit_variant=unit_variant,
-        shortcut=shortcut,
-        drop_path_rate=drop_path_rate,
-        zero_init_last=zero_init_last,
-        norm_momentum=norm_momentum,
-        seed=seed,
-        remat=remat,
-        **options,
-    )
-    x = common.add_head(
-        x,
-        unit_variant=unit_variant,
-        include_top=include_top,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
+        head,
+        final_norm=options.facts.final_norm,
         norm_epsilon=1e-5,
-        norm_momentum=norm_momentum,
+        norm_momentum=options.norm_momentum,
     )
-    if name is None:
-        name = f"resnet{depth}v2" + ("" if unit == CIFAR_DEPTHS.get(depth) else f"_{unit}")
-    return common.finish(inputs, x, name, weights)
 
 
 def _named(depth):

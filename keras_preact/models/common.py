@@ -1,8 +1,9 @@
-"""Pieces the CIFAR and ImageNet builders share: units per stage, input, stages, head, weights,
-and the signatures of the named builders (ResNet50V2, ...)."""
+"""Pieces the CIFAR and ImageNet nets share: the options every unit and head takes, units per
+stage, input, stages, head, and the signatures of the named builders (ResNet50V2, ...)."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 
@@ -11,6 +12,8 @@ import keras
 from keras_preact import layers as preact_layers
 from keras_preact import preprocessing
 from keras_preact.normalization import FusedBatchNormalization
+from keras_preact.options import EvalProtocol, ShortcutOptions, check_choice
+from keras_preact.weights import detect_format, registry
 
 UNIT_CLASSES = {
     "basic": preact_layers.PreActBlock,
@@ -61,20 +64,52 @@ def bind(builder, args, kwargs):
         raise TypeError(f"{builder.__name__}() {error}") from None
 
 
-def validate_unit_variant(unit_variant, shortcut):
-    preact_layers._check_choice("unit_variant", unit_variant, preact_layers.UNIT_VARIANTS)
-    preact_layers._check_choice("shortcut", shortcut, preact_layers.SHORTCUTS)
+@dataclasses.dataclass(frozen=True)
+class UnitOptions:
+    """What every unit of a net shares: the paper's unit and shortcut variants and training
+    settings (see `PreActBlock`; `drop_path_rate` grows linearly to the last unit)."""
+
+    unit_variant: str = "full_preact"
+    shortcut: ShortcutOptions = ShortcutOptions()
+    drop_path_rate: float = 0.0
+    zero_init_last: bool = False
+    norm_momentum: float = 0.9
+    seed: int | None = None
+    remat: bool = False
+
+    def __post_init__(self):
+        check_choice("unit_variant", self.unit_variant, preact_layers.UNIT_VARIANTS)
+
+    @property
+    def facts(self):
+        return preact_layers.UNIT_VARIANT_FACTS[self.unit_variant]
+
+    def as_config(self):
+        """The builder arguments, flat (`shortcut` and its options as separate keys)."""
+        values = {"unit_variant": self.unit_variant, **dataclasses.asdict(self.shortcut)}
+        for field in dataclasses.fields(self)[2:]:
+            values[field.name] = getattr(self, field.name)
+        return values
 
 
-def shortcut_options(shortcut_scale, residual_scale, gate_bias_init, shortcut_dropout_rate):
-    """The shortcut's options as unit arguments: `None` takes the paper's value for the
-    unit's shortcut; a unit rejects an option given for another shortcut."""
-    return {
-        "shortcut_scale": shortcut_scale,
-        "residual_scale": residual_scale,
-        "gate_bias_init": gate_bias_init,
-        "shortcut_dropout_rate": shortcut_dropout_rate,
-    }
+@dataclasses.dataclass(frozen=True)
+class HeadOptions:
+    """What the net ends with (as in keras.applications): classifier or pooling."""
+
+    include_top: bool = True
+    pooling: str | None = None
+    classes: int = 1000
+    classifier_activation: str | None = "softmax"
+
+    def __post_init__(self):
+        check_choice("pooling", self.pooling, (None, "avg", "max"))
+        if self.include_top and (not isinstance(self.classes, int) or self.classes < 1):
+            raise ValueError(
+                f"classes must be a positive integer with include_top=True, got {self.classes!r}."
+            )
+
+    def as_config(self):
+        return dataclasses.asdict(self)
 
 
 def model_input(input_tensor, input_shape, default_shape, min_size, needs_rgb):
@@ -118,23 +153,26 @@ def add_stages(
     stage_widths,
     stage_units,
     stage_strides,
+    options,
     *,
     stride_on_last_unit=False,
     first_stage_preact=True,
-    drop_path_rate=0.0,
-    seed=None,
-    **unit_options,
+    **layout_args,
 ):
-    """Stacks the residual stages; returns the output tensor.
+    """Stacks the residual stages of `unit`s with `options` (`UnitOptions`); returns the output.
 
     Stride sits on the first unit of a stage (the paper), or, with
     `stride_on_last_unit`, on the last unit of the previous stage with an
     identity (subsampling) shortcut (keras.applications). Without
     `first_stage_preact`, the units of the first stage have no pre-activation
     of their own (fb.resnet.torch's `'first'` units after a BN-ReLU stem).
+    `layout_args` are unit arguments a layout sets (padding, biases, BN epsilon).
     """
     unit_class = UNIT_CLASSES[unit]
     extra = {"num_convs": 1} if unit == "one_layer" else {}
+    unit_args = options.as_config()
+    rate, seed = unit_args.pop("drop_path_rate"), unit_args.pop("seed")
+    unit_args = {k: v for k, v in unit_args.items() if v is not None}
     total_units = sum(stage_units)
     placements = []  # (stage, unit index, strides, projection)
     for stage, (count, stride) in enumerate(zip(stage_units, stage_strides)):
@@ -148,64 +186,54 @@ def add_stages(
         else:
             placements[sum(stage_units[:stage])][2] = stride
     for position, (stage, index, strides, projection) in enumerate(placements):
-        rate = drop_path_rate * position / max(total_units - 1, 1)
         x = unit_class(
             stage_widths[stage],
             strides=strides,
             projection=projection,
-            drop_path_rate=rate,
+            drop_path_rate=rate * position / max(total_units - 1, 1),
             seed=None if seed is None else seed + position,
             preactivate=first_stage_preact or stage > 0,
             name=f"stage{stage + 1}_unit{index + 1}",
             **extra,
-            **unit_options,
+            **unit_args,
+            **layout_args,
         )(x)
     return x
 
 
-def add_head(
-    x,
-    *,
-    unit_variant,
-    include_top,
-    pooling,
-    classes,
-    classifier_activation,
-    norm_epsilon,
-    norm_momentum,
-):
-    """Final BN-ReLU (where `unit_variant`'s units leave the sum unactivated), pooling, classifier."""
-    if preact_layers.UNIT_VARIANT_FACTS[unit_variant].final_norm:
+def add_head(x, head, *, final_norm, norm_epsilon, norm_momentum):
+    """Final BN-ReLU (`final_norm`: units that leave the sum unactivated), pooling, classifier."""
+    if final_norm:
         x = FusedBatchNormalization(epsilon=norm_epsilon, momentum=norm_momentum, name="post_bn")(x)
         x = keras.layers.Activation("relu", name="post_relu")(x)
-    if include_top:
+    if head.include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = keras.layers.Dense(
-            classes,
-            activation=classifier_activation,
+            head.classes,
+            activation=head.classifier_activation,
             name="predictions",
             dtype="float32",  # logits/probabilities stay float32 under mixed precision
         )(x)
-    elif pooling == "avg":
+    elif head.pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
+    elif head.pooling == "max":
         x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
     return x
 
 
-def check_head_args(include_top, pooling, classes):
-    if pooling not in (None, "avg", "max"):
-        raise ValueError(f"Unknown pooling {pooling!r}. Allowed values: None, 'avg', 'max'.")
-    if include_top and (not isinstance(classes, int) or classes < 1):
-        raise ValueError(
-            f"classes must be a positive integer with include_top=True, got {classes!r}."
-        )
+def model_config(inputs, include_preprocessing, head, options, eval_protocol):
+    """The config entries every net has: input, preprocessing, head, units, eval protocol."""
+    return {
+        "input_shape": tuple(inputs.shape[1:]),
+        "include_preprocessing": include_preprocessing,
+        **head.as_config(),
+        **options.as_config(),
+        "eval_protocol": EvalProtocol.from_dict(eval_protocol).as_dict(),
+    }
 
 
 def check_cifar_weights(weights):
     """CIFAR nets load Keras files only: every public checkpoint is an ImageNet net."""
-    from keras_preact.weights import detect_format, registry
-
     foreign = registry.is_source_name(weights)
     if not foreign and isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):
         foreign = not os.fspath(weights).endswith((".weights.h5", ".keras"))
@@ -218,22 +246,7 @@ def check_cifar_weights(weights):
         )
 
 
-def maybe_preprocess(x, include_preprocessing, normalization, eval_preprocessing=None):
+def maybe_preprocess(x, include_preprocessing, normalization):
     if include_preprocessing:
-        x = preprocessing.normalization_layer(
-            normalization, name="preprocessing", eval_preprocessing=eval_preprocessing
-        )(x)
+        x = preprocessing.normalization_layer(normalization, name="preprocessing")(x)
     return x
-
-
-def finish(inputs, outputs, name, weights, resolved=None):
-    """Wraps the graph in a functional Model and loads `weights` (see `weights.load_weights`)."""
-    if isinstance(inputs, keras.KerasTensor) and inputs._keras_history.operation is not None:
-        source = keras.utils.get_source_inputs(inputs)
-        inputs = source[0] if len(source) == 1 else source
-    model = keras.Model(inputs, outputs, name=name)
-    if weights is not None:
-        from keras_preact.weights import load_weights
-
-        load_weights(model, weights, resolved)
-    return model

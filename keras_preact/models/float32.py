@@ -19,6 +19,8 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from keras_preact.models.base import ResNetV2
+
 _KEEP = object()
 
 
@@ -51,6 +53,30 @@ def float32_copy(model, dynamic_hw=True, classifier_activation=_KEEP):
             f"{len(model.inputs)} inputs and {len(model.outputs)} outputs."
         )
 
+    weights = model.get_weights()  # numpy; reads mirrored/distributed variables too
+    with _global_dtype_policy("float32"):
+        if isinstance(model, ResNetV2):
+            copy = _rebuilt(model, dynamic_hw, classifier_activation)
+        else:
+            copy = _cloned(model, dynamic_hw, classifier_activation)
+    copy.set_weights(weights)
+    return copy
+
+
+def _rebuilt(model, dynamic_hw, classifier_activation):
+    """A keras-preact model built again from its config, without remat, under the float32 policy."""
+    config = dict(model.get_config(), remat=False)
+    if dynamic_hw:
+        config["input_shape"] = [None, None, config["input_shape"][-1]]
+    if classifier_activation is not _KEEP:
+        config["classifier_activation"] = classifier_activation
+    return type(model).from_config(config)
+
+
+def _cloned(model, dynamic_hw, classifier_activation):
+    """Any other functional model (e.g. a .keras file saved before the model class), cloned
+    layer by layer with float32 layers."""
+
     def float32_layer(layer):
         config = layer.get_config()
         if "dtype" in config:
@@ -61,20 +87,14 @@ def float32_copy(model, dynamic_hw=True, classifier_activation=_KEEP):
             config["activation"] = classifier_activation
         return layer.__class__.from_config(config)
 
-    weights = model.get_weights()  # numpy; reads mirrored/distributed variables too
-    with _global_dtype_policy("float32"):
-        copy = None
-        if dynamic_hw:
-            channels = model.inputs[0].shape[-1]
-            name = model.inputs[0].name or "image"
-            try:
-                inputs = keras.Input((None, None, channels), name=name, dtype="float32")
-                copy = keras.models.clone_model(
-                    model, input_tensors=inputs, clone_function=float32_layer
-                )
-            except (ValueError, TypeError):
-                copy = None  # e.g. a Flatten head: keep the trained size
-        if copy is None:
-            copy = keras.models.clone_model(model, clone_function=float32_layer)
-    copy.set_weights(weights)
-    return copy
+    if dynamic_hw:
+        channels = model.inputs[0].shape[-1]
+        name = model.inputs[0].name or "image"
+        try:
+            inputs = keras.Input((None, None, channels), name=name, dtype="float32")
+            return keras.models.clone_model(
+                model, input_tensors=inputs, clone_function=float32_layer
+            )
+        except (ValueError, TypeError):
+            pass  # e.g. a Flatten head: keep the trained size
+    return keras.models.clone_model(model, clone_function=float32_layer)

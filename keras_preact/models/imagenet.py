@@ -41,7 +41,10 @@ import keras
 
 from keras_preact.layers import SymmetricMaxPooling2D, he_normal_fan_out
 from keras_preact.models import common
+from keras_preact.models.base import ResNetV2
 from keras_preact.normalization import FusedBatchNormalization
+from keras_preact.options import ShortcutOptions, check_choice
+from keras_preact.weights import resolve
 
 # depth -> (unit, units per stage)
 IMAGENET_DEPTHS = {
@@ -124,13 +127,33 @@ LAYOUTS = {
 
 
 def get_layout(layout):
+    """The `Layout` named `layout` (a `Layout`, or a dict of its fields, passes through)."""
     if isinstance(layout, Layout):
         return layout
-    if layout not in LAYOUTS:
-        raise ValueError(
-            f"Unknown layout {layout!r}. Allowed values: {', '.join(map(repr, LAYOUTS))}."
-        )
+    if isinstance(layout, dict):
+        return Layout(**layout)
+    check_choice("layout", layout, tuple(LAYOUTS))
     return LAYOUTS[layout]
+
+
+def layout_config(layout):
+    """How a config names `layout`: its name if it is the registered one, else its fields."""
+    return layout.name if LAYOUTS.get(layout.name) == layout else dataclasses.asdict(layout)
+
+
+def resolve_layout(depth, weights, layout=None):
+    """`(Layout, resolved weights or None)`: `layout` if given, else the weights', else "paper".
+
+    The one place that decides a net's layout: the builders and the training
+    runs ask it. An explicit layout the weights cannot fill is an error.
+
+    >>> resolve_layout(50, "keras:resnet50v2")[0].name, resolve_layout(50, None)[0].name
+    ('keras', 'paper')
+    """
+    if layout is not None:
+        layout = get_layout(layout)
+    resolved = resolve(weights, depth=depth, layout=layout)
+    return layout or get_layout((resolved and resolved.layout) or "paper"), resolved
 
 
 def _stem(x, layout, norm_momentum):
@@ -159,47 +182,9 @@ def _stem(x, layout, norm_momentum):
     return keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
 
 
-def _layout_and_weights(depth, weights, layout, unit_variant, shortcut):
-    """`(Layout, resolved weights or None)`: `layout` if given, else the weights', else "paper"."""
-    from keras_preact.weights import resolve
-
-    resolved = resolve(weights, depth=depth, layout=layout)
-    if resolved is not None and resolved.kind != "native":
-        if unit_variant != "full_preact" or shortcut != "identity":
-            raise ValueError(
-                f"weights={weights!r} are full pre-activation units with identity shortcuts; "
-                f"unit_variant={unit_variant!r} / shortcut={shortcut!r} cannot take them."
-            )
-    return layout or get_layout((resolved and resolved.layout) or "paper"), resolved
-
-
-# Over 80 lines for its public signature and docstring only; the code is short.
-def ImageNetResNetV2(
-    depth,
-    *,
-    include_top=True,
-    weights=None,
-    input_tensor=None,
-    input_shape=None,
-    pooling=None,
-    classes=1000,
-    classifier_activation="softmax",
-    include_preprocessing=True,
-    layout=None,
-    unit_variant="full_preact",
-    shortcut="identity",
-    shortcut_scale=None,
-    residual_scale=None,
-    gate_bias_init=None,
-    shortcut_dropout_rate=None,
-    drop_path_rate=0.0,
-    zero_init_last=False,
-    norm_momentum=None,
-    seed=None,
-    remat=False,
-    name=None,
-):
-    """Builds an ImageNet pre-activation ResNet (18, 34, 50, 101, 152 or 200 layers).
+@keras.saving.register_keras_serializable(package="keras_preact")
+class ImageNetResNetV2(ResNetV2):
+    """An ImageNet pre-activation ResNet (18, 34, 50, 101, 152 or 200 layers).
 
     Args:
         depth: one of 18, 34 (basic units), 50, 101, 152, 200 (bottlenecks).
@@ -219,9 +204,7 @@ def ImageNetResNetV2(
             the 224 and 320 test crops run on one model.
         include_preprocessing: the model takes raw RGB in [0, 255] and applies
             its layout's normalisation (ImageNet mean/std for `"paper"` and
-            `"fb"`, [-1, 1] for `"timm"` and `"keras"`); with a named source the
-            layer also records the source's evaluation protocol
-            (`keras_preact.preprocessing.eval_preprocessing(model)`).
+            `"fb"`, [-1, 1] for `"timm"` and `"keras"`).
         layout: `"paper"`, `"timm"`, `"keras"` or `"fb"` (see the module
             docstring) or a `Layout`; `None` follows the weights (else
             `"paper"`). An explicit layout that the weights cannot fill is an
@@ -236,7 +219,14 @@ def ImageNetResNetV2(
         remat: recompute each unit's activations in the backward pass instead of
             keeping them (`PreActBlock`'s `remat`): about a third of the training
             memory of deep nets for about a third more step time.
+        eval_protocol: how the weights are evaluated (an `EvalProtocol` or its
+            dict); by default a named source's (resize interpolation, crop
+            fraction), else the paper's. Read it back as `model.eval_protocol`.
         name: the model's name (`"resnet{depth}v2"` by default).
+
+    The model's `get_config()` holds all of these but `weights` and
+    `input_tensor`, with `unit`, `stage_units` and `stage_widths`; the
+    layout as its name (or its fields, for a `Layout` of your own).
 
     Example:
 
@@ -245,69 +235,125 @@ def ImageNetResNetV2(
     25549352
     >>> model.count_params()  # also BN moving statistics and the input mean/std
     25594798
+    >>> config = model.get_config()
+    >>> config["depth"], config["unit"], config["stage_units"], config["layout"]
+    (50, 'bottleneck', [3, 4, 6, 3], 'timm')
     >>> model = ImageNetResNetV2(200, weights="imagenet")  # doctest: +SKIP
     """
+
+    DERIVED = ("unit", "stage_units", "stage_widths")
+
+    def __init__(
+        self,
+        depth,
+        *,
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=1000,
+        classifier_activation="softmax",
+        include_preprocessing=True,
+        layout=None,
+        unit_variant="full_preact",
+        shortcut="identity",
+        shortcut_scale=None,
+        residual_scale=None,
+        gate_bias_init=None,
+        shortcut_dropout_rate=None,
+        drop_path_rate=0.0,
+        zero_init_last=False,
+        norm_momentum=None,
+        seed=None,
+        remat=False,
+        eval_protocol=None,
+        name=None,
+        trainable=True,
+    ):
+        unit, stage_units = _depth_row(depth)
+        layout, resolved = resolve_layout(depth, weights, layout)
+        shortcut = ShortcutOptions(
+            shortcut, shortcut_scale, residual_scale, gate_bias_init, shortcut_dropout_rate
+        )
+        momentum = layout.norm_momentum if norm_momentum is None else norm_momentum
+        options = common.UnitOptions(
+            unit_variant, shortcut, drop_path_rate, zero_init_last, momentum, seed, remat
+        )
+        if resolved is not None and resolved.kind != "native":
+            _check_foreign_units(weights, options)
+        head = common.HeadOptions(include_top, pooling, classes, classifier_activation)
+        eval_protocol = eval_protocol or (resolved and resolved.eval_protocol)
+        inputs, x = common.model_input(
+            input_tensor, input_shape, (None, None, 3), min_size=32, needs_rgb=True
+        )
+        x = common.maybe_preprocess(x, include_preprocessing, layout.normalization)
+        outputs = _network(x, unit, stage_units, layout, options, head)
+        config = {
+            "depth": depth,
+            "unit": unit,
+            "stage_units": stage_units,
+            "stage_widths": STAGE_WIDTHS,
+            "layout": layout_config(layout),
+            **common.model_config(inputs, include_preprocessing, head, options, eval_protocol),
+        }
+        name = name or f"resnet{depth}v2"
+        self._init_functional(inputs, outputs, name, config, weights, resolved, trainable=trainable)
+
+    @property
+    def layout(self):
+        """The `Layout` the net is built in."""
+        return get_layout(self._preact_config["layout"])
+
+    @property
+    def normalization(self):
+        """How the net's inputs are normalised (a key of `keras_preact.NORMALIZATIONS`)."""
+        return self.layout.normalization
+
+
+def _depth_row(depth):
+    """`(unit, units per stage)` of an ImageNet depth, with a clear error for others."""
     if depth not in IMAGENET_DEPTHS:
         raise ValueError(
             f"Invalid ImageNet depth {depth!r}. Allowed values: "
             f"{', '.join(map(str, IMAGENET_DEPTHS))} (CIFAR depths: use CIFARResNetV2)."
         )
-    if layout is not None:
-        layout = get_layout(layout)
-    unit, stage_units = IMAGENET_DEPTHS[depth]
-    common.validate_unit_variant(unit_variant, shortcut)
-    options = common.shortcut_options(
-        shortcut_scale, residual_scale, gate_bias_init, shortcut_dropout_rate
-    )
-    common.check_head_args(include_top, pooling, classes)
-    layout, resolved = _layout_and_weights(depth, weights, layout, unit_variant, shortcut)
-    momentum = layout.norm_momentum if norm_momentum is None else norm_momentum
-    inputs, x = common.model_input(
-        input_tensor,
-        input_shape,
-        default_shape=(None, None, 3),
-        min_size=32,
-        needs_rgb=True,
-    )
-    x = common.maybe_preprocess(
-        x,
-        include_preprocessing,
-        layout.normalization,
-        eval_preprocessing=resolved and resolved.eval_preprocessing,
-    )
-    x = _stem(x, layout, momentum)
+    return IMAGENET_DEPTHS[depth]
+
+
+def _check_foreign_units(weights, options):
+    if options.unit_variant != "full_preact" or options.shortcut.shortcut != "identity":
+        raise ValueError(
+            f"weights={weights!r} are full pre-activation units with identity shortcuts; "
+            f"unit_variant={options.unit_variant!r} / shortcut={options.shortcut.shortcut!r} "
+            "cannot take them."
+        )
+
+
+def _network(x, unit, stage_units, layout, options, head):
+    """Stem, the four stages and the head, as `layout` builds them."""
+    x = _stem(x, layout, options.norm_momentum)
     x = common.add_stages(
         x,
         unit,
-        stage_widths=STAGE_WIDTHS,
-        stage_units=stage_units,
-        stage_strides=STAGE_STRIDES,
+        STAGE_WIDTHS,
+        stage_units,
+        STAGE_STRIDES,
+        options,
         stride_on_last_unit=layout.stride_on_last_unit,
         first_stage_preact=layout.stage1_preact,
         raw_projection=layout.raw_projection,
-        drop_path_rate=drop_path_rate,
-        zero_init_last=zero_init_last,
         padding=layout.padding,
         output_bias=layout.conv_bias,
         norm_epsilon=layout.norm_epsilon,
-        norm_momentum=momentum,
-        unit_variant=unit_variant,
-        shortcut=shortcut,
-        seed=seed,
-        remat=remat,
-        **options,
     )
-    x = common.add_head(
+    return common.add_head(
         x,
-        unit_variant=unit_variant,
-        include_top=include_top,
-        pooling=pooling,
-        classes=classes,
-        classifier_activation=classifier_activation,
+        head,
+        final_norm=options.facts.final_norm,
         norm_epsilon=layout.norm_epsilon,
-        norm_momentum=momentum,
+        norm_momentum=options.norm_momentum,
     )
-    return common.finish(inputs, x, name or f"resnet{depth}v2", weights, resolved)
 
 
 def _named(depth):

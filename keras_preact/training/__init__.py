@@ -2,6 +2,10 @@
 
 >>> from keras_preact import training
 >>> config = training.TrainConfig(dataset="digits", model_dir="demo_run", depth=20, epochs=15)
+>>> training.TrainConfig(dataset="digits", model_dir="demo_run", depth=21).validate()
+Traceback (most recent call last):
+    ...
+ValueError: Invalid depth 21 for 'basic' units: CIFAR depth must be 6n+2 with n >= 1 (e.g. 8, 14, 20, 110).
 >>> metrics = training.run(config)  # trains, evaluates, writes model_dir/metrics.json etc.
 ... # doctest: +SKIP
 

@@ -34,8 +34,10 @@ import sys
 from absl import app, flags
 
 from keras_preact import console
+from keras_preact.export.pipeline import export_all
 from keras_preact.training.config import GROUPS, ConfigError
 from keras_preact.training.flags import config_from_flags, define_flags, flag_words
+from keras_preact.training.run import run
 
 ABOUT = {
     "cifar": "Trains a pre-activation ResNet on CIFAR-style data (CIFAR-10/100, digits, ...) "
@@ -82,8 +84,6 @@ def usage(family, flag_values=flags.FLAGS):
 
 def _main(family, argv):
     """flags -> `TrainConfig` -> `run`; then the export (`--export_dir`) and the result line."""
-    from keras_preact.training.run import run
-
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     console.quiet_python_logs()
@@ -93,8 +93,6 @@ def _main(family, argv):
     except ConfigError as e:
         sys.exit(f"Error: {flag_words(str(e), family)}")
     if config.export_dir and metrics["chief"]:
-        from keras_preact.export import export_all
-
         # The run directory says the rest: labels, crop, interpolation, calibration images.
         result = export_all(config.model_dir, config.export_dir, model_name=config.dataset)
         print(result.summary())

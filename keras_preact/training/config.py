@@ -11,7 +11,11 @@ import dataclasses
 import json
 from collections.abc import Callable
 
+from keras_preact.data import DATASETS
 from keras_preact.layers import SHORTCUTS, UNIT_VARIANTS
+from keras_preact.models.cifar import CIFAR_DEPTHS, cifar_units_per_stage
+from keras_preact.models.imagenet import IMAGENET_DEPTHS, LAYOUTS
+from keras_preact.options import check_choice
 from keras_preact.training.schedules import (
     CIFAR_REFERENCE_BATCH,
     FINETUNE_LEARNING_RATE,
@@ -100,18 +104,6 @@ def option(
 INTERNAL = {"flag": None}
 
 
-def _datasets():
-    from keras_preact.data import DATASETS
-
-    return tuple(DATASETS)
-
-
-def _layouts():
-    from keras_preact.models.imagenet import LAYOUTS
-
-    return tuple(LAYOUTS)
-
-
 _WEIGHTS_HELP = {
     "cifar": "Start from these weights: a .weights.h5 / .keras file of a CIFAR net built with the "
     "same flags (e.g. an earlier run's model.weights.h5). A resumed run restores its "
@@ -193,7 +185,7 @@ class TrainConfig:
         "Network layout: paper (the paper's appendix), timm, keras or fb "
         "(keras_preact.models.imagenet). Default: the one --weights need, else paper.",
         families=["imagenet"],
-        choices=_layouts,
+        choices=tuple(LAYOUTS),
     )
     weights: str | None = option(None, MODEL, _WEIGHTS_HELP)
     eval_only: bool = option(False, MODEL, _EVAL_ONLY_HELP)
@@ -218,7 +210,11 @@ class TrainConfig:
     shortcut_dropout_rate: float | None = option(None, MODEL, "dropout shortcut: drop rate (0.5).")
     # Data.
     dataset: str = option(
-        "cifar10", DATA, "Dataset (keras_preact.data).", choices=_datasets, imagenet="imagenet2012"
+        "cifar10",
+        DATA,
+        "Dataset (keras_preact.data).",
+        choices=tuple(DATASETS),
+        imagenet="imagenet2012",
     )
     data_dir: str | None = option(
         None, DATA, "Where the dataset lives (tfds data_dir, image folder, TFRecords)."
@@ -316,37 +312,48 @@ class TrainConfig:
 
     def validate(self):
         """Raises ValueError naming the first bad field and what it accepts."""
-        from keras_preact.data import DATASETS
-
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("family", self.family, FAMILIES)
-        _choice("strategy", self.strategy, STRATEGIES)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("unit_variant", self.unit_variant, UNIT_VARIANTS)
-        _choice("shortcut", self.shortcut, SHORTCUTS)
+        for name, allowed in (
+            ("dataset", DATASETS),
+            ("family", FAMILIES),
+            ("strategy", STRATEGIES),
+            ("schedule", SCHEDULES),
+            ("unit_variant", UNIT_VARIANTS),
+            ("shortcut", SHORTCUTS),
+        ):
+            check_choice(name, getattr(self, name), allowed)
         if not self.model_dir:
             raise ValueError("model_dir is required: where checkpoints, logs and the model go.")
         if self.family == "cifar":
-            from keras_preact.models.cifar import CIFAR_DEPTHS, cifar_units_per_stage
-
-            if self.unit is not None:
-                _choice("unit", self.unit, CIFAR_UNITS)
-            cifar_units_per_stage(self.depth, self.unit or CIFAR_DEPTHS.get(self.depth, "basic"))
-            if self.width < 1:
-                raise ValueError(f"width must be >= 1, got {self.width}.")
+            self._validate_cifar_model()
         else:
-            from keras_preact.models.imagenet import IMAGENET_DEPTHS, LAYOUTS
-
-            _choice("depth", self.depth, tuple(IMAGENET_DEPTHS))
-            if self.layout is not None:
-                _choice("layout", self.layout, tuple(LAYOUTS))
-            if self.unit is not None:
-                raise ValueError("unit is fixed by the depth for ImageNet nets; leave it unset.")
+            self._validate_imagenet_model()
         for name in ("batch_size", "checkpoint_every", "keep_checkpoints", "steps_per_loop"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        _choice("verbose", self.verbose, (0, 1, 2))
+        check_choice("verbose", self.verbose, (0, 1, 2))
+        self._validate_length()
+        self._validate_eval_only_and_finetune()
+        self._validate_optimizer_and_sizes()
+
+    def _validate_cifar_model(self):
+        """The CIFAR net: a unit type and a depth it allows (6n+2, 9n+2, 3n+2), a width."""
+        if self.unit is not None:
+            check_choice("unit", self.unit, CIFAR_UNITS)
+        cifar_units_per_stage(self.depth, self.unit or CIFAR_DEPTHS.get(self.depth, "basic"))
+        if self.width < 1:
+            raise ValueError(f"width must be >= 1, got {self.width}.")
+
+    def _validate_imagenet_model(self):
+        """The ImageNet net: one of the named depths and layouts; the depth fixes the unit."""
+        check_choice("depth", self.depth, tuple(IMAGENET_DEPTHS))
+        if self.layout is not None:
+            check_choice("layout", self.layout, tuple(LAYOUTS))
+        if self.unit is not None:
+            raise ValueError("unit is fixed by the depth for ImageNet nets; leave it unset.")
+
+    def _validate_length(self):
+        """Training length (epochs or train_steps, not both), steps per epoch, eval_every."""
         if self.epochs is not None and self.train_steps is not None:
             raise ValueError("Give epochs or train_steps, not both.")
         if self.epochs is not None and self.epochs <= 0:
@@ -359,6 +366,9 @@ class TrainConfig:
             raise ValueError(
                 f"eval_every must be >= 0 (0: only at the end), got {self.eval_every}."
             )
+
+    def _validate_eval_only_and_finetune(self):
+        """eval_only needs weights and no export; a training finetune run needs a length."""
         if self.eval_only and self.weights is None:
             raise ValueError(
                 "eval_only needs weights: the model to evaluate ('imagenet', a source name or "
@@ -371,6 +381,9 @@ class TrainConfig:
                 raise ValueError(
                     "The finetune schedule has no default length: give epochs or train_steps."
                 )
+
+    def _validate_optimizer_and_sizes(self):
+        """Optimizer settings, image and eval crop sizes, and what jit_compile excludes."""
         lr = 0.1 if self.learning_rate is None else self.learning_rate
         if lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0:
             raise ValueError("Need learning_rate > 0, 0 <= momentum < 1, weight_decay >= 0.")
@@ -391,10 +404,3 @@ class TrainConfig:
             for key in RESUME_FIELDS
             if key in saved and saved[key] != getattr(self, key)
         }
-
-
-def _choice(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(
-            f"Unknown {name} {value!r}. Allowed values: {', '.join(map(repr, allowed))}."
-        )

@@ -232,7 +232,26 @@ class Trainer:
         self.steps_per_loop = steps_per_loop
         self.verbose = verbose
         self.chief = is_chief(strategy)
-        with strategy.scope():
+        self._build(build_model, build_optimizer)
+        self.history = []
+        self.last_eval = None  # the latest evaluation in `fit`, with its step
+        self._checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, step=self.step
+        )
+        self._manager, self._worker_dir = self._checkpoint_manager(keep_checkpoints)
+        # XLA compiles the forward/backward pass only: optimizer.apply all-reduces
+        # across replicas, which XLA cannot do inside a distributed step.
+        self._grads_fn = self._loss_and_grads
+        if jit_compile:
+            self._grads_fn = tf.function(self._loss_and_grads, jit_compile=True)
+        self._train_loop = tf.function(self._train_loop_fn)
+        self._eval_step = tf.function(self._eval_step_fn, reduce_retracing=True)
+        self._writers = None
+        self._tensorboard = True  # False when the tensorboard package is missing
+
+    def _build(self, build_model, build_optimizer):
+        """Creates the model, the optimizer's variables and the step counter in the scope."""
+        with self.strategy.scope():
             self.model = build_model()
             self.optimizer = build_optimizer()
             self.optimizer.build(self.model.trainable_variables)
@@ -243,32 +262,25 @@ class Trainer:
                 name="global_step",
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
-        self.history = []
-        self.last_eval = None  # the latest evaluation in `fit`, with its step
-        self._checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, step=self.step
+
+    def _checkpoint_manager(self, keep_checkpoints):
+        """`(manager, worker_dir)`, `(None, None)` without a model_dir; sets `checkpoint_dir`.
+
+        The chief writes to `model_dir/checkpoints`; another worker to a
+        temporary `worker_dir` of its own, deleted after each save.
+        """
+        if not self.model_dir:
+            return None, None
+        self.checkpoint_dir = os.path.join(self.model_dir, run_dir.CHECKPOINTS)
+        write_dir, worker_dir = self.checkpoint_dir, None
+        if not self.chief:
+            _, task_id = task_info(self.strategy)
+            worker_dir = tempfile.mkdtemp(prefix=f"keras_preact_worker{task_id}_")
+            write_dir = worker_dir
+        manager = tf.train.CheckpointManager(
+            self._checkpoint, write_dir, max_to_keep=keep_checkpoints
         )
-        self._manager = None
-        self._worker_dir = None
-        if model_dir:
-            self.checkpoint_dir = os.path.join(model_dir, run_dir.CHECKPOINTS)
-            write_dir = self.checkpoint_dir
-            if not self.chief:
-                _, task_id = task_info(strategy)
-                self._worker_dir = tempfile.mkdtemp(prefix=f"keras_preact_worker{task_id}_")
-                write_dir = self._worker_dir
-            self._manager = tf.train.CheckpointManager(
-                self._checkpoint, write_dir, max_to_keep=keep_checkpoints
-            )
-        # XLA compiles the forward/backward pass only: optimizer.apply all-reduces
-        # across replicas, which XLA cannot do inside a distributed step.
-        self._grads_fn = self._loss_and_grads
-        if jit_compile:
-            self._grads_fn = tf.function(self._loss_and_grads, jit_compile=True)
-        self._train_loop = tf.function(self._train_loop_fn)
-        self._eval_step = tf.function(self._eval_step_fn, reduce_retracing=True)
-        self._writers = None
-        self._tensorboard = True  # False when the tensorboard package is missing
+        return manager, worker_dir
 
     # ----------------------------------------------------------------- steps
 
@@ -405,69 +417,83 @@ class Trainer:
             return self._fit(train_dataset_fn, epochs, stop, on_epoch_end)
 
     def _fit(self, train_dataset_fn, epochs, stop, on_epoch_end):
-        step, total_steps = self.current_step, epochs.total_steps
+        step = self.current_step
         iterator = iter(self.strategy.distribute_datasets_from_function(train_dataset_fn))
-        while step < total_steps:
-            epoch, epoch_start, epoch_end = epochs.at(step)
-            progbar = None
-            if self.chief and self.verbose:
-                print(f"Epoch {epoch + 1}/{epochs.count}")
-                # Every figure is stateful: the bar shows the epoch's running means,
-                # so its last frame shows what history.csv records.
-                progbar = keras.utils.Progbar(
-                    epoch_end - epoch_start, stateful_metrics=["loss", "accuracy", "lr"]
-                )
-            start, start_step = time.time(), step
-            totals = np.zeros(4)
-            while step < epoch_end:
-                next_checkpoint = (step // self.checkpoint_every + 1) * self.checkpoint_every
-                n = min(self.steps_per_loop, epoch_end - step, next_checkpoint - step)
-                lr = self.learning_rate()
-                stop_requested = tf.constant(float(stop.received is not None))
-                out = self._train_loop(iterator, tf.constant(n, tf.int64), stop_requested).numpy()
-                totals += out
-                step += n
-                self._log(
-                    "train", step, loss=out[0] / n, accuracy=out[1] / out[2], learning_rate=lr
-                )
-                if progbar is not None:
-                    means = totals[0] / (step - start_step), totals[1] / totals[2]
-                    progbar.update(
-                        step - epoch_start,
-                        [("loss", means[0]), ("accuracy", means[1]), ("lr", lr)],
-                    )
-                if step % self.checkpoint_every == 0 and step < total_steps:
-                    self.save_checkpoint()
-                if out[3] > 0 and step < total_steps:  # a stop signal, here or on another worker
-                    self._stop(step, stop.received, progbar is not None and step < epoch_end)
-            row = {
-                "epoch": epoch + 1,
-                "step": step,
-                "learning_rate": lr,
-                "loss": totals[0] / (step - start_step),
-                "accuracy": totals[1] / totals[2],
-                "seconds": time.time() - start,
-            }
+        while step < epochs.total_steps:
+            epoch = epochs.at(step)[0]
+            row = self._train_epoch(iterator, epochs, step, stop)
+            step = row["step"]
             if epochs.evaluates(epoch, step):
-                metrics = self.evaluate(epochs.eval_dataset_fn)
-                self.last_eval = dict(metrics, step=step)
-                row.update(
-                    val_loss=metrics["loss"], val_top1=metrics["top1"], val_top5=metrics["top5"]
-                )
-                self._log(
-                    "eval", step, loss=metrics["loss"], top1=metrics["top1"], top5=metrics["top5"]
-                )
-                if self.chief and self.verbose:
-                    print(
-                        f"  eval: loss {metrics['loss']:.4f}, top-1 {metrics['top1']:.4f}, "
-                        f"top-5 {metrics['top5']:.4f}"
-                    )
+                row.update(self._evaluate_epoch(epochs.eval_dataset_fn, step))
             self.history.append(row)
             self._write_history()
             if on_epoch_end is not None:
                 on_epoch_end(row)
         self.save_checkpoint()
         return self.history
+
+    def _train_epoch(self, iterator, epochs, step, stop):
+        """Trains from `step` to the end of its epoch (checkpoints, logs, progress bar); its row.
+
+        Stops every worker with `Preempted` when one of them received a stop signal.
+        """
+        total_steps = epochs.total_steps
+        epoch, epoch_start, epoch_end = epochs.at(step)
+        progbar = self._progbar(epoch, epochs.count, epoch_end - epoch_start)
+        start, start_step = time.time(), step
+        totals = np.zeros(4)
+        while step < epoch_end:
+            next_checkpoint = (step // self.checkpoint_every + 1) * self.checkpoint_every
+            n = min(self.steps_per_loop, epoch_end - step, next_checkpoint - step)
+            lr = self.learning_rate()
+            stop_requested = tf.constant(float(stop.received is not None))
+            out = self._train_loop(iterator, tf.constant(n, tf.int64), stop_requested).numpy()
+            totals += out
+            step += n
+            self._log("train", step, loss=out[0] / n, accuracy=out[1] / out[2], learning_rate=lr)
+            if progbar is not None:
+                means = totals[0] / (step - start_step), totals[1] / totals[2]
+                progbar.update(
+                    step - epoch_start,
+                    [("loss", means[0]), ("accuracy", means[1]), ("lr", lr)],
+                )
+            if step % self.checkpoint_every == 0 and step < total_steps:
+                self.save_checkpoint()
+            if out[3] > 0 and step < total_steps:  # a stop signal, here or on another worker
+                self._stop(step, stop.received, progbar is not None and step < epoch_end)
+        return {
+            "epoch": epoch + 1,
+            "step": step,
+            "learning_rate": lr,
+            "loss": totals[0] / (step - start_step),
+            "accuracy": totals[1] / totals[2],
+            "seconds": time.time() - start,
+        }
+
+    def _progbar(self, epoch, num_epochs, steps):
+        """Prints the epoch's header and returns its progress bar, on a verbose chief; else None."""
+        if not (self.chief and self.verbose):
+            return None
+        print(f"Epoch {epoch + 1}/{num_epochs}")
+        # Every figure is stateful: the bar shows the epoch's running means,
+        # so its last frame shows what history.csv records.
+        return keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy", "lr"])
+
+    def _evaluate_epoch(self, dataset_fn, step):
+        """Evaluates after the epoch that ended at `step` (logs, prints); the row's val_* fields."""
+        metrics = self.evaluate(dataset_fn)
+        self.last_eval = dict(metrics, step=step)
+        self._log("eval", step, loss=metrics["loss"], top1=metrics["top1"], top5=metrics["top5"])
+        if self.chief and self.verbose:
+            print(
+                f"  eval: loss {metrics['loss']:.4f}, top-1 {metrics['top1']:.4f}, "
+                f"top-5 {metrics['top5']:.4f}"
+            )
+        return {
+            "val_loss": metrics["loss"],
+            "val_top1": metrics["top1"],
+            "val_top5": metrics["top5"],
+        }
 
     def _stop(self, step, signal_name, mid_bar):
         """Checkpoints the current step on every worker and raises `Preempted`."""

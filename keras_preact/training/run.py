@@ -28,12 +28,13 @@ Files the chief writes to `model_dir` (names and the one atomic write:
   when there are any; rewritten after each epoch that finds new ones (each new
   one is also printed once, to stderr, between epochs: the first 10 by name).
 * `model.keras`: the trained model with a softmax head, float32 (loadable
-  with `keras.models.load_model` once `keras_preact` is imported); it carries
-  the eval preprocessing (`eval_preprocessing(model)`), as a builder does.
+  with `keras.models.load_model` once `keras_preact` is imported): a
+  `ResNetV2` whose config holds its architecture and eval protocol
+  (`model.eval_protocol`), as a builder's does.
 * `model.weights.h5`: the same weights, for `keras_preact.<Builder>(weights=path)`
   with the same architecture arguments.
 * `spec.json` (+ `labels.txt`): the `keras_preact.run_dir.ModelSpec`: the
-  builder and its arguments (explicit layout, no weights), class names,
+  model's class and config (explicit layout, no weights), class names,
   normalisation, eval crop sizes, interpolation and crop fraction, and the
   training data. `python -m export --model_dir=...` reads it.
 """
@@ -50,9 +51,13 @@ import time
 import keras
 import tensorflow as tf
 
-from keras_preact import console, run_dir
+from keras_preact import console, data, models, run_dir
+from keras_preact import weights as weights_lib
+from keras_preact.data import pipeline
+from keras_preact.models.common import check_cifar_weights
 from keras_preact.models.float32 import float32_copy
-from keras_preact.preprocessing import DEFAULT_EVAL_PREPROCESSING, PixelNormalization
+from keras_preact.models.imagenet import resolve_layout
+from keras_preact.options import EvalProtocol, ShortcutOptions
 from keras_preact.training.config import ConfigError, TrainConfig
 from keras_preact.training.loop import Trainer
 from keras_preact.training.optimizer import CoupledSGD
@@ -73,14 +78,10 @@ def resolve_weights(config):
     source, a missing file, weights of another depth, an explicit layout the
     weights cannot fill, or ImageNet weights for a CIFAR net.
     """
-    from keras_preact import weights as weights_lib
-
     w = config.weights
     if w is None:
         return None
     if config.family == "cifar":
-        from keras_preact.models.common import check_cifar_weights
-
         try:
             check_cifar_weights(w)
         except ValueError:
@@ -98,9 +99,9 @@ def resolve_weights(config):
 
 
 def run_layout(config):
-    """The layout of an ImageNet run's network: `config.layout`, else its weights', else "paper"."""
-    resolved = None if config.layout else resolve_weights(config)
-    return config.layout or (resolved and resolved.layout) or "paper"
+    """The layout of an ImageNet run's network: `config.layout`, else its weights', else "paper"
+    (`keras_preact.models.imagenet.resolve_layout`)."""
+    return resolve_layout(config.depth, config.weights, config.layout)[0].name
 
 
 def builder_call(config, info):
@@ -116,17 +117,8 @@ def builder_call(config, info):
     >>> builder_call(TrainConfig(dataset="digits", depth=20), dataset_info("digits"))[1]["depth"]
     20
     """
-    kwargs = {
-        key: getattr(config, key)
-        for key in ("shortcut_scale", "residual_scale", "gate_bias_init", "shortcut_dropout_rate")
-        if getattr(config, key) is not None
-    }
-    kwargs.update(
-        depth=config.depth,
-        classes=info.num_classes,
-        unit_variant=config.unit_variant,
-        shortcut=config.shortcut,
-    )
+    kwargs = ShortcutOptions.from_object(config).as_kwargs()
+    kwargs.update(depth=config.depth, classes=info.num_classes, unit_variant=config.unit_variant)
     if config.family == "cifar":
         size = config.image_size or info.image_size
         kwargs.update(
@@ -140,18 +132,23 @@ def builder_call(config, info):
     return "ImageNetResNetV2", kwargs
 
 
-def build_model(config, info, *, classifier_activation=None, weights=None, remat=False):
+def build_model(
+    config, info, *, classifier_activation=None, weights=None, remat=False, eval_protocol=None
+):
     """The network `config` describes, for dataset `info` (a `DatasetInfo`).
 
     Training uses logits (`classifier_activation=None`); the saved model a softmax.
     `weights` is what the builder takes (`config.weights` for a fresh run);
-    `remat` (the training model's, not in `spec.json`) rematerialises the units.
+    `remat` rematerialises the units; `eval_protocol` is the one the model
+    carries (its weights source's, also when a resumed run loads no weights).
     """
-    import keras_preact
-
     name, kwargs = builder_call(config, info)
-    return getattr(keras_preact, name)(
-        classifier_activation=classifier_activation, weights=weights, remat=remat, **kwargs
+    return getattr(models, name)(
+        classifier_activation=classifier_activation,
+        weights=weights,
+        remat=remat,
+        eval_protocol=eval_protocol,
+        **kwargs,
     )
 
 
@@ -160,17 +157,13 @@ def mixed_precision_policy(strategy):
 
     mixed_float16 (with loss scaling) where the strategy's devices are GPUs, whose
     tensor cores are float16's; mixed_bfloat16 (no loss scaling needed) on TPUs and
-    CPUs, where bfloat16 is the native half type. Measured on a 2-core CPU with
-    AVX512-BF16, `ResNet50V2`'s training step ran at 0.18x float32's images/s in
-    mixed_float16 (emulated) and at 1.5-1.8x in mixed_bfloat16
-    (`benchmarks/model_throughput.py`).
+    CPUs, where bfloat16 is the native half type and float16 is emulated (far slower:
+    BENCHMARKS.md, `benchmarks/model_throughput.py`).
 
     >>> import tensorflow as tf
     >>> mixed_precision_policy(tf.distribute.OneDeviceStrategy("/cpu:0"))
     'mixed_bfloat16'
     """
-    import tensorflow as tf
-
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return "mixed_bfloat16"
     try:
@@ -212,19 +205,14 @@ def run(config: TrainConfig):
 
 class _Run:
     def __init__(self, config):
-        from keras_preact import data
-
         try:
             config.validate()
             self.resolved = resolve_weights(config)
             if config.family == "imagenet":  # spec.json and config.json name the layout
                 config = dataclasses.replace(config, layout=run_layout(config))
             self.config = config
-            # A named source's protocol, saved with the model as its builder would.
-            self.source_protocol = self.resolved and self.resolved.eval_preprocessing
-            self.eval_preprocessing = dict(
-                DEFAULT_EVAL_PREPROCESSING, **(self.source_protocol or {})
-            )
+            # A named source's protocol (else the paper's): the model carries it.
+            self.eval_protocol = (self.resolved and self.resolved.eval_protocol) or EvalProtocol()
             if config.data_dir is not None and not tf.io.gfile.isdir(config.data_dir):
                 raise ValueError(
                     f"data_dir {config.data_dir!r} does not exist (or is not a folder)."
@@ -252,8 +240,6 @@ class _Run:
     # ------------------------------------------------------------------ setup
 
     def _dataset(self, split, training, input_context, eval_crop_size=None, seed=None):
-        from keras_preact import data
-
         c = self.config
         return data.make_dataset(
             c.dataset,
@@ -268,7 +254,7 @@ class _Run:
             input_context=input_context,
             repeat=training,
             color_augment=c.color_augment and training,
-            eval_preprocessing=self.eval_preprocessing,
+            eval_preprocessing=self.eval_protocol.crop_settings(),
         )
 
     def _eval_fn(self, crop):
@@ -336,15 +322,15 @@ class _Run:
 
     def _build_trainer(self, weights):
         """The `Trainer`, its model built with `weights`; unusable weights raise `ConfigError`."""
-        from keras_preact.weights import WeightsDownloadError
-
         c = self.config
         policy = mixed_precision_policy(self.strategy) if c.mixed_precision else None
 
         def model_fn():
             if c.seed is not None:
                 keras.utils.set_random_seed(c.seed)
-            model = build_model(c, self.info, weights=weights, remat=c.remat)
+            model = build_model(
+                c, self.info, weights=weights, remat=c.remat, eval_protocol=self.eval_protocol
+            )
             return synchronize_batchnorm(model) if c.sync_batchnorm else model
 
         def optimizer_fn():
@@ -369,7 +355,10 @@ class _Run:
                 jit_compile=c.jit_compile,
                 verbose=c.verbose if self.chief else 0,
             )
-        except (ValueError, WeightsDownloadError) as e:  # weights that do not fit, or no download
+        except (
+            ValueError,
+            weights_lib.WeightsDownloadError,
+        ) as e:  # weights that do not fit, or no download
             raise ConfigError(str(e)) from e
 
     def _weights_name(self):
@@ -386,7 +375,7 @@ class _Run:
             "model": trainer.model.name,
             "parameters": trainer.model.count_params(),
             "weights": self._weights_name(),
-            "eval_preprocessing": self.eval_preprocessing,
+            "eval_preprocessing": self.eval_protocol.as_dict(),
             "strategy": c.strategy,
             "replicas": self.strategy.num_replicas_in_sync,
             "global_batch_size": c.batch_size,
@@ -510,37 +499,23 @@ class _Run:
         """Writes model.keras, model.weights.h5, spec.json, labels.txt and metrics.json."""
         c = self.config
         model = float32_copy(trained, dynamic_hw=False, classifier_activation="softmax")
-        if self.source_protocol:  # saved in model.keras, as a builder given the source does
-            for layer in model.layers:
-                if isinstance(layer, PixelNormalization):
-                    layer.eval_preprocessing = dict(self.source_protocol)
         for name, save in ((run_dir.MODEL, model.save), (run_dir.WEIGHTS, model.save_weights)):
             with run_dir.atomic_path(os.path.join(c.model_dir, name)) as tmp:
                 save(tmp)
-        run_dir.write_spec(c.model_dir, self.spec())
+        run_dir.write_spec(c.model_dir, self.spec(model))
         run_dir.write_json(os.path.join(c.model_dir, run_dir.METRICS), metrics)
 
-    def spec(self):
-        """The run's `keras_preact.run_dir.ModelSpec`."""
+    def spec(self, model):
+        """The run's `keras_preact.run_dir.ModelSpec`: `model`'s config and the run's data."""
         c = self.config
-        name, kwargs = builder_call(c, self.info)
-        normalization = kwargs.get("normalization")
-        if normalization is None:
-            from keras_preact.models.imagenet import LAYOUTS
-
-            normalization = LAYOUTS[kwargs["layout"]].normalization
         size = c.image_size or self.info.image_size or 224
-        return run_dir.ModelSpec(
-            builder=name,
-            kwargs=kwargs,
+        return run_dir.ModelSpec.of_model(
+            model,
             labels=list(self.info.class_names),
-            normalization=normalization,
             image_size=int(size),
             # ImageNet-style nets evaluate centre crops; CIFAR-style ones whole images.
             eval_crop_sizes=[int(s) for s in c.eval_crop_sizes]
             or ([int(size)] if c.family == "imagenet" else []),
-            interpolation=self.eval_preprocessing["interpolation"],
-            crop_fraction=self.eval_preprocessing["crop_fraction"],
             dataset=c.dataset,
             data_dir=c.data_dir,
             weights=self._weights_name(),
@@ -560,8 +535,6 @@ class _SkippedImages:
     NAMED = 10
 
     def __init__(self, model_dir, chief, resuming=False):
-        from keras_preact.data import pipeline
-
         self.path = os.path.join(model_dir, run_dir.SKIPPED_FILES)
         self.chief = chief
         self.named = 0
@@ -578,13 +551,9 @@ class _SkippedImages:
     @property
     def count(self):
         """How many distinct images were skipped (with a resumed run's earlier ones)."""
-        from keras_preact.data import pipeline
-
         return pipeline.skipped_images()
 
     def report(self):
-        from keras_preact.data import pipeline
-
         new = pipeline.SKIPPED.take_unreported()
         if not (new and self.chief):
             return

@@ -13,10 +13,12 @@ missing, extra or mis-shaped tensors with one message that lists them.
 from __future__ import annotations
 
 import struct
-import sys
 import zipfile
 
 import numpy as np
+
+from keras_preact.weights import keras_applications, timm, torch7
+from keras_preact.weights.arrays import log
 
 # format -> the layout its checkpoints map onto exactly (None: this package's own files).
 FORMATS = {
@@ -31,11 +33,6 @@ BUILDER_SET = ("preprocessing/",)
 HEAD = "predictions/"
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-def log(message):
-    """One line for the user on stderr (what was loaded, what was skipped)."""
-    print(f"keras-preact: {message}", file=sys.stderr, flush=True)
 
 
 def detect_format(path):
@@ -82,29 +79,12 @@ def read(path, model, fmt=None):
     """`({variable path: array}, [unmapped tensor names])` for `model` from a foreign checkpoint."""
     fmt = fmt or detect_format(path)
     if fmt in ("safetensors", "torch"):
-        from keras_preact.weights import timm
-
         return timm.convert(path, model, fmt)
     if fmt == "keras_h5":
-        from keras_preact.weights import keras_applications
-
         return keras_applications.convert(path, model)
     if fmt == "torch7":
-        from keras_preact.weights import torch7
-
         return torch7.convert(path, model)
     raise ValueError(f"{path!r} is a Keras file of this package; load it with load_weights.")
-
-
-def torch_conv_kernel(weight):
-    """A PyTorch/Torch7 conv weight (out, in, kh, kw) as a Keras kernel (kh, kw, in, out)."""
-    return np.ascontiguousarray(np.transpose(np.asarray(weight, "float32"), (2, 3, 1, 0)))
-
-
-def torch_dense_kernel(weight):
-    """A Linear weight (out, in) or a 1x1-conv head (out, in, 1, 1) as a Dense kernel (in, out)."""
-    weight = np.asarray(weight, "float32")
-    return np.ascontiguousarray(weight.reshape(weight.shape[0], -1).T)
 
 
 def _listing(items, limit=8):

@@ -22,7 +22,7 @@ import socket
 import h5py
 import numpy as np
 
-from keras_preact.run_dir import atomic_path
+from keras_preact.files import atomic_path
 
 MIRROR_ENV = "KERAS_PREACT_WEIGHTS_MIRROR"
 TIMEOUT_S = 20  # per socket operation: an unreachable host fails in seconds, never hangs

@@ -25,8 +25,9 @@ class ResolvedWeights:
     format: str | None = None
 
     @property
-    def eval_preprocessing(self):
-        return self.source.eval_preprocessing() if self.source else None
+    def eval_protocol(self):
+        """A named source's `EvalProtocol`, else None (the model's own)."""
+        return self.source.eval_protocol if self.source else None
 
 
 def resolve(weights, depth=None, layout=None):
@@ -70,6 +71,16 @@ def resolve(weights, depth=None, layout=None):
     return resolved
 
 
+def model_depth(model):
+    """The depth of a keras-preact model: its config's, or its default name's for a model saved
+    before the model class (a plain functional model); None for other models."""
+    depth = getattr(model, "depth", None)
+    if depth is None:
+        match = re.fullmatch(r"resnet(\d+)v2", model.name)
+        depth = int(match.group(1)) if match else None
+    return depth
+
+
 def _load_source(model, source):
     notop = "predictions" not in {layer.name for layer in model.layers}
     notop = notop and source.notop_url is not None
@@ -111,8 +122,7 @@ def load_weights(model, weights, resolved=None):
     >>> folder.cleanup()
     """
     if resolved is None:
-        match = re.fullmatch(r"resnet(\d+)v2", model.name)  # the builders' default names
-        resolved = resolve(weights, depth=int(match.group(1)) if match else None)
+        resolved = resolve(weights, depth=model_depth(model))
     if resolved.kind == "native":
         return native.load_weights(model, resolved.weights)
     if resolved.kind == "source":

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from keras_preact.options import EvalProtocol
+
 
 @dataclasses.dataclass(frozen=True)
 class WeightsSource:
@@ -39,7 +41,7 @@ class WeightsSource:
         normalization: key of `keras_preact.preprocessing.NORMALIZATIONS`.
         interpolation: resize interpolation of its evaluation (`tf.image.resize`).
         crop_fraction: crop size / resize size of its evaluation at `image_size`
-            (`keras_preact.data.crops.default_resize_size` turns it into a
+            (`keras_preact.options.resize_size` turns it into a
             resize size; the paper's 320 crop keeps the whole shorter side).
         image_size: its training (and default evaluation) crop size.
         test_size: the larger size its publisher also evaluates at, if any.
@@ -78,15 +80,16 @@ class WeightsSource:
     def publisher(self):
         return self.name.split(":", 1)[0]
 
-    def eval_preprocessing(self):
-        """What evaluation needs, as saved with a model: normalization, interpolation, crop."""
-        return {
-            "weights": self.name,
-            "normalization": self.normalization,
-            "interpolation": self.interpolation,
-            "crop_fraction": self.crop_fraction,
-            "image_size": self.image_size,
-        }
+    @property
+    def eval_protocol(self):
+        """How its published accuracy was measured (resize interpolation, crop fraction, size)."""
+        return EvalProtocol(
+            interpolation=self.interpolation,
+            crop_fraction=self.crop_fraction,
+            weights=self.name,
+            normalization=self.normalization,
+            image_size=self.image_size,
+        )
 
 
 _HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"

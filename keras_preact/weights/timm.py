@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from keras_preact.weights.convert import torch_conv_kernel, torch_dense_kernel
+from keras_preact.weights.arrays import torch_conv_kernel, torch_dense_kernel
 
 _BN = {
     "weight": "gamma",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_preact.weights.convert import torch_conv_kernel, torch_dense_kernel
+from keras_preact.weights.arrays import torch_conv_kernel, torch_dense_kernel
 
 _SKIPPED = ("Copy",)  # nn.Copy: a type cast in the tree, no computation
 _KINDS = {
@@ -101,17 +101,16 @@ def expected(model):
         steps.append(("[", None, f"{name}: ConcatTable(residual, shortcut)"))
         if unit.preactivate:
             steps += [("bn", f"{name}/norm1", f"{name} pre-activation BN"), ("relu", None, "")]
-        for kind, attr in unit._branch:
-            if kind == "pad":
-                continue
-            step = (
-                {"norm": "bn"}.get(kind, kind),
-                attr and f"{name}/{attr}",
-                f"{name} {attr or kind}",
-            )
-            if kind == "conv":
-                step += (getattr(unit, attr).strides[0],)
-            steps.append(step)
+        for index in range(1, unit.num_convs + 1):
+            if index > 1:
+                norm = unit.norm_before_conv(index)
+                steps += [
+                    ("bn", f"{name}/{norm}", f"{name} {norm}"),
+                    ("relu", None, f"{name} relu"),
+                ]
+            conv = f"conv{index}"
+            stride = getattr(unit, conv).strides[0]
+            steps.append(("conv", f"{name}/{conv}", f"{name} {conv}", stride))
         steps.append(("|", None, f"{name}: the shortcut"))
         if unit._project:
             steps.append(("conv", f"{name}/downsample", f"{name} projection conv", unit.strides))
@@ -236,4 +235,4 @@ def convert(path, model):
 
 
 def _depth(model):
-    return model.name.removeprefix("resnet").removesuffix("v2")
+    return getattr(model, "depth", None) or model.name.removeprefix("resnet").removesuffix("v2")

@@ -1,0 +1,33 @@
+"""What the checkpoint converters share: PyTorch/Torch7 arrays in Keras' layout, and the log line.
+
+A leaf module (NumPy and the standard library only), so that `convert` can
+import the converter modules (`timm`, `torch7`, `keras_applications`) and they
+can import these helpers without a cycle.
+
+>>> torch_conv_kernel(np.zeros([8, 3, 7, 7])).shape
+(7, 7, 3, 8)
+>>> torch_dense_kernel(np.zeros([10, 64, 1, 1])).shape
+(64, 10)
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+
+def log(message):
+    """One line for the user on stderr (what was loaded, what was skipped)."""
+    print(f"keras-preact: {message}", file=sys.stderr, flush=True)
+
+
+def torch_conv_kernel(weight):
+    """A PyTorch/Torch7 conv weight (out, in, kh, kw) as a Keras kernel (kh, kw, in, out)."""
+    return np.ascontiguousarray(np.transpose(np.asarray(weight, "float32"), (2, 3, 1, 0)))
+
+
+def torch_dense_kernel(weight):
+    """A Linear weight (out, in) or a 1x1-conv head (out, in, 1, 1) as a Dense kernel (in, out)."""
+    weight = np.asarray(weight, "float32")
+    return np.ascontiguousarray(weight.reshape(weight.shape[0], -1).T)

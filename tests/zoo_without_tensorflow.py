@@ -1,0 +1,155 @@
+"""The model zoo on Keras' JAX or PyTorch backend, in a process where TensorFlow cannot be imported.
+
+`tests/test_without_tensorflow.py` runs it under `KERAS_BACKEND=jax` on files
+and reference outputs it wrote with TensorFlow (`cases.json`, `expected.npz`
+in CASES_DIR); it also runs by hand in a venv that has only keras, jax (or
+torch), h5py and safetensors:
+
+    KERAS_BACKEND=torch python tests/zoo_without_tensorflow.py CASES_DIR
+
+Each check prints `ok: <name>`; a format whose reader is not installed
+(torchfile for `.t7`) prints `skipped: <name>`. Any failure exits non-zero.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+
+BLOCKED = ("tensorflow", "tensorboard", "tf_keras", "tensorflow_datasets")
+
+
+class _NoTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked: this process runs without TensorFlow")
+        return None
+
+
+sys.meta_path.insert(0, _NoTensorFlow())
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_preact as kp  # noqa: E402
+
+
+def _close(got, expected, rtol=1e-4, atol=1e-4):
+    got, expected = np.asarray(got), np.asarray(expected)
+    scale = max(float(np.abs(expected).max()), 1.0)
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol * scale)
+
+
+def check_foreign(cases, expected):
+    """timm .safetensors, keras.applications .h5 and fb .t7 files give their nets' outputs."""
+    for name, builder, path in (
+        ("timm", kp.ResNet18V2, cases["timm"]),
+        ("keras_h5", kp.ResNet50V2, cases["keras_h5"]),
+        ("torch7", kp.ResNet18V2, cases["torch7"]),
+    ):
+        if name == "torch7" and importlib.util.find_spec("torchfile") is None:
+            print(f"skipped: {name} (torchfile is not installed)")
+            continue
+        model = builder(weights=path, classifier_activation=None)
+        images = expected["images224" if name == "torch7" else "images"]
+        _close(model.predict(images, verbose=0), expected[name])
+        print(f"ok: {name} weights give the reference outputs ({model.layout.name} layout)")
+
+
+def check_save_and_reload(cases, expected):
+    """ResNet50V2: .weights.h5 and .keras round trips give identical outputs and config."""
+    images = expected["images"]
+    model = kp.ResNet50V2(weights=cases["keras_h5"])
+    outputs = model.predict(images, verbose=0)
+    with tempfile.TemporaryDirectory() as folder:
+        weights = os.path.join(folder, "r50.weights.h5")
+        model.save_weights(weights)
+        again = kp.ResNet50V2(layout="keras", weights=weights)
+        np.testing.assert_array_equal(again.predict(images, verbose=0), outputs)
+        path = os.path.join(folder, "r50.keras")
+        model.save(path)
+        loaded = keras.models.load_model(path)
+        assert type(loaded) is kp.ImageNetResNetV2, type(loaded)
+        assert loaded.get_config() == model.get_config()
+        np.testing.assert_array_equal(loaded.predict(images, verbose=0), outputs)
+    print("ok: ResNet50V2 saved and reloaded (.weights.h5, .keras) with identical outputs")
+
+
+def check_files_of_version_0_1(cases, expected):
+    """.keras and .weights.h5 files written with TensorFlow by keras-preact 0.1.0."""
+    folder = cases["v0_1_files"]
+    images = np.load(os.path.join(folder, "inputs.npy"))
+    name = "cifar8_full_preact"
+    loaded = keras.models.load_model(os.path.join(folder, f"{name}.keras"))
+    _close(loaded.predict(images, verbose=0), np.load(os.path.join(folder, f"{name}.outputs.npy")))
+    name = "cifar11_relu_only_preact_gating"
+    with open(os.path.join(folder, f"{name}.json")) as f:
+        arguments = json.load(f)
+    built = kp.CIFARResNetV2(**arguments, weights=os.path.join(folder, f"{name}.weights.h5"))
+    _close(built.predict(images, verbose=0), np.load(os.path.join(folder, f"{name}.outputs.npy")))
+    print("ok: files of keras-preact 0.1.0 load and give their outputs")
+
+
+def check_train_step(cases, expected):
+    """A compiled training step moves the weights and the BN statistics."""
+    model = kp.ResNet18V2(input_shape=(32, 32, 3), classes=4, classifier_activation=None)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    kernel = model.get_layer("stage1_unit1").conv1.kernel
+    norm = model.get_layer("stage2_unit1").norm1
+    numpy = keras.ops.convert_to_numpy
+    before = numpy(kernel), numpy(norm.moving_mean)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    y = np.arange(4) % 4
+    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert not np.allclose(numpy(kernel), before[0]), "the step left the conv unchanged"
+    assert not np.allclose(numpy(norm.moving_mean), before[1]), "BN statistics did not move"
+    print(f"ok: a ResNet18V2 training step ({keras.backend.backend()})")
+
+
+def check_preprocessing(cases, expected):
+    pixels = np.linspace(0, 255, 2 * 2 * 2 * 3, dtype="float32").reshape(2, 2, 2, 3)
+    mean = np.array([0.485, 0.456, 0.406]) * 255
+    std = np.array([0.229, 0.224, 0.225]) * 255
+    _close(kp.preprocess_input(pixels, "torch"), (pixels - mean) / std, atol=1e-6)
+    _close(kp.preprocess_input(keras.ops.convert_to_tensor(pixels), "tf"), pixels / 127.5 - 1)
+    scores = np.zeros((1, 1000), "float32")
+    scores[0, [1, 207]] = [0.25, 0.75]  # goldfish, golden retriever
+    top = kp.decode_predictions(scores, top=2)[0]
+    assert [(wnid, name) for wnid, name, _ in top] == [
+        ("n02099601", "golden retriever"),
+        ("n01443537", "goldfish"),
+    ], top
+    print("ok: preprocess_input and decode_predictions")
+
+
+CHECKS = (
+    check_preprocessing,
+    check_foreign,
+    check_save_and_reload,
+    check_files_of_version_0_1,
+    check_train_step,
+)
+
+
+def main(cases_dir):
+    assert "tensorflow" not in sys.modules, "TensorFlow was imported"
+    with open(os.path.join(cases_dir, "cases.json")) as f:
+        cases = json.load(f)
+    expected = dict(np.load(os.path.join(cases_dir, "expected.npz")))
+    for check in CHECKS:
+        check(cases, expected)
+    assert "tensorflow" not in sys.modules, "TensorFlow was imported"
+    print(f"all checks passed on {keras.backend.backend()} without TensorFlow")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
