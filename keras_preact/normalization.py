@@ -7,11 +7,8 @@ a multiply and an add. TensorFlow has one kernel for each (`FusedBatchNormV3`
 and its gradient), the one tf.keras 2 used, and at inference its graph
 optimizer fuses a convolution, the fused BN after it and a ReLU into one
 kernel on CPUs. A pre-activation ResNet normalises three times per bottleneck
-unit, so this is a large share of a step. Measured on a 2-core CPU
-(`benchmarks/model_throughput.py`, `BENCHMARKS.md`), `ResNet50V2` trained at
-0.84x keras.applications' images/s before and at 0.94x with it (1.11x its
-multiply-adds per second: the paper's layout does 17% more work), and ran
-inference at 0.78x before and 0.88x with it.
+unit, so this is a large share of a step (BENCHMARKS.md measures it:
+`benchmarks/model_throughput.py`, against keras.applications' ResNet50V2).
 
 `FusedBatchNormalization` is `keras.layers.BatchNormalization` with that one
 change: same arguments, weights, weight names, config and moving-statistics

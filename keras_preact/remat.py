@@ -6,16 +6,23 @@ exists) written out here, because `tf.recompute_grad` (what `keras.remat` is
 on TensorFlow) nests a second custom gradient in its backward function, whose
 graph-mode search for variables walks back from the unit through the whole
 forward graph. One walk per rematerialised unit makes tracing quadratic in
-depth: ResNet-1001's training step did not finish tracing in 11 minutes on a
-2-core CPU. Here the variables come from the custom gradient's own search,
+depth (ResNet-1001's training step took over ten minutes to trace). Here the variables come from the custom gradient's own search,
 bounded by the unit, so a unit's backward function is traced in time
 proportional to the unit. Every custom gradient adds an IdentityN node, and
 grappler's model pruner rebuilds its map of the whole graph for each of them
-(`SplitIdentityNInputs`): quadratic again, over 10 minutes to optimize
-ResNet-1001's step. So the first rematerialised call turns model pruning off
-for the process (`tf.config.optimizer.set_experimental_options(
-{"disable_model_pruning": True})`; measured: ResNet-1001 traced in 54 s and
-optimized in 94 s). Other backends use `keras.remat`.
+(`SplitIdentityNInputs`): quadratic again, minutes for ResNet-1001's step.
+(`benchmarks/memory.py` measures remat's memory and time: BENCHMARKS.md.)
+
+So the first rematerialised call on TensorFlow turns grappler's model pruning
+off for the process: `tf.config.optimizer.set_experimental_options(
+{"disable_model_pruning": True})`. It cannot be scoped to the remat model:
+grappler's options are the process's (the eager context's), and a function is
+optimised when it first runs and again at every retrace (a new input shape,
+the evaluation step), long after the call that traced the unit returned, so a
+setting restored after the call would not be in force then. The pruner only
+removes nodes that compute nothing (identities, unused outputs): turning it off
+changes no result, and other functions of the process lose little. Other
+backends use `keras.remat` and change no setting.
 
 >>> import keras
 >>> dense = keras.layers.Dense(3)

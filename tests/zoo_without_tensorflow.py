@@ -5,7 +5,9 @@ and reference outputs it wrote with TensorFlow (`cases.json`, `expected.npz`
 in CASES_DIR); it also runs by hand in a venv that has only keras, jax (or
 torch), h5py and safetensors:
 
-    KERAS_BACKEND=torch python tests/zoo_without_tensorflow.py CASES_DIR
+    KERAS_BACKEND=torch python tests/zoo_without_tensorflow.py CASES_DIR [TRAIN_DEPTH]
+
+(TRAIN_DEPTH: the ImageNet net whose training step is checked, 18 by default.)
 
 Each check prints `ok: <name>`; a format whose reader is not installed
 (torchfile for `.t7`) prints `skipped: <name>`. Any failure exits non-zero.
@@ -13,6 +15,7 @@ Each check prints `ok: <name>`; a format whose reader is not installed
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import importlib.util
 import json
@@ -96,7 +99,10 @@ def check_files_of_version_0_1(cases, expected):
 
 def check_train_step(cases, expected):
     """A compiled training step moves the weights and the BN statistics."""
-    model = kp.ResNet18V2(input_shape=(32, 32, 3), classes=4, classifier_activation=None)
+    depth = int(cases.get("train_depth", 18))
+    model = kp.ImageNetResNetV2(
+        depth, input_shape=(32, 32, 3), classes=4, classifier_activation=None
+    )
     model.compile(
         optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -112,7 +118,7 @@ def check_train_step(cases, expected):
     assert np.isfinite(history.history["loss"][0])
     assert not np.allclose(numpy(kernel), before[0]), "the step left the conv unchanged"
     assert not np.allclose(numpy(norm.moving_mean), before[1]), "BN statistics did not move"
-    print(f"ok: a ResNet18V2 training step ({keras.backend.backend()})")
+    print(f"ok: a ResNet{depth}V2 training step ({keras.backend.backend()})")
 
 
 def check_preprocessing(cases, expected):
@@ -131,7 +137,21 @@ def check_preprocessing(cases, expected):
     print("ok: preprocess_input and decode_predictions")
 
 
+def check_tensorflow_parts_say_so(cases, expected):
+    """data, training and export need TensorFlow, and say so in one line."""
+    for part in ("keras_preact.data", "keras_preact.training", "keras_preact.export"):
+        try:
+            importlib.import_module(part)
+        except ImportError as error:
+            assert str(error).startswith(f"{part} needs TensorFlow"), error
+            assert "\n" not in str(error), error
+        else:
+            raise AssertionError(f"{part} imported without TensorFlow")
+    print("ok: data, training and export say in one line that they need TensorFlow")
+
+
 CHECKS = (
+    check_tensorflow_parts_say_so,
     check_preprocessing,
     check_foreign,
     check_save_and_reload,
@@ -140,10 +160,12 @@ CHECKS = (
 )
 
 
-def main(cases_dir):
+def main(cases_dir, train_depth=None):
     assert "tensorflow" not in sys.modules, "TensorFlow was imported"
     with open(os.path.join(cases_dir, "cases.json")) as f:
         cases = json.load(f)
+    if train_depth:
+        cases["train_depth"] = train_depth
     expected = dict(np.load(os.path.join(cases_dir, "expected.npz")))
     for check in CHECKS:
         check(cases, expected)
@@ -152,4 +174,4 @@ def main(cases_dir):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

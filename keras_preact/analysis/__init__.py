@@ -12,3 +12,7 @@ Subcommands (`__main__.SUBCOMMANDS`; `--help` lists them and their flags):
   1, 2 and its CIFAR ResNet-1001 / CIFAR-100 results, resumable, collected
   into a table beside the paper's numbers and one plot of all training curves.
 """
+
+from keras_preact.requirements import require_tensorflow
+
+require_tensorflow("keras_preact.analysis")

@@ -20,6 +20,10 @@ and add `<name>.SOURCE,` to the tuple in `keras_preact/data/sources/__init__.py`
 10
 """
 
+from keras_preact.requirements import require_tensorflow
+
+require_tensorflow("keras_preact.data")
+
 from keras_preact.data.datasets import dataset_info, make_dataset
 from keras_preact.data.pipeline import reset_skipped_images, skipped_image_names, skipped_images
 from keras_preact.data.sources import DATASETS, DatasetInfo, MissingDataError

@@ -11,6 +11,10 @@ Library:
 Names are imported lazily, so `python -m keras_preact.export.client` stays light.
 """
 
+from keras_preact.requirements import require_tensorflow
+
+require_tensorflow("keras_preact.export")
+
 import importlib
 
 _API = {

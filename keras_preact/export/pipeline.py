@@ -45,6 +45,7 @@ from keras_preact.export import onnx_export
 from keras_preact.export import saved_model as saved_model_lib
 from keras_preact.export import tflite as tflite_lib
 from keras_preact.export import verify as verify_lib
+from keras_preact.options import EvalProtocol
 from keras_preact.run_dir import write_json
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -110,7 +111,7 @@ class ExportResult:
     labels_source: str
     crop_size: int
     resize_size: int
-    interpolation: str = "bilinear"
+    interpolation: str = EvalProtocol.interpolation
     tflite_dir: str | None = None
     tflite: dict = dataclasses.field(default_factory=dict)
     tflite_reports: dict = dataclasses.field(default_factory=dict)

@@ -85,8 +85,9 @@ class UnitOptions:
         return preact_layers.UNIT_VARIANT_FACTS[self.unit_variant]
 
     def as_config(self):
-        """The builder arguments, flat (`shortcut` and its options as separate keys)."""
-        values = {"unit_variant": self.unit_variant, **dataclasses.asdict(self.shortcut)}
+        """The builder arguments, flat: `shortcut` and its options as separate keys, each option
+        of the shortcut at its value (the paper's where none was given)."""
+        values = {"unit_variant": self.unit_variant, **dataclasses.asdict(self.shortcut.resolved())}
         for field in dataclasses.fields(self)[2:]:
             values[field.name] = getattr(self, field.name)
         return values

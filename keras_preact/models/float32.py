@@ -14,6 +14,10 @@ and any input height/width. One function makes that copy for both.
 
 from __future__ import annotations
 
+from keras_preact.requirements import require_tensorflow
+
+require_tensorflow("keras_preact.models.float32")
+
 import contextlib
 
 import keras

@@ -22,6 +22,10 @@ Pieces, usable on their own:
   every strategy, with checkpoint/resume, TensorBoard, history and evaluation.
 """
 
+from keras_preact.requirements import require_tensorflow
+
+require_tensorflow("keras_preact.training")
+
 from keras_preact.training.config import ConfigError, TrainConfig
 from keras_preact.training.loop import Trainer
 from keras_preact.training.optimizer import CoupledSGD

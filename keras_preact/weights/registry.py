@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 from keras_preact.options import EvalProtocol
+from keras_preact.weights import convert
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +160,6 @@ def register_source(source):
     """
     if ":" not in source.name:
         raise ValueError(f"A source name is '<publisher>:<name>', got {source.name!r}.")
-    from keras_preact.weights import convert  # the formats the converters read
-
     if source.format not in convert.FORMATS:
         raise ValueError(
             f"Unknown format {source.format!r} for {source.name!r}. Allowed values: "
