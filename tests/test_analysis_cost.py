@@ -153,30 +153,50 @@ def test_cifar_table_equals_spec():
             assert -0.04 < row.multiply_adds_difference < -0.02, row
 
 
+# Traced: one layout's nets of each unit family, basic (18, 34) and bottleneck (50), in both
+# layouts where the layouts differ (the timm layout is the paper's without the stem BN, the
+# same convolutions). The deeper bottleneck nets are the same units in more blocks; their
+# exact counts are checked in tests/test_models.py against keras.applications (101, 152, in
+# the keras layout) and fb.resnet.torch (200, from SPEC's figure), and their SPEC figures in
+# cost.py's reference table below, without building them here.
+TRACED = {"paper": ("ResNet18V2", "ResNet34V2", "ResNet50V2"), "timm": ("ResNet18V2", "ResNet50V2")}
+
+
 @pytest.mark.slow
 def test_imagenet_table_equals_spec():
     """Paper layout = SPEC's stem-BN column, timm layout = its column without; multiply-adds at 224."""
-    models = list(SPEC_IMAGENET_PARAMS)
-    rows = cost.cost_table(models, layouts=("paper", "timm"), sizes=(224,))
-    measured = {
-        (row.model, row.layout): row.trainable_params for row in rows if row.input_size == 224
+    rows = []
+    for layout, models in TRACED.items():
+        rows += cost.cost_table(models, layouts=(layout,), sizes=(224,))
+    measured = {(row.model, row.layout): row.trainable_params for row in rows}
+    expected = {
+        (model, layout): SPEC_IMAGENET_PARAMS[model][layout == "timm"]
+        for layout, models in TRACED.items()
+        for model in models
     }
-    expected = {}
-    for model, (stem_bn, timm) in SPEC_IMAGENET_PARAMS.items():
-        expected[model, "paper"], expected[model, "timm"] = stem_bn, timm
-    assert measured == expected
+    assert measured == expected and all(row.input_size == 224 for row in rows)
     assert all(row.params_difference == 0 for row in rows)
-    for row in rows:
-        if row.model in SPEC_MULTIPLY_ADDS_224:
-            spec = SPEC_MULTIPLY_ADDS_224[row.model]
-            assert abs(row.multiply_adds / spec - 1) < 0.01, row
-            assert row.multiply_adds_difference == pytest.approx(row.multiply_adds / spec - 1)
+    checked = [row for row in rows if row.model in SPEC_MULTIPLY_ADDS_224]
+    assert {(row.model, row.layout) for row in checked} == {
+        ("ResNet50V2", "paper"),
+        ("ResNet50V2", "timm"),
+    }
+    for row in checked:
+        spec = SPEC_MULTIPLY_ADDS_224[row.model]
+        assert abs(row.multiply_adds / spec - 1) < 0.01, row
+        assert row.multiply_adds_difference == pytest.approx(row.multiply_adds / spec - 1)
     # Both layouts do the same convolutions.
     work = {(row.model, row.layout): row.multiply_adds for row in rows}
-    assert all(work[model, "paper"] == work[model, "timm"] for model in models)
+    assert all(work[model, "paper"] == work[model, "timm"] for model in TRACED["timm"])
     markdown = cost.format_markdown(rows).splitlines()
     assert len(markdown) == 2 + len(rows)
     assert {line.count("|") for line in markdown} == {len(cost.COLUMNS) + 1}
+    # The reference figures of every depth, traced or not, are SPEC's.
+    for model, (stem_bn, timm) in SPEC_IMAGENET_PARAMS.items():
+        assert cost.REFERENCE_PARAMS[model, "paper", 1000][:2] == (stem_bn, "trainable")
+        assert cost.REFERENCE_PARAMS[model, "timm", 1000][:2] == (timm, "trainable")
+    for model, multiply_adds in SPEC_MULTIPLY_ADDS_224.items():
+        assert cost.REFERENCE_MULTIPLY_ADDS[model, 224] == multiply_adds
 
 
 # ------------------------------------------------------------------ the command line

@@ -20,18 +20,32 @@ def digits_batch():
     return propagation._batch("digits", None, 8)
 
 
-def _measured(name, digits_batch, zero, **kwargs):
+def _measured(depth, unit, digits_batch, zero, **kwargs):
+    """The analysis of a CIFAR net of width 8 (the ratios are exact at any width; deep nets'
+    build time, not their width, is what costs here)."""
     images, labels = digits_batch
-    builder = getattr(keras_preact, name)
-    model = builder(classes=10, classifier_activation=None, zero_init_last=zero, **kwargs)
+    model = keras_preact.CIFARResNetV2(
+        depth,
+        unit,
+        width=8,
+        classes=10,
+        classifier_activation=None,
+        zero_init_last=zero,
+        **kwargs,
+    )
     return propagation.predict(model, propagation.measure(model, images, labels), **kwargs)
 
 
+# One net of each unit family with 9 units a stage (27 units): ResNet-56 and the bottleneck
+# ResNet-83. The paper's ResNet-110 and -164 have 18 a stage; the prediction is the same.
 @pytest.mark.slow
-@pytest.mark.parametrize("name, units", [("ResNet110V2", 54), ("ResNet164V2", 54)])
-def test_with_f_zero_gradient_ratios_are_1_and_powers_of_lambda(digits_batch, name, units):
-    identity = _measured(name, digits_batch, zero=True)
-    scaled = _measured(name, digits_batch, True, **propagation.SHORTCUT_CASES["constant_scaling"])
+@pytest.mark.parametrize("depth, unit", [(56, "basic"), (83, "bottleneck")])
+def test_with_f_zero_gradient_ratios_are_1_and_powers_of_lambda(digits_batch, depth, unit):
+    units = 27
+    identity = _measured(depth, unit, digits_batch, zero=True)
+    scaled = _measured(
+        depth, unit, digits_batch, True, **propagation.SHORTCUT_CASES["constant_scaling"]
+    )
     assert len(identity) == units + 1  # every unit's input, and the last unit's output
     predicted = [row for row in identity if row["predicted"] is not None]
     # Everything but the inputs of the units with a projection shortcut (2 or 3 of them).
@@ -46,7 +60,7 @@ def test_with_f_zero_gradient_ratios_are_1_and_powers_of_lambda(digits_batch, na
         assert row["predicted"] == 0.5 ** round(-np.log2(row["predicted"]))
         powers.add(round(-np.log2(row["predicted"])))
         assert row["stage_ratio"] == pytest.approx(row["predicted"], rel=1e-5), row
-    assert max(powers) >= 17  # units 1..18 of a stage of 18: down to 0.5^18
+    assert max(powers) >= 8  # units 1..9 of a stage of 9: down to 0.5^9
     # The predicted rows are the same units in both (a scale is no projection).
     assert [r["predicted"] is None for r in scaled] == [r["predicted"] is None for r in identity]
 
@@ -54,10 +68,10 @@ def test_with_f_zero_gradient_ratios_are_1_and_powers_of_lambda(digits_batch, na
 @pytest.mark.slow
 def test_default_initialisation_and_post_addition_relu_break_the_identity(digits_batch):
     """The measurement is not the prediction restated: where F != 0 the ratios move."""
-    default = _measured("ResNet110V2", digits_batch, zero=False)
+    default = _measured(20, "basic", digits_batch, zero=False)
     assert max(abs(r["stage_ratio"] - 1) for r in default) > 0.05
-    original = _measured("ResNet110V2", digits_batch, zero=True, unit_variant="original")
-    assert all(r["predicted"] is None for r in original[:-1])  # ReLU after the addition
+    original = _measured(20, "basic", digits_batch, zero=True, unit_variant="original")
+    assert len(original) == 10 and all(r["predicted"] is None for r in original[:-1])
 
 
 @pytest.mark.slow

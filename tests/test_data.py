@@ -169,6 +169,31 @@ def dataclasses_frozen_error():
 # ---------------------------------------------------------------- digits / synthetic
 
 
+def _upsample_digits(images):
+    """The 8x8 digits (0..16) as 32x32 RGB in [0, 255], written out in numpy (float64).
+
+    Bilinear interpolation with half-pixel centres, clamped at the borders (what
+    `tf.image.resize(..., "bilinear")` computes): output pixel o samples the input at
+    (o + 0.5) / 4 - 0.5.
+    """
+    source = np.clip((np.arange(32) + 0.5) / 4 - 0.5, 0, 7)
+    low = np.floor(source).astype(int)
+    high = np.minimum(low + 1, 7)
+    frac = source - low
+    x = images.astype(np.float64) * 255.0 / 16.0
+    rows = x[:, low, :] * (1 - frac)[:, None] + x[:, high, :] * frac[:, None]
+    gray = rows[:, :, low] * (1 - frac) + rows[:, :, high] * frac
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
+def _digits_train_test_split(target):
+    """The documented split: stratified 80/20, random_state 0 (indices into load_digits())."""
+    from sklearn.model_selection import train_test_split
+
+    indices = np.arange(len(target))
+    return train_test_split(indices, test_size=0.2, stratify=target, random_state=0)
+
+
 def test_digits_split_statistics_and_order():
     from sklearn.datasets import load_digits
 
@@ -182,8 +207,15 @@ def test_digits_split_statistics_and_order():
     # Pixels: 0..16 scaled to 0..255, upsampled, identical RGB channels.
     assert train_x.shape[1:] == (32, 32, 3) and 0 <= train_x.min() and train_x.max() <= 255
     np.testing.assert_array_equal(train_x[..., 0], train_x[..., 2])
-    x64 = train_x.astype(np.float64)
-    assert abs(x64.mean() - 77.873) < 0.01 and abs(x64.std() - 82.531) < 0.01
+    # The pixels and the "digits" normalisation against an independent recomputation.
+    train, test = _digits_train_test_split(digits.target)
+    upsampled = _upsample_digits(digits.images)
+    np.testing.assert_allclose(train_x, upsampled[train], rtol=0, atol=1e-3)
+    np.testing.assert_allclose(test_x, upsampled[test], rtol=0, atol=1e-3)
+    mean, std = preprocessing.NORMALIZATIONS["digits"]
+    expected_mean, expected_std = upsampled[train].mean(), upsampled[train].std()
+    np.testing.assert_allclose(mean, [expected_mean] * 3, rtol=0, atol=6e-4)  # 3 decimals
+    np.testing.assert_allclose(std, [expected_std] * 3, rtol=0, atol=6e-4)
     # Eval pipeline = the arrays in order.
     images, labels = _one_pass(make_dataset("digits", "test", batch_size=64))
     np.testing.assert_array_equal(labels, test_y)

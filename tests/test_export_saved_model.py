@@ -170,7 +170,7 @@ def test_bad_images_fail_their_request_only(exported, photos):
         np.testing.assert_array_equal(serve(image_bytes=good)["probabilities"].numpy(), before)
 
 
-def test_tf_serving_warmup_file_replays_on_the_model(exported):
+def test_tf_serving_warmup_file_replays_on_the_model(exported, trained):
     """assets.extra/tf_serving_warmup_requests holds PredictionLogs TF Serving can replay."""
     from tensorflow_serving.apis import prediction_log_pb2
 
@@ -185,7 +185,12 @@ def test_tf_serving_warmup_file_replays_on_the_model(exported):
     serve = tf.saved_model.load(exported.saved_model_dir).signatures["serving_default"]
     probabilities = serve(image_bytes=tf.constant(images))["probabilities"].numpy()
     assert probabilities.shape == (1, 1000)
-    np.testing.assert_allclose(probabilities.sum(), 1.0, rtol=1e-5)
+    # The Keras model's answer on the same image, decoded and eval-cropped here.
+    _, model, _ = trained
+    crop = eval_crop(decode_image(images[0]), 224).numpy()[None]
+    expected = np.asarray(model(crop, training=False))
+    np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-5)
+    assert probabilities.argmax() == expected.argmax() and expected.max() > 2 / 1000
 
 
 def test_in_graph_crop_is_eval_crop(photos):

@@ -75,12 +75,15 @@ def test_tflite_variants_agree_with_keras(exported, trained):
         assert set(off) <= ({"QUANTIZE", "SOFTMAX"} if variant == "int8" else set())
     assert figures["float32"][0] <= 1e-4 and figures["float32"][1] == 1.0
     assert exported.tflite_reports["float32"]["passed"]
-    assert figures["float16"][1] >= 0.99
+    # Bounds on max |probability difference| from the Keras model, about 10x and 5x what was
+    # measured here (float16 5.0e-4, dynamic-range int8 1.06e-2; int8 3.0e-2 below): a float16
+    # or int8 weight is off by ~1e-3 or ~1e-2 of its value, a broken conversion by O(1).
+    assert figures["float16"][1] >= 0.99 and figures["float16"][0] <= 5e-3
     # int8 sanity floor: a broken quantization (wrong input scale, saturated
     # output) lands at chance (1/1000) top-1 and O(1) deltas. The floor leaves
     # room for the full-integer error of a 20k-parameter net calibrated on 15 images.
     assert figures["int8"][1] >= 0.5 and figures["int8"][0] <= 0.35
-    assert figures["dynamic_int8"][1] >= 0.5
+    assert figures["dynamic_int8"][1] >= 0.5 and figures["dynamic_int8"][0] <= 0.05
 
 
 def _builtin_ops(model):

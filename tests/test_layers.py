@@ -232,22 +232,153 @@ def test_unit_variant_facts_agree_with_each_other():
     ]
 
 
+def _stock_conv(source, kernel_size, strides=1, use_bias=False):
+    filters = source.get_weights()[0].shape[-1]
+    return _built(
+        keras.layers.Conv2D(
+            filters, kernel_size, strides=strides, padding="same", use_bias=use_bias
+        ),
+        source,
+    )
+
+
+def _stock_bn(source):
+    layer = _built(keras.layers.BatchNormalization(epsilon=1e-5), source)
+    return lambda t: _bn(t, layer)
+
+
+def _reference_block(unit, x, variant, shortcut, strides, projects):
+    """The basic unit written out from the paper with stock Keras layers and the unit's weights.
+
+    Fig. 4 (F is the residual branch; the BN between the convs is `norm1`, except in (e),
+    where `norm1` is the leading BN):
+      (a) original:                 conv-BN-ReLU-conv-BN, add, ReLU
+      (b) BN after addition:        conv-BN-ReLU-conv, add, BN-ReLU
+      (c) ReLU before addition:     conv-BN-ReLU-conv-BN-ReLU, add
+      (d) ReLU-only pre-activation: ReLU-conv-BN-ReLU-conv-BN, add
+      (e) full pre-activation:      BN-ReLU-conv-BN-ReLU-conv, add
+    Fig. 2 shortcuts: g = sigmoid(1x1 conv(x) + b_g); exclusive gating (1 - g) * h(x) + g * F,
+    shortcut-only gating (1 - g) * h(x) + F; conv1x1 a 1x1 conv h on every unit. A projection
+    takes the pre-activated tensor (the appendix) and is conv + BN for the post-activation
+    units (a)-(c), as in ResNet-v1.
+    """
+    relu = keras.layers.ReLU()
+    conv1 = _stock_conv(unit.conv1, 3, strides)
+    conv2 = _stock_conv(unit.conv2, 3)
+
+    def bn(attr):
+        return _stock_bn(getattr(unit, attr))
+
+    preact = x
+    if variant == "original":
+        f = bn("norm2")(conv2(relu(bn("norm1")(conv1(x)))))
+    elif variant == "bn_after_addition":
+        f = conv2(relu(bn("norm1")(conv1(x))))
+    elif variant == "relu_before_addition":
+        f = relu(bn("norm2")(conv2(relu(bn("norm1")(conv1(x))))))
+    elif variant == "relu_only_preact":
+        preact = relu(x)
+        f = bn("norm2")(conv2(relu(bn("norm1")(conv1(preact)))))
+    elif variant == "full_preact":
+        preact = relu(bn("norm1")(x))
+        f = conv2(relu(bn("norm2")(conv1(preact))))
+    else:
+        raise AssertionError(variant)
+    post_activation = variant in ("original", "bn_after_addition", "relu_before_addition")
+    h = x
+    if projects:
+        h = _stock_conv(unit.downsample, 1, strides)(preact)
+        if post_activation:
+            h = bn("downsample_norm")(h)
+    if shortcut in ("exclusive_gating", "shortcut_only_gating"):
+        assert not projects  # the gate sees the raw input x here
+        gate_conv = _stock_conv(unit.gate, 1, use_bias=True)
+        g = keras.activations.sigmoid(gate_conv(x))
+        out = (1.0 - g) * h + (g * f if shortcut == "exclusive_gating" else f)
+    else:
+        out = h + f
+    if variant == "bn_after_addition":
+        out = relu(bn("output_norm")(out))
+    if variant == "original":
+        out = relu(out)
+    return out
+
+
+# (unit_variant, shortcut, strides, output channels) on 8 input channels: each Fig. 4 unit
+# with an identity shortcut and with a strided projection; each gating and the 1x1-conv
+# shortcut on every unit.
+_REFERENCE_CASES = (
+    [(v, "identity", 1, 8) for v in UNIT_VARIANTS]
+    + [(v, "identity", 2, 16) for v in UNIT_VARIANTS]
+    + [(v, s, 1, 8) for s in ("exclusive_gating", "shortcut_only_gating") for v in UNIT_VARIANTS]
+    + [(v, "conv1x1", 1, 8) for v in UNIT_VARIANTS]
+)
+
+
+@pytest.mark.parametrize("variant,shortcut,strides,out_ch", _REFERENCE_CASES)
+def test_unit_matches_the_paper_in_stock_keras_layers(
+    variant, shortcut, strides, out_ch, rng, randomize_batchnorm
+):
+    """Every Fig. 4 unit and Fig. 2 shortcut against `_reference_block`, BN statistics random."""
+    options = {"gate_bias_init": -1.0} if "gating" in shortcut else {}
+    x = keras.Input((8, 8, 8))
+    unit = PreActBlock(out_ch, strides=strides, unit_variant=variant, shortcut=shortcut, **options)
+    model = randomize_batchnorm(keras.Model(x, unit(x)), seed=3)
+    projects = strides != 1 or shortcut == "conv1x1"
+    assert unit.projects == projects
+    inputs = rng.normal(size=(2, 8, 8, 8)).astype("float32")
+    expected = _reference_block(unit, inputs, variant, shortcut, strides, projects)
+    got = model(inputs, training=False)
+    assert got.shape == (2, 8 // strides, 8 // strides, out_ch)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("unit_class", [PreActBlock, PreActBottleneck])
 @pytest.mark.parametrize("variant", UNIT_VARIANTS)
-def test_units_are_built_as_their_variant_facts_say(variant, rng):
-    facts = UNIT_VARIANT_FACTS[variant]
-    unit = PreActBlock(8, strides=2, unit_variant=variant)
-    x = keras.Input((6, 6, 4))
-    model = keras.Model(x, unit(x))
-    names = {layer.name for layer in unit._layers}
-    norms = {name for name in names if name.startswith("norm")}
-    assert len(norms) == 1 + facts.preact_norm + facts.ends_with_norm  # one BN between the convs
-    last = "relu" if facts.branch_relu else "norm" if facts.ends_with_norm else "conv"
-    assert unit._branch[-1][0] == last  # F's last op
-    assert ("output_norm" in names) == facts.output_norm
-    assert ("downsample_norm" in names) == facts.post_activation
-    assert unit.variant_facts is facts
-    out = model(rng.normal(size=(2, 6, 6, 4)).astype("float32"), training=False).numpy()
-    assert (out.min() >= 0) == facts.output_relu  # an activated sum is never negative
+def test_zero_init_last_starts_each_unit_as_its_shortcut(unit_class, variant, rng):
+    """zero_init_last zeroes F's last op: the last BN's gamma for (a), (c), (d), the last conv's
+    kernel for (b), (e). At initialisation the unit then computes its shortcut alone, exactly:
+    x, ReLU(x) for (a), BN-ReLU(x) for (b); without the option it does not."""
+    channels = 8 * unit_class.expansion
+    x = keras.Input((6, 6, channels))
+    units = {
+        zero: unit_class(8, unit_variant=variant, zero_init_last=zero) for zero in (True, False)
+    }
+    models = {zero: keras.Model(x, unit(x)) for zero, unit in units.items()}
+    inputs = rng.normal(size=(2, 6, 6, channels)).astype("float32")
+    if variant == "original":
+        expected = np.maximum(inputs, 0)
+    elif variant == "bn_after_addition":
+        expected = keras.ops.relu(units[True].output_norm(inputs, training=False)).numpy()
+    else:
+        expected = inputs
+    for training in (False, True):
+        if variant == "bn_after_addition" and training:
+            continue  # its output BN normalises with the batch's statistics
+        np.testing.assert_array_equal(models[True](inputs, training=training), expected)
+    assert np.abs(models[False](inputs, training=False) - expected).max() > 1e-2
+    last = "conv3" if unit_class is PreActBottleneck else "conv2"  # F's last conv
+    zeroed = {
+        "original": "norm",
+        "bn_after_addition": "conv",
+        "relu_before_addition": "norm",
+        "relu_only_preact": "norm",
+        "full_preact": "conv",
+    }[variant]
+    for zero, unit in units.items():
+        kernel = getattr(unit, last).kernel.numpy()
+        gammas = [
+            layer.gamma.numpy()
+            for layer in unit._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization)
+        ]
+        zero_gammas = sum(not g.any() for g in gammas)
+        if zero and zeroed == "conv":
+            assert not kernel.any() and zero_gammas == 0
+        elif zero:
+            assert kernel.any() and zero_gammas == 1
+        else:
+            assert kernel.any() and zero_gammas == 0
 
 
 def _training_step(model, images, labels):

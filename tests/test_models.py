@@ -1,6 +1,7 @@
 """The model zoo against exact parameter counts, keras.applications and the paper's variants."""
 
 import inspect
+import re
 
 import keras
 import numpy as np
@@ -55,8 +56,10 @@ def test_resnet1001_parameter_counts():
     assert total - 100 * head + 10 * head == 10_327_706
 
 
-# The paper and timm layouts' counts of every depth: tests/test_analysis_cost.py
-# (test_imagenet_table_equals_spec builds them all for the cost table and checks these).
+# The paper and timm layouts' counts: tests/test_analysis_cost.py (test_imagenet_table_equals_spec
+# builds ResNet-18, -34 and -50, basic and bottleneck units, for the cost table). The deeper
+# nets' blocks are counted here: 101 and 152 in the keras layout against keras.applications,
+# 200 in the fb layout from the paper layout's figure.
 
 
 def test_fb_layout_parameter_counts():
@@ -253,8 +256,15 @@ def test_variant_trains_and_round_trips(unit, unit_variant, shortcut, options, t
         w.path: not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights)
     }
     if options.get("zero_init_last"):
-        # F's last conv starts at zero, so only it (and what bypasses F) moves on step one.
-        assert all(moved for path, moved in changed.items() if path.endswith("conv2/kernel"))
+        # F's last conv starts at zero, so only it (and what bypasses F) moves on step one:
+        # the gradient reaching each unit's first conv passes through that zero kernel.
+        initial = {w.path: b for b, w in zip(before, model.trainable_weights)}
+        last = [p for p in initial if re.fullmatch(r"stage\d_unit\d+/conv2/kernel", p)]
+        first = [p for p in initial if re.fullmatch(r"stage\d_unit\d+/conv1/kernel", p)]
+        assert len(last) == len(first) == 3  # ResNet-8: three units
+        assert all(not initial[p].any() for p in last)  # ignored, they start random
+        assert all(changed[p] for p in last)
+        assert not any(changed[p] for p in first), [p for p in first if changed[p]]
     else:
         assert sum(changed.values()) >= len(changed) * 0.9  # nearly every weight stepped
 
@@ -303,12 +313,25 @@ def test_preprocess_input_values():
     np.testing.assert_allclose(torch, expected, rtol=1e-5)
 
 
-def test_fully_convolutional_any_size(rng):
-    model = kp.ResNet18V2(classes=5)
+def test_fully_convolutional_any_size(rng, randomize_batchnorm):
+    """At every size the head is softmax(mean over H and W of the features @ W + b), and at
+    odd sizes the any-size model answers as the model built for that size, with its weights."""
+    model = randomize_batchnorm(kp.ResNet18V2(classes=5), seed=4)
+    features = keras.Model(model.input, model.get_layer("post_relu").output)
+    kernel, bias = model.get_layer("predictions").get_weights()
     for height, width in [(32, 32), (57, 91), (320, 320)]:
-        out = model.predict(rng.uniform(0, 255, (1, height, width, 3)), verbose=0)
+        images = rng.uniform(0, 255, (1, height, width, 3)).astype("float32")
+        out = np.asarray(model(images, training=False))
         assert out.shape == (1, 5)
-        np.testing.assert_allclose(out.sum(), 1.0, rtol=1e-5)
+        logits = np.asarray(features(images, training=False), "float64").mean(axis=(1, 2))
+        logits = logits @ kernel + bias
+        softmax = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        np.testing.assert_allclose(out, softmax, rtol=1e-4, atol=1e-6)
+        if (height, width) == (57, 91):
+            fixed = kp.ResNet18V2(classes=5, input_shape=(height, width, 3))
+            fixed.set_weights(model.get_weights())
+            expected = np.asarray(fixed(images, training=False))
+            np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_pooling_and_feature_outputs():

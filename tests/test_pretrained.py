@@ -175,16 +175,78 @@ def test_missing_extra_and_misshaped_tensors_are_listed(tmp_path, timm18):
     assert "stage2_unit1/conv2/kernel (model (3, 3, 128, 128), file (1, 1, 128, 128))" in message
 
 
+_TIMM_BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean"}
+_TIMM_BN["running_var"] = "moving_variance"
+
+
+def timm_backbone_pairs(model, state):
+    """`[(timm key, the model's variable)]` for every backbone tensor of a timm ResNet state dict.
+
+    The mapping is written out here from timm's key names (`foreign_nets.timm_state_dict`):
+    `stem.conv` -> `stem_conv`, `stages.{i}.blocks.{j}.{conv,norm}{k}` -> unit
+    `stage{i+1}_unit{j+1}`'s `{conv,norm}{k}`, `downsample.conv` -> its `downsample`, `norm`
+    -> `post_bn`. The classifier (`head.fc`) and `num_batches_tracked` are left out.
+    """
+    pairs = []
+    for key in state:
+        parts = key.split(".")
+        if parts[0] == "head" or parts[-1] == "num_batches_tracked":
+            continue
+        if parts[0] == "stem":
+            layer = model.get_layer("stem_conv")
+        elif parts[0] == "norm":
+            layer = model.get_layer("post_bn")
+        else:
+            unit = model.get_layer(f"stage{int(parts[1]) + 1}_unit{int(parts[3]) + 1}")
+            layer = getattr(unit, parts[4])
+        attr = "kernel" if parts[-2].startswith("conv") else _TIMM_BN[parts[-1]]
+        pairs.append((key, getattr(layer, attr)))
+    return pairs
+
+
+def assert_holds_timm_backbone(model, state, moving_momentum=None):
+    """The model's backbone variables equal the state dict's tensors (OIHW -> HWIO converted
+    here); its classifier, if any, is not the checkpoint's but its initialisation.
+
+    `moving_momentum`: the model has since taken one training step at learning rate 0, so
+    its BN moving statistics took one step of their average, m * file + (1 - m) * batch:
+    the moving variances are at least m times the file's (a batch variance is >= 0).
+    """
+    pairs = timm_backbone_pairs(model, state)
+    assert len(pairs) == sum(
+        not k.startswith("head") and not k.endswith("num_batches_tracked") for k in state
+    )
+    assert {k.rsplit(".", 1)[-1] for k, _ in pairs} == {"weight", "bias", *_TIMM_BN}
+    for key, variable in pairs:
+        expected = state[key]
+        if expected.ndim == 4:  # PyTorch (out, in, kh, kw) -> Keras (kh, kw, in, out)
+            expected = expected.transpose(2, 3, 1, 0)
+        got = variable.numpy()
+        if moving_momentum is None or not key.endswith(("running_mean", "running_var")):
+            np.testing.assert_array_equal(got, expected, err_msg=key)
+        elif key.endswith("running_var"):
+            assert np.all(got >= moving_momentum * expected * (1 - 1e-6)), key
+    if "predictions" in [layer.name for layer in model.layers]:
+        kernel, bias = model.get_layer("predictions").get_weights()
+        head = state["head.fc.weight"][:, :, 0, 0].T  # (C, classes)
+        classes = kernel.shape[-1]
+        assert not np.allclose(kernel, head[:, :classes]), "the checkpoint's classifier"
+        np.testing.assert_array_equal(bias, 0)  # its initialisation, not head.fc.bias
+        assert state["head.fc.bias"][:classes].any()
+
+
 def test_fine_tuning_loads_backbone_and_skips_head(timm18, rng, capfd):
-    path, _ = timm18
+    path, state = timm18
     full = kp.ResNet18V2(weights=str(path))
     capfd.readouterr()
     tuned = kp.ResNet18V2(weights=str(path), classes=7)
     assert "the 7-class classifier 'predictions' starts from its initialisation" in (
         capfd.readouterr().err
     )
+    assert_holds_timm_backbone(tuned, state)
     features = kp.ResNet18V2(weights=str(path), include_top=False, pooling="avg")
     assert "skipped the checkpoint's classifier" in capfd.readouterr().err
+    assert_holds_timm_backbone(features, state)
     images = _images(rng, 64)
     backbone = keras.Model(full.inputs, full.get_layer("post_relu").output)
     pooled = backbone.predict(images, verbose=0).mean(axis=(1, 2))

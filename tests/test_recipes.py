@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from foreign_nets import timm_state_dict
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
+from test_pretrained import assert_holds_timm_backbone
 
 import keras_preact
 from keras_preact import data, preprocessing, run_dir, training
@@ -236,14 +237,18 @@ def test_resuming_with_other_settings_is_refused(digits_run):
 
 # ----------------------------------------------------------------- kill test
 
+# The interrupted runs' length: long enough that a signal sent at step 20 or so lands well
+# before the end (a step takes about 20 ms here), short enough that the resumed run is quick.
+STEPS = 100
+
 
 def _start_cifar(model_dir, checkpoint_every, *extra, env=None):
-    """Starts a 400-step CIFAR-recipe run in the background; returns its arguments and process."""
+    """Starts a STEPS-step CIFAR-recipe run in the background; returns its arguments and process."""
     args = [
         *TINY,
         f"--model_dir={model_dir}",
         "--batch_size=32",
-        "--train_steps=400",
+        f"--train_steps={STEPS}",
         f"--checkpoint_every={checkpoint_every}",
         "--eval_every=0",
         "--verbose=0",
@@ -269,7 +274,7 @@ def _wait_for(path, procs, seconds=240):
 
 
 def _interrupted_cifar_run(model_dir, checkpoint_every, started, *signals):
-    """Starts a 400-step CIFAR-recipe run, waits until `started` exists, sends `signals`.
+    """Starts a STEPS-step CIFAR-recipe run, waits until `started` exists, sends `signals`.
 
     Returns the recipe's arguments (to run it again) and the process's (returncode, stderr).
     """
@@ -290,7 +295,7 @@ def test_killed_run_resumes_at_its_step_and_learning_rate(tmp_path):
     assert returncode == -signal.SIGKILL
     assert not os.path.exists(os.path.join(model_dir, "metrics.json")), "finished before the kill"
     killed_at = int(tf.train.latest_checkpoint(os.path.dirname(state)).rsplit("-", 1)[1])
-    assert 20 <= killed_at < 400
+    assert 20 <= killed_at < STEPS
 
     # --remat is how a run trains, not what it trains: a resumed run may turn it on.
     again = _run(CIFAR, *args, "--remat")
@@ -299,28 +304,30 @@ def test_killed_run_resumes_at_its_step_and_learning_rate(tmp_path):
     assert resumed, again.stdout[-2000:]
     step = int(resumed.group(1))
     assert step == killed_at
-    # Batch 32 over 400 steps: lr 0.025 (warm-up 0.0025 for 2 steps), / 10 at 200 and 300.
-    expected_lr = 0.025 if step < 200 else 0.0025 if step < 300 else 0.00025
+    # Batch 32 over 100 steps: lr 0.1 * 32/128 = 0.025 (a tenth for the first 0.625% of the
+    # run: 1 step), / 10 at 50% and 75% of the run (steps 50 and 75).
+    assert STEPS == 100
+    expected_lr = 0.025 if step < 50 else 0.0025 if step < 75 else 0.00025
     assert float(resumed.group(2)) == pytest.approx(expected_lr, rel=1e-3)
 
     with open(os.path.join(model_dir, "metrics.json")) as f:
         metrics = json.load(f)
-    assert (metrics["steps"], metrics["resumed_from_step"]) == (400, step)
+    assert (metrics["steps"], metrics["resumed_from_step"]) == (STEPS, step)
     assert metrics["final_learning_rate"] == pytest.approx(0.00025, rel=1e-6)
     reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
-    assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 400
-    assert reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 400
-    # The restarted process logged steps step+1 .. 400 and nothing before.
+    assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == STEPS
+    assert reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == STEPS
+    # The restarted process logged steps step+1 .. STEPS and nothing before.
     files = sorted(glob.glob(os.path.join(model_dir, "logs", "train", "events.*")))
     second = {}
     for event in tf.compat.v1.train.summary_iterator(files[-1]):
         for value in event.summary.value:
             if value.tag == "learning_rate":
                 second[event.step] = float(tf.make_ndarray(value.tensor))
-    assert sorted(second) == list(range(step + 1, 401))
+    assert sorted(second) == list(range(step + 1, STEPS + 1))
     assert second[step + 1] == pytest.approx(expected_lr, rel=1e-6)
     steps = [int(r["step"]) for r in _history(model_dir)]
-    assert steps == sorted(set(steps)) and steps[-1] == 400
+    assert steps == sorted(set(steps)) and steps[-1] == STEPS
     with open(os.path.join(model_dir, "model.keras"), "rb") as f, zipfile.ZipFile(f) as saved:
         config = saved.read("config.json").decode()
     assert '"remat": true' not in config and '"remat": false' in config  # saved plain
@@ -341,7 +348,7 @@ def test_ctrl_c_stops_at_a_checkpoint_of_the_current_step(tmp_path):
     assert stopped, stderr[-3000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     step = int(stopped.group(1))
-    assert 0 < step < 400
+    assert 0 < step < STEPS
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     assert int(latest.rsplit("-", 1)[1]) == step
     assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
@@ -350,7 +357,7 @@ def test_ctrl_c_stops_at_a_checkpoint_of_the_current_step(tmp_path):
     assert again.returncode == 0, again.stderr[-4000:]
     assert re.search(rf"Resuming from step {step} ", again.stdout), again.stdout[-2000:]
     with open(os.path.join(model_dir, "metrics.json")) as f:
-        assert json.load(f)["steps"] == 400
+        assert json.load(f)["steps"] == STEPS
 
 
 def _read_until(stream, text, seconds=240):
@@ -546,6 +553,7 @@ def test_imagenet_recipe_fine_tunes_from_a_converted_checkpoint(tmp_path, photo_
         "--eval_crop_sizes=64",
         "--batch_size=4",
         "--train_steps=3",
+        "--checkpoint_every=1",  # ckpt-1: after step 1, which runs at learning rate 0
         "--seed=0",
     ]
     proc = _run(IMAGENET, *args)
@@ -553,6 +561,12 @@ def test_imagenet_recipe_fine_tunes_from_a_converted_checkpoint(tmp_path, photo_
     # 1,000-class checkpoint, 2-class folder: the backbone loads, the head starts fresh.
     assert "loaded the backbone" in proc.stderr
     spec = run_dir.read_spec(model_dir)
+    # The run's weights after its first step (learning rate 0, below) against the file's
+    # tensors: kernels, BN gamma and beta unchanged, moving statistics one average step on.
+    first = spec.build()
+    ckpt = os.path.join(model_dir, "checkpoints", "ckpt-1")
+    tf.train.Checkpoint(model=first).read(ckpt).assert_existing_objects_matched()
+    assert_holds_timm_backbone(first, load_file(weights), moving_momentum=0.9)  # timm's BN
     assert spec.kwargs["layout"] == "timm" and "weights" not in spec.kwargs
     assert spec.eval_preprocessing == {"interpolation": "bilinear", "crop_fraction": None}
     assert (spec.normalization, spec.crop_size, spec.resize_size()) == ("tf", 64, 73)

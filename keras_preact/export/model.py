@@ -93,7 +93,10 @@ def image_size(model):
 
 
 def has_preprocessing(model):
-    """True when the model normalises raw [0, 255] pixels itself (a layer named "preprocessing")."""
+    """True when the model normalises raw [0, 255] pixels itself: its config says so, or (a
+    model of another kind) it has a layer named "preprocessing"."""
+    if isinstance(model, ResNetV2):
+        return model.get_config()["include_preprocessing"]
     return any(layer.name == "preprocessing" for layer in model.layers)
 
 

@@ -1,4 +1,5 @@
-"""What the checkpoint converters share: PyTorch/Torch7 arrays in Keras' layout, and the log line.
+"""What the checkpoint converters share: PyTorch/Torch7 arrays in Keras' layout, a model's
+depth, and the log line.
 
 A leaf module (NumPy and the standard library only), so that `convert` can
 import the converter modules (`timm`, `torch7`, `keras_applications`) and they
@@ -12,6 +13,7 @@ can import these helpers without a cycle.
 
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -31,3 +33,13 @@ def torch_dense_kernel(weight):
     """A Linear weight (out, in) or a 1x1-conv head (out, in, 1, 1) as a Dense kernel (in, out)."""
     weight = np.asarray(weight, "float32")
     return np.ascontiguousarray(weight.reshape(weight.shape[0], -1).T)
+
+
+def model_depth(model):
+    """The depth of a keras-preact model: its config's, or its default name's for a model saved
+    before the model class (a plain functional model); None for other models."""
+    depth = getattr(model, "depth", None)
+    if depth is None:
+        match = re.fullmatch(r"resnet(\d+)v2", model.name)
+        depth = int(match.group(1)) if match else None
+    return depth

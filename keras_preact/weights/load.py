@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 
 from keras_preact.weights import convert, download, native, registry
+from keras_preact.weights.arrays import model_depth
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,16 +69,6 @@ def resolve(weights, depth=None, layout=None):
             f"to follow the weights, or pass layout={resolved.layout!r}."
         )
     return resolved
-
-
-def model_depth(model):
-    """The depth of a keras-preact model: its config's, or its default name's for a model saved
-    before the model class (a plain functional model); None for other models."""
-    depth = getattr(model, "depth", None)
-    if depth is None:
-        match = re.fullmatch(r"resnet(\d+)v2", model.name)
-        depth = int(match.group(1)) if match else None
-    return depth
 
 
 def _load_source(model, source):

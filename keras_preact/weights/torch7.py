@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_preact.weights.arrays import torch_conv_kernel, torch_dense_kernel
+from keras_preact.weights.arrays import model_depth, torch_conv_kernel, torch_dense_kernel
 
 _SKIPPED = ("Copy",)  # nn.Copy: a type cast in the tree, no computation
 _KINDS = {
@@ -199,7 +199,7 @@ def convert(path, model):
         if index >= len(found):
             raise ValueError(
                 f"The .t7 tree ends before {description} ({len(found)} modules, the model needs "
-                f"{len(steps)}): it is a shallower net than ResNet-{_depth(model)}."
+                f"{len(steps)}): it is a shallower net than ResNet-{model_depth(model)}."
             )
         got, module, where = found[index]
         if got != kind:
@@ -232,7 +232,3 @@ def convert(path, model):
         _, module, where = found[len(steps)]
         _mismatch(where, module, "the end of the network", "the tree goes on (a deeper net?)")
     return values, []
-
-
-def _depth(model):
-    return getattr(model, "depth", None) or model.name.removeprefix("resnet").removesuffix("v2")
