@@ -54,6 +54,8 @@ setup(
             "pillow>=10,<14",
             "tf2onnx>=1.17,<1.18",
             "onnxruntime>=1.20,<1.33",
+            # The model zoo on Keras' JAX backend with TensorFlow blocked (test_without_tensorflow).
+            "jax[cpu]>=0.4.30,<0.11",
         ],
     },
     classifiers=[

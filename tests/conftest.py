@@ -9,6 +9,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+# Files the tests read (and the script that made them), not test modules: pytest's
+# --doctest-modules would import make_files.py and run it.
+collect_ignore_glob = ["data/*"]
+
 
 @pytest.fixture(autouse=True)
 def _seeded():

@@ -23,10 +23,11 @@ import sys
 import tempfile
 
 BLOCKED = ("tensorflow", "tensorboard", "tf_keras", "tensorflow_datasets")
-# As if not installed: `import tensorflow` raises ModuleNotFoundError and
-# importlib.util.find_spec("tensorflow") is None (what torch and keras probe).
-for _name in BLOCKED:
-    sys.modules[_name] = None
+if __name__ == "__main__":  # never in a process that imports this file (pytest's collection)
+    # As if not installed: `import tensorflow` raises ModuleNotFoundError and
+    # importlib.util.find_spec("tensorflow") is None (what torch and keras probe).
+    for _name in BLOCKED:
+        sys.modules[_name] = None
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
