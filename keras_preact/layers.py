@@ -215,6 +215,8 @@ class _ResidualUnit(keras.layers.Layer):
         norm_momentum=0.9,
         seed=None,
         remat=False,
+        dilation=1,
+        first_dilation=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -249,6 +251,8 @@ class _ResidualUnit(keras.layers.Layer):
         self.norm_momentum = float(norm_momentum)
         self.seed = seed
         self.remat = bool(remat)
+        self.dilation = int(dilation)
+        self.first_dilation = self.dilation if first_dilation is None else int(first_dilation)
         if self.drop_path_rate > 0.0:
             self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -291,8 +295,8 @@ class _ResidualUnit(keras.layers.Layer):
             dtype=self.dtype_policy,
         )
 
-    def _conv(self, name, filters, kernel_size, strides, use_bias, zero=False):
-        padding = "same"
+    def _conv(self, name, filters, kernel_size, strides, use_bias, zero=False, dilation=1):
+        padding = "same"  # with stride 1 (dilated or not), "same" pads symmetrically
         pad = None
         if kernel_size > 1 and (self.padding == "symmetric" and strides > 1):
             # PyTorch pads k//2 on every side; Keras "same" pads 0 before / 1 after
@@ -306,6 +310,7 @@ class _ResidualUnit(keras.layers.Layer):
             kernel_size,
             strides=strides,
             padding=padding,
+            dilation_rate=dilation,
             use_bias=use_bias,
             kernel_initializer="zeros" if zero else he_normal_fan_out(),
             name=name,
@@ -364,6 +369,7 @@ class _ResidualUnit(keras.layers.Layer):
                 self.strides if strided else 1,
                 use_bias=self.output_bias and last,
                 zero=self.zero_init_last and last and not facts.ends_with_norm,
+                dilation=self._conv_dilation(kernel_size, strided),
             )
             if pad is not None:
                 shape = self._add(f"conv{index}_pad", pad, shape)
@@ -372,6 +378,17 @@ class _ResidualUnit(keras.layers.Layer):
             name = self.last_norm()
             shape = self._add(name, self._norm(name, zero_gamma=self.zero_init_last), shape)
         return shape
+
+    def _conv_dilation(self, kernel_size, strided):
+        """The strided 3x3 conv takes `first_dilation`, the other 3x3 convs `dilation` (timm)."""
+        if kernel_size == 1:
+            return 1
+        if strided and self.strides > 1 and self.first_dilation > 1:
+            raise ValueError(
+                f"{self.name}: strides={self.strides} with first_dilation="
+                f"{self.first_dilation}; a dilated unit keeps stride 1 (dilation replaces it)."
+            )
+        return self.first_dilation if strided else self.dilation
 
     def _build_shortcut(self, input_shape, shape):
         """Builds the projection, its BN, the gate and the shortcut dropout, as the unit has them."""
@@ -551,6 +568,8 @@ class _ResidualUnit(keras.layers.Layer):
             norm_momentum=self.norm_momentum,
             seed=self.seed,
             remat=self.remat,
+            dilation=self.dilation,
+            first_dilation=self.first_dilation,
         )
         return config
 
@@ -591,6 +610,11 @@ _COMMON_ARGS_DOC = """
             (`keras_preact.remat.rematerialize`).
             Much less memory for deep nets at about a third more step time; the
             gradients and BN statistics are the same as without.
+        dilation, first_dilation: dilation rate of the 3x3 convolutions (1):
+            the unit's first 3x3 (the one a stride would sit on) takes
+            `first_dilation` (default: `dilation`), the others `dilation`, as
+            timm's units; with a dilation the unit's `strides` must be 1
+            (`output_stride` of the ImageNet nets sets these).
 """
 
 

@@ -117,9 +117,18 @@ class PixelNormalization(keras.layers.Layer):
         return config
 
 
-def normalization_layer(normalization, name="preprocessing"):
-    """A `PixelNormalization` layer for `normalization` (a name or a `(mean, std)` pair)."""
+def normalization_layer(normalization, name="preprocessing", channels=3):
+    """A `PixelNormalization` layer for `normalization` (a name or a `(mean, std)` pair).
+
+    `channels=1` normalises grayscale images with the mean of the RGB
+    statistics (a gray pixel of value v is normalised as the mean of an RGB
+    pixel (v, v, v)'s channels would be, up to the spread of the std).
+    """
     mean, std = normalization_stats(normalization)
+    if channels == 1:
+        mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+    elif channels != 3:
+        raise ValueError(f"normalization_layer takes 1 or 3 channels, got {channels}.")
     return PixelNormalization(mean, std, name=name)
 
 

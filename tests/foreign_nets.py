@@ -200,12 +200,12 @@ def timm_state_dict(
     return sd
 
 
-def _timm_padding(kernel: int, stride: int) -> int:
-    """timm's ``get_padding`` (symmetric, dilation 1): ((stride - 1) + (kernel - 1)) // 2."""
-    return ((stride - 1) + (kernel - 1)) // 2
+def _timm_padding(kernel: int, stride: int, dilation: int = 1) -> int:
+    """timm's ``get_padding`` (symmetric): ((stride - 1) + dilation * (kernel - 1)) // 2."""
+    return ((stride - 1) + dilation * (kernel - 1)) // 2
 
 
-def _conv_tf(x, weight_oihw, stride_h, stride_w, pad_h, pad_w, bias=None):
+def _conv_tf(x, weight_oihw, stride_h, stride_w, pad_h, pad_w, bias=None, dilation=1):
     """A Torch-style convolution: OIHW kernel, symmetric zero padding, optional bias."""
     kernel = tf.constant(np.transpose(np.asarray(weight_oihw, np.float32), (2, 3, 1, 0)))
     y = tf.nn.conv2d(
@@ -213,6 +213,7 @@ def _conv_tf(x, weight_oihw, stride_h, stride_w, pad_h, pad_w, bias=None):
         kernel,
         strides=[1, stride_h, stride_w, 1],
         padding=[[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]],
+        dilations=[1, dilation, dilation, 1],
     )
     if bias is not None:
         y = y + tf.constant(np.asarray(bias, np.float32))
@@ -272,18 +273,39 @@ def timm_forward(state_dict: dict[str, Any], images: np.ndarray) -> np.ndarray:
     return _timm_graph(state_dict, images)
 
 
-def _timm_graph(state_dict: dict[str, Any], images: np.ndarray, bn_hook=None) -> np.ndarray:
-    """:func:`timm_forward`; ``bn_hook(prefix, x)`` is called before each BN reads its stats."""
+def timm_features(state_dict: dict[str, Any], images: np.ndarray, output_stride: int = 32):
+    """timm's ``features_only=True`` taps and logits: ``(taps, logits)``.
+
+    ``taps``: the raw ``stem.conv`` output (stride 2) and each stage's output
+    (``stages.0``-``stages.3``: the residual stream, no final norm), as numpy.
+    ``output_stride`` 16 or 8 dilates the last stages as timm's ``ResNetV2``
+    does (``resnetv2.py``: ``if curr_stride >= output_stride: dilation *=
+    stride; stride = 1``; a stage's block 0 takes ``first_dilation = 1 if
+    dilation in (1, 2) else 2`` on its first 3x3, every other 3x3 the stage's
+    dilation; ``get_padding`` with the dilation; projections keep stride 1).
+    """
+    taps = []
+    logits = _timm_graph(state_dict, images, output_stride=output_stride, taps=taps)
+    return [t.numpy() for t in taps], logits
+
+
+def _timm_graph(
+    state_dict: dict[str, Any], images: np.ndarray, bn_hook=None, output_stride=32, taps=None
+) -> np.ndarray:
+    """:func:`timm_forward`; ``bn_hook(prefix, x)`` is called before each BN reads its stats;
+    ``taps``, a list, receives the ``features_only`` taps (:func:`timm_features`)."""
+    taps = [] if taps is None else taps
     unused = {k for k in state_dict if not k.endswith(".num_batches_tracked")}
 
     def get(key: str) -> np.ndarray:
         unused.discard(key)
         return np.asarray(state_dict[key], np.float32)
 
-    def conv(x, prefix: str, stride: int = 1):
+    def conv(x, prefix: str, stride: int = 1, dilation: int = 1):
         w = get(f"{prefix}.weight")
-        pad = _timm_padding(w.shape[2], stride)
-        return _conv_tf(x, w, stride, stride, pad, pad)
+        dilation = dilation if w.shape[2] > 1 else 1
+        pad = _timm_padding(w.shape[2], stride, dilation)
+        return _conv_tf(x, w, stride, stride, pad, pad, dilation=dilation)
 
     def norm_act(x, prefix: str):
         if bn_hook is not None:
@@ -300,13 +322,19 @@ def _timm_graph(state_dict: dict[str, Any], images: np.ndarray, bn_hook=None) ->
     with tf.device("/CPU:0"):
         x = tf.constant(np.asarray(images, np.float32))
         x = conv(x, "stem.conv", stride=2)
+        taps.append(x)
         x = _max_pool_tf(x, 3, 3, 2, 2, 1, 1)
-        i = 0
+        i, curr_stride, dilation = 0, 4, 1
         while f"stages.{i}.blocks.0.norm1.weight" in state_dict:
+            stage_stride = 1 if i == 0 else 2
+            if curr_stride >= output_stride:
+                dilation, stage_stride = dilation * stage_stride, 1
+            first_dilation = 1 if dilation in (1, 2) else 2
             j = 0
             while f"stages.{i}.blocks.{j}.norm1.weight" in state_dict:
                 p = f"stages.{i}.blocks.{j}"
-                stride = 2 if (i > 0 and j == 0) else 1
+                stride = stage_stride if j == 0 else 1
+                d1 = first_dilation if j == 0 else dilation
                 bottleneck = f"{p}.conv3.weight" in state_dict
                 x_preact = norm_act(x, f"{p}.norm1")
                 shortcut = x
@@ -314,13 +342,15 @@ def _timm_graph(state_dict: dict[str, Any], images: np.ndarray, bn_hook=None) ->
                     shortcut = conv(x_preact, f"{p}.downsample.conv", stride)
                 if bottleneck:
                     y = conv(x_preact, f"{p}.conv1")
-                    y = conv(norm_act(y, f"{p}.norm2"), f"{p}.conv2", stride)
+                    y = conv(norm_act(y, f"{p}.norm2"), f"{p}.conv2", stride, d1)
                     y = conv(norm_act(y, f"{p}.norm3"), f"{p}.conv3")
                 else:
-                    y = conv(x_preact, f"{p}.conv1", stride)
-                    y = conv(norm_act(y, f"{p}.norm2"), f"{p}.conv2")
+                    y = conv(x_preact, f"{p}.conv1", stride, d1)
+                    y = conv(norm_act(y, f"{p}.norm2"), f"{p}.conv2", 1, dilation)
                 x = y + shortcut
                 j += 1
+            taps.append(x)
+            curr_stride *= stage_stride
             i += 1
         x = norm_act(x, "norm")
         x = tf.reduce_mean(x, axis=[1, 2])

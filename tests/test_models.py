@@ -374,7 +374,7 @@ def test_decode_predictions_and_class_list():
         (lambda: kp.ResNet18V2(shortcut="gating"), "'exclusive_gating'"),
         (lambda: kp.ResNet18V2(layout="torchvision"), "'paper', 'timm', 'keras'"),
         (lambda: kp.ResNet18V2(input_shape=(16, 16, 3)), ">= 32"),
-        (lambda: kp.ResNet18V2(input_shape=(224, 224, 1)), "3 channels"),
+        (lambda: kp.ResNet18V2(input_shape=(224, 224, 0)), "known, positive channel count"),
         (lambda: kp.ResNet20V2(input_shape=(32, 32)), r"\(height, width, channels\)"),
         (lambda: kp.ResNet20V2(weights="imagenet"), "CIFAR nets have no public pretrained"),
         (lambda: kp.ResNet50V2(weights="fb:resnet-200"), "ResNet-200 weights; this model is"),

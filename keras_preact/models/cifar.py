@@ -14,7 +14,7 @@ from keras_preact.layers import he_normal_fan_out
 from keras_preact.models import common
 from keras_preact.models.base import ResNetV2
 from keras_preact.normalization import FusedBatchNormalization
-from keras_preact.options import ShortcutOptions, check_choice
+from keras_preact.options import check_choice
 
 # Named CIFAR nets: depth -> unit type (as fb.resnet.torch's resnet-pre-act.lua).
 CIFAR_DEPTHS = {
@@ -130,16 +130,14 @@ class CIFARResNetV2(ResNetV2):
         common.check_cifar_weights(weights)
         unit = unit or CIFAR_DEPTHS.get(depth, "basic")
         units = cifar_units_per_stage(depth, unit)
-        shortcut = ShortcutOptions(
-            shortcut, shortcut_scale, residual_scale, gate_bias_init, shortcut_dropout_rate
-        )
-        options = common.UnitOptions(
-            unit_variant, shortcut, drop_path_rate, zero_init_last, norm_momentum, seed, remat
+        options = common.UnitOptions.of(
+            unit_variant,
+            (shortcut, shortcut_scale, residual_scale, gate_bias_init, shortcut_dropout_rate),
+            (drop_path_rate, zero_init_last, norm_momentum, seed, remat),
         )
         head = common.HeadOptions(include_top, pooling, classes, classifier_activation)
-        rgb = include_preprocessing or weights is not None
-        inputs, x = common.model_input(input_tensor, input_shape, (32, 32, 3), 8, needs_rgb=rgb)
-        x = common.maybe_preprocess(x, include_preprocessing, normalization)
+        inputs, x = common.model_input(input_tensor, input_shape, (32, 32, 3), min_size=8)
+        x, include_preprocessing = common.preprocess(x, include_preprocessing, normalization)
         widths = (width, 2 * width, 4 * width)
         outputs = _network(x, unit, (units,) * 3, widths, options, head)
         config = {
@@ -175,7 +173,10 @@ def _network(x, unit, stage_units, widths, options, head):
     if not options.facts.preact_norm:
         x = FusedBatchNormalization(momentum=options.norm_momentum, name="stem_bn")(x)
         x = keras.layers.Activation("relu", name="stem_relu")(x)
-    x = common.add_stages(x, unit, widths, stage_units, (1, 2, 2), options)
+    places = common.plan_units(
+        stage_units, (1, 2, 2), stride_on_last_unit=False, output_stride=None, stem_stride=1
+    )
+    x, _ = common.add_stages(x, unit, widths, places, options)
     return common.add_head(
         x,
         head,

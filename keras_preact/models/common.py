@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import warnings
 
 import keras
 
@@ -80,6 +81,13 @@ class UnitOptions:
     def __post_init__(self):
         check_choice("unit_variant", self.unit_variant, preact_layers.UNIT_VARIANTS)
 
+    @classmethod
+    def of(cls, unit_variant, shortcut_arguments, training_arguments):
+        """From the builders' arguments: `(shortcut, shortcut_scale, residual_scale,
+        gate_bias_init, shortcut_dropout_rate)` and `(drop_path_rate, zero_init_last,
+        norm_momentum, seed, remat)`."""
+        return cls(unit_variant, ShortcutOptions(*shortcut_arguments), *training_arguments)
+
     @property
     def facts(self):
         return preact_layers.UNIT_VARIANT_FACTS[self.unit_variant]
@@ -113,7 +121,7 @@ class HeadOptions:
         return dataclasses.asdict(self)
 
 
-def model_input(input_tensor, input_shape, default_shape, min_size, needs_rgb):
+def model_input(input_tensor, input_shape, default_shape, min_size):
     """Validates `input_shape` and returns `(inputs, x)` like keras.applications."""
     if input_shape is None:
         if input_tensor is not None and hasattr(input_tensor, "shape"):
@@ -126,11 +134,6 @@ def model_input(input_tensor, input_shape, default_shape, min_size, needs_rgb):
             f"input_shape must be (height, width, channels) with channels last, got {input_shape}."
         )
     height, width, channels = input_shape
-    if needs_rgb and channels != 3:
-        raise ValueError(
-            f"input_shape {input_shape} has {channels} channels; this model takes RGB images "
-            "(3 channels) when include_preprocessing=True or weights are given."
-        )
     if channels is None or channels < 1:
         raise ValueError(f"input_shape {input_shape} needs a known, positive channel count.")
     for side in (height, width):
@@ -148,23 +151,58 @@ def model_input(input_tensor, input_shape, default_shape, min_size, needs_rgb):
     return input_tensor, input_tensor
 
 
-def add_stages(
-    x,
-    unit,
-    stage_widths,
-    stage_units,
-    stage_strides,
-    options,
-    *,
-    stride_on_last_unit=False,
-    first_stage_preact=True,
-    **layout_args,
-):
-    """Stacks the residual stages of `unit`s with `options` (`UnitOptions`); returns the output.
+@dataclasses.dataclass
+class UnitPlace:
+    """Where one unit sits and how it subsamples: built by `plan_units`."""
 
-    Stride sits on the first unit of a stage (the paper), or, with
-    `stride_on_last_unit`, on the last unit of the previous stage with an
-    identity (subsampling) shortcut (keras.applications). Without
+    stage: int
+    index: int
+    strides: int = 1
+    projection: bool | None = None  # False: a strided identity (subsampling) shortcut
+    dilation: int = 1
+    first_dilation: int = 1
+    nominal_stride: int = 1  # the net's stride after this unit at output_stride 32
+
+
+def plan_units(stage_units, stage_strides, *, stride_on_last_unit, output_stride, stem_stride):
+    """Every unit's stride and dilation (`UnitPlace`s, in order).
+
+    A stage's stride sits on its first unit (the paper, timm), or with
+    `stride_on_last_unit` on the last unit of the previous stage with an
+    identity (subsampling) shortcut (keras.applications, TF-slim). Once the
+    net's stride reaches `output_stride`, a unit's stride becomes a dilation:
+    the unit's first 3x3 keeps the rate so far and the units after it take the
+    rate times the stride (timm's `output_stride`); a stride on the last unit
+    (TF-slim's `output_stride`) dilates only the units after it.
+
+    >>> [(u.strides, u.first_dilation, u.dilation) for u in plan_units(
+    ...     (1, 1, 1, 1), (1, 2, 2, 2), stride_on_last_unit=False, output_stride=8, stem_stride=4)]
+    [(1, 1, 1), (2, 1, 1), (1, 1, 2), (1, 2, 4)]
+    """
+    places = [UnitPlace(stage, index) for stage, n in enumerate(stage_units) for index in range(n)]
+    for stage, stride in enumerate(stage_strides):
+        first = sum(stage_units[:stage])
+        if not stride_on_last_unit:
+            places[first].strides = stride
+        elif stage > 0 and stride != 1:
+            places[first - 1].strides, places[first - 1].projection = stride, False
+    stride, nominal, rate = stem_stride, stem_stride, 1
+    for place in places:
+        nominal *= place.strides
+        place.nominal_stride = nominal
+        place.first_dilation = place.dilation = rate
+        if place.strides > 1 and output_stride and stride >= output_stride:
+            place.dilation = rate if stride_on_last_unit else rate * place.strides
+            rate, place.strides = rate * place.strides, 1
+        stride *= place.strides
+    return places
+
+
+def add_stages(x, unit, stage_widths, places, options, *, first_stage_preact=True, **layout_args):
+    """Stacks the residual units of `places` (`plan_units`) with `options` (`UnitOptions`).
+
+    Returns `(output, taps)`: `taps` maps `"P{k}"` to the last unit output at
+    the net's stride 2**k (as it would be at output_stride 32). Without
     `first_stage_preact`, the units of the first stage have no pre-activation
     of their own (fb.resnet.torch's `'first'` units after a BN-ReLU stem).
     `layout_args` are unit arguments a layout sets (padding, biases, BN epsilon).
@@ -174,32 +212,24 @@ def add_stages(
     unit_args = options.as_config()
     rate, seed = unit_args.pop("drop_path_rate"), unit_args.pop("seed")
     unit_args = {k: v for k, v in unit_args.items() if v is not None}
-    total_units = sum(stage_units)
-    placements = []  # (stage, unit index, strides, projection)
-    for stage, (count, stride) in enumerate(zip(stage_units, stage_strides)):
-        for index in range(count):
-            placements.append([stage, index, 1, None])
-        if stride_on_last_unit:
-            if stage > 0 and stride != 1:
-                prev_last = sum(stage_units[:stage]) - 1
-                placements[prev_last][2] = stride
-                placements[prev_last][3] = False
-        else:
-            placements[sum(stage_units[:stage])][2] = stride
-    for position, (stage, index, strides, projection) in enumerate(placements):
+    taps = {}
+    for position, place in enumerate(places):
         x = unit_class(
-            stage_widths[stage],
-            strides=strides,
-            projection=projection,
-            drop_path_rate=rate * position / max(total_units - 1, 1),
+            stage_widths[place.stage],
+            strides=place.strides,
+            projection=place.projection,
+            dilation=place.dilation,
+            first_dilation=place.first_dilation,
+            drop_path_rate=rate * position / max(len(places) - 1, 1),
             seed=None if seed is None else seed + position,
-            preactivate=first_stage_preact or stage > 0,
-            name=f"stage{stage + 1}_unit{index + 1}",
+            preactivate=first_stage_preact or place.stage > 0,
+            name=f"stage{place.stage + 1}_unit{place.index + 1}",
             **extra,
             **unit_args,
             **layout_args,
         )(x)
-    return x
+        taps[f"P{place.nominal_stride.bit_length() - 1}"] = x
+    return x, taps
 
 
 def add_head(x, head, *, final_norm, norm_epsilon, norm_momentum):
@@ -247,7 +277,22 @@ def check_cifar_weights(weights):
         )
 
 
-def maybe_preprocess(x, include_preprocessing, normalization):
+def preprocess(x, include_preprocessing, normalization):
+    """`(x, whether x is normalised)`: the `preprocessing` layer for RGB or grayscale inputs.
+
+    Grayscale (1 channel) takes the mean of the RGB statistics; any other
+    channel count is not RGB, so the layer is left out (a warning says so)
+    and the caller normalises the inputs.
+    """
+    channels = x.shape[-1]
+    if include_preprocessing and channels not in (1, 3):
+        warnings.warn(
+            f"include_preprocessing=True normalises RGB (or grayscale) images, but the input has "
+            f"{channels} channels: the model is built without its preprocessing layer. Normalise "
+            "the inputs yourself, or pass include_preprocessing=False to silence this.",
+            stacklevel=3,
+        )
+        include_preprocessing = False
     if include_preprocessing:
-        x = preprocessing.normalization_layer(normalization, name="preprocessing")(x)
-    return x
+        x = preprocessing.normalization_layer(normalization, "preprocessing", channels)(x)
+    return x, include_preprocessing

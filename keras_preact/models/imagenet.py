@@ -43,7 +43,7 @@ from keras_preact.layers import SymmetricMaxPooling2D, he_normal_fan_out
 from keras_preact.models import common
 from keras_preact.models.base import ResNetV2
 from keras_preact.normalization import FusedBatchNormalization
-from keras_preact.options import ShortcutOptions, check_choice
+from keras_preact.options import check_choice
 from keras_preact.weights import resolve
 
 # depth -> (unit, units per stage)
@@ -57,6 +57,7 @@ IMAGENET_DEPTHS = {
 }
 STAGE_WIDTHS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
+OUTPUT_STRIDES = (None, 8, 16, 32)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -157,6 +158,8 @@ def resolve_layout(depth, weights, layout=None):
 
 
 def _stem(x, layout, norm_momentum):
+    """`(output, P1)`: the 7x7/2 conv (its output is the P1 tap), BN-ReLU where the layout has
+    it, the 3x3/2 max-pool."""
     symmetric = layout.padding == "symmetric"
     if symmetric:
         x = keras.layers.ZeroPadding2D(3, name="stem_pad")(x)
@@ -169,17 +172,18 @@ def _stem(x, layout, norm_momentum):
         kernel_initializer=he_normal_fan_out(),
         name="stem_conv",
     )(x)
+    tap = x
     if layout.stem_norm:
         x = FusedBatchNormalization(
             epsilon=layout.norm_epsilon, momentum=norm_momentum, name="stem_bn"
         )(x)
         x = keras.layers.Activation("relu", name="stem_relu")(x)
     if layout.pool_padding == "-inf":
-        return SymmetricMaxPooling2D(3, 2, 1, name="stem_pool")(x)
+        return SymmetricMaxPooling2D(3, 2, 1, name="stem_pool")(x), tap
     if layout.pool_padding == "zeros":
         x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
-        return keras.layers.MaxPooling2D(3, 2, name="stem_pool")(x)
-    return keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+        return keras.layers.MaxPooling2D(3, 2, name="stem_pool")(x), tap
+    return keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x), tap
 
 
 @keras.saving.register_keras_serializable(package="keras_preact")
@@ -201,10 +205,14 @@ class ImageNetResNetV2(ResNetV2):
             `include_top=False` or `classes != 1000` the backbone is loaded
             and the classifier skipped (fine-tuning).
             `input_shape` defaults to `(None, None, 3)`: any size >= 32, so
-            the 224 and 320 test crops run on one model.
+            the 224 and 320 test crops run on one model; any channel count
+            works (pretrained weights adapt the stem's RGB kernel as timm's
+            `adapt_input_conv`).
         include_preprocessing: the model takes raw RGB in [0, 255] and applies
             its layout's normalisation (ImageNet mean/std for `"paper"` and
-            `"fb"`, [-1, 1] for `"timm"` and `"keras"`).
+            `"fb"`, [-1, 1] for `"timm"` and `"keras"`); grayscale inputs with
+            the mean of its RGB statistics; other channel counts are not
+            normalised (the layer is left out, with a warning).
         layout: `"paper"`, `"timm"`, `"keras"` or `"fb"` (see the module
             docstring) or a `Layout`; `None` follows the weights (else
             `"paper"`). An explicit layout that the weights cannot fill is an
@@ -219,6 +227,9 @@ class ImageNetResNetV2(ResNetV2):
         remat: recompute each unit's activations in the backward pass instead of
             keeping them (`PreActBlock`'s `remat`): about a third of the training
             memory of deep nets for about a third more step time.
+        output_stride: 32 (default, `None`), 16 or 8: the last strides become
+            dilations, as timm's `output_stride` (the keras layout as
+            TF-slim's), for dense prediction.
         eval_protocol: how the weights are evaluated (an `EvalProtocol` or its
             dict); by default a named source's (resize interpolation, crop
             fraction), else the paper's. Read it back as `model.eval_protocol`.
@@ -227,6 +238,12 @@ class ImageNetResNetV2(ResNetV2):
     The model's `get_config()` holds all of these but `weights` and
     `input_tensor`, with `unit`, `stage_units` and `stage_widths`; the
     layout as its name (or its fields, for a `Layout` of your own).
+
+    `model.pyramid_outputs` is `{"P1": ..., "P5": ...}`, keyed by log2 of the
+    stride (at output stride 32): the stem conv's output and the last unit's
+    output at strides 4 to 32 (for the paper, timm and fb layouts the stage
+    outputs, as timm's `features_only` taps); `keras.Model(model.inputs,
+    model.pyramid_outputs)` is a feature extractor.
 
     Example:
 
@@ -238,6 +255,9 @@ class ImageNetResNetV2(ResNetV2):
     >>> config = model.get_config()
     >>> config["depth"], config["unit"], config["stage_units"], config["layout"]
     (50, 'bottleneck', [3, 4, 6, 3], 'timm')
+    >>> dense = ImageNetResNetV2(50, include_top=False, output_stride=16)
+    >>> [tuple(t.shape[1:]) for t in dense.pyramid_outputs.values()][-1]  # P5
+    (None, None, 2048)
     >>> model = ImageNetResNetV2(200, weights="imagenet")  # doctest: +SKIP
     """
 
@@ -267,38 +287,39 @@ class ImageNetResNetV2(ResNetV2):
         norm_momentum=None,
         seed=None,
         remat=False,
+        output_stride=None,
         eval_protocol=None,
         name=None,
         trainable=True,
     ):
         unit, stage_units = _depth_row(depth)
         layout, resolved = resolve_layout(depth, weights, layout)
-        shortcut = ShortcutOptions(
-            shortcut, shortcut_scale, residual_scale, gate_bias_init, shortcut_dropout_rate
-        )
         momentum = layout.norm_momentum if norm_momentum is None else norm_momentum
-        options = common.UnitOptions(
-            unit_variant, shortcut, drop_path_rate, zero_init_last, momentum, seed, remat
+        options = common.UnitOptions.of(
+            unit_variant,
+            (shortcut, shortcut_scale, residual_scale, gate_bias_init, shortcut_dropout_rate),
+            (drop_path_rate, zero_init_last, momentum, seed, remat),
         )
         if resolved is not None and resolved.kind != "native":
             _check_foreign_units(weights, options)
         head = common.HeadOptions(include_top, pooling, classes, classifier_activation)
         eval_protocol = eval_protocol or (resolved and resolved.eval_protocol)
-        inputs, x = common.model_input(
-            input_tensor, input_shape, (None, None, 3), min_size=32, needs_rgb=True
-        )
-        x = common.maybe_preprocess(x, include_preprocessing, layout.normalization)
-        outputs = _network(x, unit, stage_units, layout, options, head)
+        inputs, x = common.model_input(input_tensor, input_shape, (None, None, 3), min_size=32)
+        x, include_preprocessing = common.preprocess(x, include_preprocessing, layout.normalization)
+        places = _unit_plan(stage_units, layout, output_stride)
+        outputs, taps = _network(x, unit, places, layout, options, head)
         config = {
             "depth": depth,
             "unit": unit,
             "stage_units": stage_units,
             "stage_widths": STAGE_WIDTHS,
             "layout": layout_config(layout),
+            "output_stride": output_stride or 32,
             **common.model_config(inputs, include_preprocessing, head, options, eval_protocol),
         }
         name = name or f"resnet{depth}v2"
         self._init_functional(inputs, outputs, name, config, weights, resolved, trainable=trainable)
+        self.pyramid_outputs = taps
 
     @property
     def layout(self):
@@ -330,30 +351,45 @@ def _check_foreign_units(weights, options):
         )
 
 
-def _network(x, unit, stage_units, layout, options, head):
-    """Stem, the four stages and the head, as `layout` builds them."""
-    x = _stem(x, layout, options.norm_momentum)
-    x = common.add_stages(
+def _unit_plan(stage_units, layout, output_stride):
+    """The units' strides and dilations for `output_stride` (None: 32)."""
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(
+            f"output_stride must be 8, 16 or 32 (None: 32), got {output_stride!r}: the nets "
+            "subsample 4x in the stem and 2x in stages 2-4; 16 and 8 dilate the last stages."
+        )
+    return common.plan_units(
+        stage_units,
+        STAGE_STRIDES,
+        stride_on_last_unit=layout.stride_on_last_unit,
+        output_stride=output_stride,
+        stem_stride=4,
+    )
+
+
+def _network(x, unit, places, layout, options, head):
+    """`(outputs, pyramid taps)`: stem, the four stages and the head, as `layout` builds them."""
+    x, stem_tap = _stem(x, layout, options.norm_momentum)
+    x, taps = common.add_stages(
         x,
         unit,
         STAGE_WIDTHS,
-        stage_units,
-        STAGE_STRIDES,
+        places,
         options,
-        stride_on_last_unit=layout.stride_on_last_unit,
         first_stage_preact=layout.stage1_preact,
         raw_projection=layout.raw_projection,
         padding=layout.padding,
         output_bias=layout.conv_bias,
         norm_epsilon=layout.norm_epsilon,
     )
-    return common.add_head(
+    outputs = common.add_head(
         x,
         head,
         final_norm=options.facts.final_norm,
         norm_epsilon=layout.norm_epsilon,
         norm_momentum=options.norm_momentum,
     )
+    return outputs, {"P1": stem_tap, **taps}
 
 
 def _named(depth):

@@ -43,3 +43,39 @@ def model_depth(model):
         match = re.fullmatch(r"resnet(\d+)v2", model.name)
         depth = int(match.group(1)) if match else None
     return depth
+
+
+# The first convolution: its kernel is adapted to the model's input channels.
+STEM_KERNEL = "stem_conv/kernel"
+
+
+def adapt_input_kernel(kernel, channels):
+    """An RGB conv kernel `(kh, kw, 3, out)` for `channels` inputs, as timm's `adapt_input_conv`.
+
+    One channel sums the RGB kernels (a gray image v gives what (v, v, v)
+    gave); more repeat R, G, B, R, ... and scale by 3 / channels (an input
+    with every channel v gives what (v, v, v) gave).
+
+    >>> kernel = np.ones((1, 1, 3, 2))
+    >>> adapt_input_kernel(kernel, 1)[0, 0, :, 0].tolist(), adapt_input_kernel(kernel, 4).shape
+    ([3.0], (1, 1, 4, 2))
+    """
+    kernel = np.asarray(kernel, "float32")
+    if kernel.shape[2] == channels:
+        return kernel
+    if kernel.shape[2] != 3:
+        raise ValueError(f"Only RGB kernels are adapted; this one has {kernel.shape[2]} inputs.")
+    if channels == 1:
+        return kernel.sum(axis=2, keepdims=True)
+    repeats = -(-channels // 3)
+    return np.tile(kernel, (1, 1, repeats, 1))[:, :, :channels, :] * (3.0 / channels)
+
+
+def stem_adapts(model_shape, file_shape):
+    """Whether a file's stem kernel of `file_shape` fits `model_shape` once adapted."""
+    model_shape, file_shape = tuple(model_shape), tuple(file_shape)
+    return (
+        len(model_shape) == len(file_shape) == 4
+        and file_shape[2] == 3
+        and model_shape[:2] + model_shape[3:] == file_shape[:2] + file_shape[3:]
+    )

@@ -22,7 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_preact.weights.arrays import model_depth, torch_conv_kernel, torch_dense_kernel
+from keras_preact.weights.arrays import (
+    model_depth,
+    stem_adapts,
+    torch_conv_kernel,
+    torch_dense_kernel,
+)
 
 _SKIPPED = ("Copy",)  # nn.Copy: a type cast in the tree, no computation
 _KINDS = {
@@ -147,7 +152,10 @@ def _conv_values(module, layer, stride, where, description):
     kh, kw = int(_field(module, "kH")), int(_field(module, "kW"))
     kernel = torch_conv_kernel(weight.reshape(n_out, n_in, kh, kw))  # MM convs store it 2-D
     got = (int(_field(module, "dW") or 1), int(_field(module, "padW") or 0))
-    if layer is not None and tuple(layer.kernel.shape) != kernel.shape:
+    fits = layer is None or tuple(layer.kernel.shape) == kernel.shape
+    if not fits and not (
+        layer.name == "stem_conv" and stem_adapts(layer.kernel.shape, kernel.shape)
+    ):
         _mismatch(
             where, module, description, f"kernel {kernel.shape}, the model's {layer.kernel.shape}"
         )
