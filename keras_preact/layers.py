@@ -30,7 +30,7 @@ import dataclasses
 import keras
 from keras import ops
 
-from keras_preact.normalization import FusedBatchNormalization
+from keras_preact.normalization import NORMS, make_norm
 from keras_preact.options import SHORTCUTS, ShortcutOptions, check_choice
 from keras_preact.remat import rematerialize
 
@@ -113,26 +113,30 @@ UNIT_VARIANTS = tuple(UNIT_VARIANT_FACTS)
 PADDINGS = ("same", "symmetric")
 
 
-def _check_unit_arguments(
-    filters, strides, unit_variant, padding, drop_path_rate, preactivate, options, projection
-):
-    check_choice("unit_variant", unit_variant, UNIT_VARIANTS)
-    check_choice("padding", padding, PADDINGS)
-    if int(filters) < 1:
-        raise ValueError(f"filters must be a positive integer, got {filters!r}.")
-    if int(strides) < 1:
-        raise ValueError(f"strides must be a positive integer, got {strides!r}.")
-    if not 0.0 <= drop_path_rate < 1.0:
-        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
-    if not preactivate and not UNIT_VARIANT_FACTS[unit_variant].preact_relu:
-        raise ValueError(
-            f"preactivate=False removes the pre-activation of a pre-activation unit; "
-            f"unit_variant={unit_variant!r} has none."
-        )
-    if options.shortcut == "conv1x1" and projection is False:
-        raise ValueError(
-            "shortcut='conv1x1' puts a projection on every unit; projection=False contradicts it."
-        )
+@keras.saving.register_keras_serializable(package="keras_preact")
+class StandardizedConv2D(keras.layers.Conv2D):
+    """`Conv2D` with weight standardisation (BiT; timm's `StdConv2d`).
+
+    Each output channel's kernel is standardised over its inputs and window
+    before use: `(w - mean) / sqrt(var + epsilon)` (biased variance; BiT's
+    epsilon is 1e-8). The stored kernel is the raw one, as in timm's files.
+
+    >>> conv = StandardizedConv2D(4, 3)
+    >>> tuple(conv(keras.ops.ones((1, 8, 8, 2))).shape)
+    (1, 6, 6, 4)
+    """
+
+    def __init__(self, *args, epsilon=1e-8, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epsilon = float(epsilon)
+
+    def convolution_op(self, inputs, kernel):
+        mean = ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
+        variance = ops.var(kernel, axis=(0, 1, 2), keepdims=True)
+        return super().convolution_op(inputs, (kernel - mean) / ops.sqrt(variance + self.epsilon))
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
 
 
 def he_normal_fan_out():
@@ -217,21 +221,14 @@ class _ResidualUnit(keras.layers.Layer):
         remat=False,
         dilation=1,
         first_dilation=None,
+        norm="batch",
+        conv="plain",
+        avg_down=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         options = ShortcutOptions(
             shortcut, shortcut_scale, residual_scale, gate_bias_init, shortcut_dropout_rate
-        )
-        _check_unit_arguments(
-            filters,
-            strides,
-            unit_variant,
-            padding,
-            drop_path_rate,
-            preactivate,
-            options,
-            projection,
         )
         # shortcut, shortcut_scale, residual_scale, gate_bias_init, shortcut_dropout_rate:
         # the paper's value for this shortcut's options, None for the others.
@@ -253,8 +250,35 @@ class _ResidualUnit(keras.layers.Layer):
         self.remat = bool(remat)
         self.dilation = int(dilation)
         self.first_dilation = self.dilation if first_dilation is None else int(first_dilation)
+        self.norm, self.conv, self.avg_down = norm, conv, bool(avg_down)
+        self._check_arguments()
         if self.drop_path_rate > 0.0:
             self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def _check_arguments(self):
+        check_choice("unit_variant", self.unit_variant, UNIT_VARIANTS)
+        check_choice("padding", self.padding, PADDINGS)
+        check_choice("norm", self.norm, NORMS)
+        check_choice("conv", self.conv, ("plain", "standardized"))
+        if self.filters < 1 or self.strides < 1:
+            raise ValueError(
+                f"filters and strides must be positive integers, got {self.filters}, {self.strides}."
+            )
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}.")
+        if not self.preactivate and not self.variant_facts.preact_relu:
+            raise ValueError(
+                f"preactivate=False removes the pre-activation of a pre-activation unit; "
+                f"unit_variant={self.unit_variant!r} has none."
+            )
+        if self.shortcut == "conv1x1" and self.projection is False:
+            raise ValueError(
+                "shortcut='conv1x1' puts a projection on every unit; projection=False contradicts it."
+            )
+        if self.norm == "evonorm_s0" and self.unit_variant != "full_preact":
+            raise ValueError(
+                "norm='evonorm_s0' (its own activation) needs unit_variant='full_preact'."
+            )
 
     # Subclasses state their residual branch as (kernel size, filters multiplier, strided).
     def _conv_specs(self):
@@ -287,11 +311,12 @@ class _ResidualUnit(keras.layers.Layer):
 
     # ----------------------------------------------------------------- building
     def _norm(self, name, zero_gamma=False):
-        return FusedBatchNormalization(
+        return make_norm(
+            self.norm,
+            name,
             epsilon=self.norm_epsilon,
             momentum=self.norm_momentum,
-            gamma_initializer="zeros" if zero_gamma else "ones",
-            name=name,
+            zero_gamma=zero_gamma,
             dtype=self.dtype_policy,
         )
 
@@ -305,7 +330,7 @@ class _ResidualUnit(keras.layers.Layer):
                 kernel_size // 2, name=name + "_pad", dtype=self.dtype_policy
             )
             padding = "valid"
-        conv = keras.layers.Conv2D(
+        conv = (StandardizedConv2D if self.conv == "standardized" else keras.layers.Conv2D)(
             filters,
             kernel_size,
             strides=strides,
@@ -456,9 +481,9 @@ class _ResidualUnit(keras.layers.Layer):
     def _forward(self, inputs, masks, training, update_statistics=True):
         """The unit: x -> shortcut(x) + F(x), with BN and ReLU where `unit_variant` puts them."""
 
-        def norm(name, x):  # the BN called `name`; a remat recomputation keeps its statistics
+        def norm(name, x):  # the norm called `name`; a remat recomputation keeps BN statistics
             layer = getattr(self, name)
-            if not training or update_statistics or not layer.trainable:
+            if update_statistics or not (training and layer.trainable and self.norm == "batch"):
                 return layer(x, training=training)
             return layer.normalize_with_batch_statistics(x)
 
@@ -475,13 +500,17 @@ class _ResidualUnit(keras.layers.Layer):
 
     def _full_preact(self, x, norm):
         """Fig. 4(e), the paper's unit: BN-ReLU-conv1, BN-ReLU-conv2 (, BN-ReLU-conv3)."""
-        preact = ops.relu(norm("norm1", x)) if self.preactivate else x
+        preact = self._act(norm("norm1", x)) if self.preactivate else x
         shortcut_in, shortcut = self._shortcut(x, preact, norm)
         residual = self._apply_conv(1, preact)
         for index in range(2, self.num_convs + 1):
-            residual = ops.relu(norm(self.norm_before_conv(index), residual))
+            residual = self._act(norm(self.norm_before_conv(index), residual))
             residual = self._apply_conv(index, residual)
         return shortcut_in, shortcut, residual
+
+    def _act(self, x):
+        """The ReLU after a norm; none after EvoNorm-S0, which has its own activation."""
+        return x if self.norm == "evonorm_s0" else ops.relu(x)
 
     def _other_variant(self, x, norm):
         """Fig. 4(a)-(d): conv1, BN-ReLU-conv2 (, BN-ReLU-conv3), then as the variant says."""
@@ -512,7 +541,9 @@ class _ResidualUnit(keras.layers.Layer):
         or with `raw_projection` the raw input (fb.resnet.torch).
         """
         x = preact if self._project and not self.raw_projection else inputs
-        if self.strides > 1:
+        if self._project and self.avg_down:
+            x = self._average_down(x)  # the 'd' nets: average-pool, then the 1x1 conv
+        elif self.strides > 1:
             # What a strided 1x1 conv or 1x1 max-pool (keras.applications) sees.
             x = x[:, :: self.strides, :: self.strides, :]
         if not self._project:
@@ -521,6 +552,16 @@ class _ResidualUnit(keras.layers.Layer):
         if self._projection_norm:
             shortcut = norm("downsample_norm", shortcut)
         return x, shortcut
+
+    def _average_down(self, x):
+        """timm's `DownsampleAvg`: a 2x2 average pool of stride 2 (ceil mode, padding not
+        counted); in a dilated stage stride 1 with one zero row and column after, counted."""
+        if self.strides > 1:
+            return ops.average_pool(x, 2, self.strides, padding="same")
+        if self.first_dilation > 1 or self.dilation > 1:
+            x = ops.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]])
+            return ops.average_pool(x, 2, 1, padding="valid")
+        return x
 
     def _add_shortcut(self, shortcut_in, shortcut, residual, masks):
         """shortcut + F with the shortcut's scaling, gating or dropout, and F's drop-path."""
@@ -570,6 +611,9 @@ class _ResidualUnit(keras.layers.Layer):
             remat=self.remat,
             dilation=self.dilation,
             first_dilation=self.first_dilation,
+            norm=self.norm,
+            conv=self.conv,
+            avg_down=self.avg_down,
         )
         return config
 
@@ -615,6 +659,11 @@ _COMMON_ARGS_DOC = """
             `first_dilation` (default: `dilation`), the others `dilation`, as
             timm's units; with a dilation the unit's `strides` must be 1
             (`output_stride` of the ImageNet nets sets these).
+        norm: `"batch"` (default), `"group"` (GroupNorm, 32 groups: BiT) or
+            `"evonorm_s0"` (EvoNorm-S0, which replaces the norm and its ReLU).
+        conv: `"plain"` or `"standardized"` (weight-standardised convs: BiT).
+        avg_down: the projection average-pools (2x2) before a stride-1 1x1
+            conv instead of subsampling (timm's 'd' nets).
 """
 
 

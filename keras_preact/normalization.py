@@ -110,3 +110,74 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             count = tf.cast(tf.size(x) // tf.shape(x)[-1], "float32")
             variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
         return outputs, mean, variance
+
+
+@keras.saving.register_keras_serializable(package="keras_preact")
+class EvoNormS0(keras.layers.Layer):
+    """EvoNorm-S0 (Liu et al. 2020), a normalisation with its own activation, as timm's.
+
+    `y = x * sigmoid(v * x) / sqrt(var_g(x) + epsilon) * gamma + beta`, where
+    `var_g` is the biased variance over each group of `groups` channel groups
+    and the spatial axes, computed in float32 (timm's `EvoNorm2dS0`: no mean
+    is subtracted in the numerator). A net with these units applies no ReLU
+    after it.
+
+    >>> import numpy as np
+    >>> layer = EvoNormS0(groups=2)
+    >>> tuple(layer(np.ones((1, 4, 4, 4), "float32")).shape)
+    (1, 4, 4, 4)
+    """
+
+    def __init__(self, groups=32, epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.groups = int(groups)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels % self.groups:
+            raise ValueError(
+                f"{self.name}: {channels} channels do not split into {self.groups} groups."
+            )
+        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+        self.v = self.add_weight(shape=(channels,), initializer="ones", name="v")
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        shape = ops.shape(x)
+        grouped = ops.reshape(x, (shape[0], shape[1], shape[2], self.groups, -1))
+        variance = ops.var(grouped, axis=(1, 2, 4), keepdims=True)
+        std = ops.reshape(
+            ops.broadcast_to(ops.sqrt(variance + self.epsilon), ops.shape(grouped)), shape
+        )
+        gamma, beta, v = (ops.cast(w, "float32") for w in (self.gamma, self.beta, self.v))
+        outputs = x * ops.sigmoid(v * x) / std * gamma + beta
+        return ops.cast(outputs, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "groups": self.groups, "epsilon": self.epsilon}
+
+
+NORMS = ("batch", "group", "evonorm_s0")
+
+
+def make_norm(kind, name, *, epsilon=1e-5, momentum=0.9, zero_gamma=False, dtype=None):
+    """The normalisation layer of `kind`: `"batch"` (`FusedBatchNormalization`), `"group"`
+    (`keras.layers.GroupNormalization`, 32 groups, as BiT and timm's `GroupNormAct`) or
+    `"evonorm_s0"` (`EvoNormS0`, 32 groups, its own activation)."""
+    gamma = "zeros" if zero_gamma else "ones"
+    if kind == "batch":
+        return FusedBatchNormalization(
+            epsilon=epsilon, momentum=momentum, gamma_initializer=gamma, name=name, dtype=dtype
+        )
+    if kind == "group":
+        return keras.layers.GroupNormalization(
+            groups=32, epsilon=epsilon, gamma_initializer=gamma, name=name, dtype=dtype
+        )
+    if kind == "evonorm_s0":
+        return EvoNormS0(groups=32, epsilon=epsilon, name=name, dtype=dtype)
+    raise ValueError(f"Unknown norm {kind!r}. Allowed values: {', '.join(map(repr, NORMS))}.")

@@ -125,6 +125,8 @@ def timm_state_dict(
     classes: int = 1000,
     *,
     calibrate: bool = True,
+    variant: str = "plain",
+    width: int = 1,
 ) -> dict[str, np.ndarray]:
     """A random state dict with exactly the keys and shapes of timm's ``resnetv2_{depth}``.
 
@@ -149,6 +151,15 @@ def timm_state_dict(
 
     ``rng``: a numpy Generator or a seed. ``calibrate``: see the module docstring (running
     statistics from a forward pass of :func:`timm_forward`'s graph, about a second).
+
+    ``variant`` (timm's ``resnetv2.py`` builders): ``"plain"`` (above), ``"bit"``
+    (``resnetv2_{depth}x{width}_bit``: GroupNorm(32) keys ``weight``/``bias`` only, weight-
+    standardised convs, so kernels need no fan-in scaling), ``"d_bn"``, ``"d_gn"``,
+    ``"d_evos"`` (``resnetv2_{depth}d``, ``_50d_gn``, ``_50d_evos``: a deep stem
+    ``stem.conv1`` (32, 3, 3, 3), ``stem.norm1``, ``stem.conv2`` (32, 32, 3, 3),
+    ``stem.norm2``, ``stem.conv3`` (64, 32, 3, 3); average-pool projections have the same
+    ``downsample.conv`` key; EvoNorm-S0 norms have ``weight``, ``bias`` and ``v``).
+    ``width`` multiplies every width (BiT's x1 ... x4).
     """
     if depth not in TIMM_DEPTHS:
         raise ValueError(f"timm resnetv2 has no depth {depth}; known: {sorted(TIMM_DEPTHS)}")
@@ -159,13 +170,27 @@ def timm_state_dict(
     sd: dict[str, np.ndarray] = {}
 
     def norm(prefix: str, channels: int) -> None:
-        for name, value in _bn_values(rng, channels).items():
+        values = _bn_values(rng, channels)
+        if variant in ("bit", "d_gn", "d_evos"):  # GroupNorm / EvoNorm: no running statistics
+            values = {"weight": values["weight"], "bias": values["bias"]}
+            if variant == "d_evos":
+                values["v"] = rng.uniform(0.5, 1.5, channels).astype(np.float32)
+        for name, value in values.items():
             sd[f"{prefix}.{name}"] = value
-        sd[f"{prefix}.num_batches_tracked"] = np.array(rng.integers(1, 10**6), dtype=np.int64)
+        if variant in ("plain", "d_bn"):
+            sd[f"{prefix}.num_batches_tracked"] = np.array(rng.integers(1, 10**6), dtype=np.int64)
 
-    sd["stem.conv.weight"] = _conv_weight(rng, 64, 3, 7)
-    in_chs = 64
-    for i, (count, width) in enumerate(zip(blocks, WIDTHS)):
+    stem = 64 * width
+    if variant.startswith("d_"):
+        sd["stem.conv1.weight"] = _conv_weight(rng, stem // 2, 3, 3)
+        norm("stem.norm1", stem // 2)
+        sd["stem.conv2.weight"] = _conv_weight(rng, stem // 2, stem // 2, 3)
+        norm("stem.norm2", stem // 2)
+        sd["stem.conv3.weight"] = _conv_weight(rng, stem, stem // 2, 3)
+    else:
+        sd["stem.conv.weight"] = _conv_weight(rng, stem, 3, 7)
+    in_chs = stem
+    for i, (count, width) in enumerate(zip(blocks, [w * width for w in WIDTHS])):
         out_chs = width * expansion
         for j in range(count):
             p = f"stages.{i}.blocks.{j}"
@@ -190,7 +215,7 @@ def timm_state_dict(
     weight, bias = _classifier(rng, classes, in_chs)
     sd["head.fc.weight"] = weight[:, :, None, None]
     sd["head.fc.bias"] = bias
-    if calibrate:
+    if calibrate and variant in ("plain", "d_bn"):
 
         def hook(prefix: str, x) -> None:
             mean, var = sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"]
@@ -229,6 +254,39 @@ def _batch_norm_tf(x, gamma, beta, mean, var, eps=BN_EPS):
     return tf.nn.batch_normalization(
         x, const(mean), const(var), const(beta), const(gamma), variance_epsilon=float(eps)
     )
+
+
+def _group_norm_tf(x, gamma, beta, groups=32, eps=BN_EPS):
+    """torch's F.group_norm over NHWC: groups of consecutive channels, biased variance."""
+    n, h, w, c = x.shape
+    g = tf.reshape(x, [-1, h, w, groups, c // groups])
+    mean, var = tf.nn.moments(g, axes=[1, 2, 4], keepdims=True)
+    g = (g - mean) / tf.sqrt(var + eps)
+    return tf.reshape(g, [-1, h, w, c]) * gamma + beta
+
+
+def _evonorm_s0_tf(x, gamma, beta, v, groups=32, eps=BN_EPS):
+    """timm's EvoNorm2dS0: x * sigmoid(v * x) / sqrt(group variance + eps) * weight + bias."""
+    n, h, w, c = x.shape
+    g = tf.reshape(x, [-1, h, w, groups, c // groups])
+    _, var = tf.nn.moments(g, axes=[1, 2, 4], keepdims=True)
+    std = tf.reshape(tf.broadcast_to(tf.sqrt(var + eps), tf.shape(g)), tf.shape(x))
+    return x * tf.sigmoid(v * x) / std * gamma + beta
+
+
+def _timm_avg_down_tf(x, stride, dilation):
+    """timm's DownsampleAvg pool: AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)
+    where it subsamples; AvgPool2dSame(2, 1) in a dilated stage (zeros padded after, counted);
+    nothing at stride 1 without dilation."""
+    if stride > 1:
+        h, w = int(x.shape[1]), int(x.shape[2])
+        pads = [[0, 0], [0, h % 2], [0, w % 2], [0, 0]]  # ceil mode: a partial last window
+        total = tf.nn.avg_pool2d(tf.pad(x, pads), 2, 2, "VALID")
+        count = tf.nn.avg_pool2d(tf.pad(tf.ones_like(x[..., :1]), pads), 2, 2, "VALID")
+        return total / count
+    if dilation > 1:
+        return tf.nn.avg_pool2d(tf.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]]), 2, 1, "VALID")
+    return x
 
 
 def _max_pool_tf(x, k_h, k_w, stride_h, stride_w, pad_h, pad_w, ceil_mode=False):
@@ -301,13 +359,25 @@ def _timm_graph(
         unused.discard(key)
         return np.asarray(state_dict[key], np.float32)
 
+    bit = "stem.conv.weight" in state_dict and "norm.running_mean" not in state_dict
+
     def conv(x, prefix: str, stride: int = 1, dilation: int = 1):
         w = get(f"{prefix}.weight")
+        if bit:  # timm's StdConv2d(eps=1e-8): each output channel's kernel standardised
+            flat = w.reshape(w.shape[0], -1).astype(np.float64)
+            mean, var = flat.mean(1, keepdims=True), flat.var(1, keepdims=True)
+            w = ((flat - mean) / np.sqrt(var + 1e-8)).reshape(w.shape).astype(np.float32)
         dilation = dilation if w.shape[2] > 1 else 1
         pad = _timm_padding(w.shape[2], stride, dilation)
         return _conv_tf(x, w, stride, stride, pad, pad, dilation=dilation)
 
     def norm_act(x, prefix: str):
+        if f"{prefix}.v" in state_dict:  # EvoNorm2dS0: x * sigmoid(v x) / group std
+            return _evonorm_s0_tf(
+                x, get(f"{prefix}.weight"), get(f"{prefix}.bias"), get(f"{prefix}.v")
+            )
+        if f"{prefix}.running_mean" not in state_dict:  # GroupNormAct(32)
+            return tf.nn.relu(_group_norm_tf(x, get(f"{prefix}.weight"), get(f"{prefix}.bias")))
         if bn_hook is not None:
             bn_hook(prefix, x)
         x = _batch_norm_tf(
@@ -319,11 +389,25 @@ def _timm_graph(
         )
         return tf.nn.relu(x)
 
+    def downsample(x, prefix: str, stride: int, dilation: int):
+        if "stem.conv1.weight" in state_dict:  # DownsampleAvg: pool, then a 1x1 conv
+            x = _timm_avg_down_tf(x, stride, dilation)
+            stride = 1
+        return conv(x, f"{prefix}.downsample.conv", stride)
+
     with tf.device("/CPU:0"):
         x = tf.constant(np.asarray(images, np.float32))
-        x = conv(x, "stem.conv", stride=2)
+        if "stem.conv1.weight" in state_dict:  # stem_type="deep"
+            x = norm_act(conv(x, "stem.conv1", stride=2), "stem.norm1")
+            x = norm_act(conv(x, "stem.conv2"), "stem.norm2")
+            x = conv(x, "stem.conv3")
+        else:
+            x = conv(x, "stem.conv", stride=2)
         taps.append(x)
-        x = _max_pool_tf(x, 3, 3, 2, 2, 1, 1)
+        if bit:  # stem_type="fixed": ConstantPad2d(1, 0.) then MaxPool2d(3, 2)
+            x = tf.nn.max_pool2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), 3, 2, "VALID")
+        else:
+            x = _max_pool_tf(x, 3, 3, 2, 2, 1, 1)
         i, curr_stride, dilation = 0, 4, 1
         while f"stages.{i}.blocks.0.norm1.weight" in state_dict:
             stage_stride = 1 if i == 0 else 2
@@ -339,7 +423,7 @@ def _timm_graph(
                 x_preact = norm_act(x, f"{p}.norm1")
                 shortcut = x
                 if f"{p}.downsample.conv.weight" in state_dict:
-                    shortcut = conv(x_preact, f"{p}.downsample.conv", stride)
+                    shortcut = downsample(x_preact, p, stride, dilation)
                 if bottleneck:
                     y = conv(x_preact, f"{p}.conv1")
                     y = conv(norm_act(y, f"{p}.norm2"), f"{p}.conv2", stride, d1)

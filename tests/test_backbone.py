@@ -187,3 +187,88 @@ def test_keras_applications_own_checks_pass(builder, features, tmp_path):
     path = str(tmp_path / "m.keras")  # serialization
     model.save(path)
     assert keras.models.load_model(path).get_config() == model.get_config()
+
+
+# ------------------------------------------------ BiT and the 'd' nets (timm's other layouts)
+
+
+@pytest.mark.parametrize(
+    "variant,depth,width,layout,norm,output_stride",
+    [
+        ("bit", 50, 1, "bit", "group", 32),
+        ("bit", 18, 2, "bit", "group", 16),  # a width multiplier; a basic BiT of our own
+        ("d_bn", 18, 1, "timm_d", "batch", 8),  # average-pool projections in dilated stages
+        ("d_gn", 50, 1, "timm_d", "group", 32),
+        ("d_evos", 50, 1, "timm_d", "evonorm_s0", 16),
+    ],
+)
+def test_other_timm_layouts_equal_timm(
+    tmp_path, variant, depth, width, layout, norm, output_stride
+):
+    state = timm_state_dict(depth, np.random.default_rng(depth), variant=variant, width=width)
+    path = tmp_path / "model.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path))
+    model = kp.ImageNetResNetV2(
+        depth, weights=str(path), output_stride=output_stride, classifier_activation=None
+    )
+    config = model.get_config()  # layout, norm and width read from the file
+    assert (config["layout"], config["norm"], config["width_multiplier"]) == (layout, norm, width)
+    images = _images()
+    logits, taps = keras.Model(model.inputs, [model.output, model.pyramid_outputs])(images)
+    want_taps, want_logits = timm_features(state, images / 127.5 - 1.0, output_stride)
+    for level, want in zip(taps, want_taps):
+        _close(taps[level], want)
+    _close(logits, want_logits)
+    with pytest.raises(ValueError, match=f"need norm='{norm}'"):
+        kp.ImageNetResNetV2(depth, weights=str(path), norm="batch" if norm != "batch" else "group")
+
+
+def test_sources_state_their_publishers_eval_protocol():
+    """Every timm source against its pretrained cfg in timm 1.0.31 (`resnetv2.py`), written out
+    here: classes, input size, crop_pct, interpolation (mean = std = 0.5 for all)."""
+    cfgs = {
+        "resnetv2_18.ra4_e3600_r224_in1k": (1000, 224, 0.9, "bicubic"),
+        "resnetv2_18d.ra4_e3600_r224_in1k": (1000, 224, 0.9, "bicubic"),
+        "resnetv2_34.ra4_e3600_r224_in1k": (1000, 224, 0.9, "bicubic"),
+        "resnetv2_34d.ra4_e3600_r224_in1k": (1000, 224, 0.9, "bicubic"),
+        "resnetv2_34d.ra4_e3600_r384_in1k": (1000, 384, 1.0, "bicubic"),
+        "resnetv2_50.a1h_in1k": (1000, 224, 0.95, "bicubic"),
+        "resnetv2_50d_evos.ah_in1k": (1000, 224, 0.95, "bicubic"),
+        "resnetv2_50d_gn.ah_in1k": (1000, 224, 0.95, "bicubic"),
+        "resnetv2_50x1_bit.goog_distilled_in1k": (1000, 224, 0.875, "bicubic"),
+        "resnetv2_101.a1h_in1k": (1000, 224, 0.95, "bicubic"),
+        "resnetv2_152x2_bit.goog_teacher_in21k_ft_in1k": (1000, 224, 0.875, "bicubic"),
+        "resnetv2_152x2_bit.goog_teacher_in21k_ft_in1k_384": (1000, 384, 1.0, "bicubic"),
+    }
+    for model in ("50x1", "50x3", "101x1", "101x3", "152x2", "152x4"):
+        cfgs[f"resnetv2_{model}_bit.goog_in21k"] = (21843, 224, 0.875, "bilinear")
+        size = 480 if model == "152x4" else 448
+        cfgs[f"resnetv2_{model}_bit.goog_in21k_ft_in1k"] = (1000, size, 1.0, "bilinear")
+    timm_sources = {s.name: s for s in kp.weights.sources() if s.publisher == "timm"}
+    assert sorted(timm_sources) == sorted(f"timm:{name}" for name in cfgs)  # all 24
+    for name, (classes, size, crop, interpolation) in cfgs.items():
+        source = timm_sources[f"timm:{name}"]
+        protocol = source.eval_protocol
+        assert (source.classes, protocol.image_size) == (classes, size), name
+        assert (protocol.crop_fraction, protocol.interpolation) == (crop, interpolation), name
+        assert source.url == f"https://huggingface.co/timm/{name}/resolve/main/model.safetensors"
+        assert bool(source.accuracy) == (classes == 1000), name
+        if "_bit" in name:
+            assert (source.layout, int(name.split("x")[1][0])) == ("bit", source.width)
+
+
+def test_readme_lists_every_source():
+    import pathlib
+
+    readme = pathlib.Path(__file__).parents[1].joinpath("README.md").read_text(encoding="utf-8")
+    assert kp.weights.registry.sources_table() in readme
+
+
+def test_wrong_checkpoint_or_source_name_says_what_would_take_it(tmp_path):
+    state = timm_state_dict(18, 0, variant="d_bn", calibrate=False)
+    path = str(tmp_path / "r18d.safetensors")
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, path)
+    with pytest.raises(ValueError, match=r"ResNet-18 checkpoint \(timm_d layout, batch norm\)"):
+        kp.ResNet50V2(weights=path)
+    with pytest.raises(ValueError, match="Did you mean 'timm:resnetv2_50x1_bit.goog_in21k'"):
+        kp.ResNet50V2(weights="timm:resnetv2_50x1_bit.goog_in21")

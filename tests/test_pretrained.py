@@ -153,10 +153,8 @@ def test_conflicting_layout_and_wrong_depth_are_refused(timm18):
     path, _ = timm18
     with pytest.raises(ValueError, match=r"need layout='timm'.*layout='paper' was given"):
         kp.ResNet18V2(weights=str(path), layout="paper")
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(ValueError, match=r"a ResNet-18 checkpoint .* Use ResNet18V2\(weights="):
         kp.ResNet34V2(weights=str(path))
-    message = str(error.value)
-    assert "model variables get nothing" in message and "stage1_unit3/conv1/kernel" in message
 
 
 def test_missing_extra_and_misshaped_tensors_are_listed(tmp_path, timm18):

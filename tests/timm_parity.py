@@ -20,11 +20,19 @@ difference of every output.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import numpy as np
 
-MODELS = ("resnetv2_50",)
+MODELS = (
+    "resnetv2_18",
+    "resnetv2_50",
+    "resnetv2_50x1_bit",
+    "resnetv2_18d",
+    "resnetv2_50d_gn",
+    "resnetv2_50d_evos",
+)
 STRIDES = (32, 16, 8)
 CHANNELS = (1, 4)
 
@@ -41,8 +49,13 @@ def _timm_outputs(name, path, images):
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.normal_(0, 0.2)
                 module.running_var.uniform_(0.5, 2.0)
+            if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)) or hasattr(
+                module, "v"
+            ):  # BN, GroupNorm and EvoNorm: random affine parameters (and EvoNorm's v)
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.normal_(0, 0.2)
+                if getattr(module, "v", None) is not None:
+                    module.v.uniform_(0.5, 1.5)
     state = model.state_dict()
     save_file({k: v.contiguous() for k, v in state.items()}, path)
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
@@ -87,7 +100,7 @@ def check(folder, models):
 
     worst = 0.0
     for name in models:
-        depth = int(name.split("_")[1])
+        depth = int(re.match(r"resnetv2_(\d+)", name).group(1))
         path = os.path.join(folder, f"{name}.safetensors")
         want = dict(np.load(os.path.join(folder, f"{name}.npz")))
         images = want["images"]  # already in [-1, 1]: the models run without preprocessing

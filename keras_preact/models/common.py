@@ -12,7 +12,7 @@ import keras
 
 from keras_preact import layers as preact_layers
 from keras_preact import preprocessing
-from keras_preact.normalization import FusedBatchNormalization
+from keras_preact.normalization import make_norm
 from keras_preact.options import EvalProtocol, ShortcutOptions, check_choice
 from keras_preact.weights import detect_format, registry
 
@@ -232,11 +232,19 @@ def add_stages(x, unit, stage_widths, places, options, *, first_stage_preact=Tru
     return x, taps
 
 
-def add_head(x, head, *, final_norm, norm_epsilon, norm_momentum):
-    """Final BN-ReLU (`final_norm`: units that leave the sum unactivated), pooling, classifier."""
+def norm_act(x, norm, name, epsilon, momentum, act_name=None):
+    """The norm layer `name` of kind `norm` (`keras_preact.normalization.make_norm`) and its ReLU
+    (none after EvoNorm-S0, which has its own activation)."""
+    x = make_norm(norm, name, epsilon=epsilon, momentum=momentum)(x)
+    if norm == "evonorm_s0":
+        return x
+    return keras.layers.Activation("relu", name=act_name or f"{name}_relu")(x)
+
+
+def add_head(x, head, *, final_norm, norm_epsilon, norm_momentum, norm="batch"):
+    """Final norm-ReLU (`final_norm`: units that leave the sum unactivated), pooling, classifier."""
     if final_norm:
-        x = FusedBatchNormalization(epsilon=norm_epsilon, momentum=norm_momentum, name="post_bn")(x)
-        x = keras.layers.Activation("relu", name="post_relu")(x)
+        x = norm_act(x, norm, "post_bn", norm_epsilon, norm_momentum, "post_relu")
     if head.include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = keras.layers.Dense(

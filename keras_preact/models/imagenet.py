@@ -22,6 +22,12 @@ and a `Layout` states how the public implementations differ:
   the 3x3 of the last unit of stages 1-3 with a subsampling shortcut, biases on
   the stem conv, projections and last convs, BN epsilon 1.001e-5; inputs in
   [-1, 1].
+* `"bit"`: timm's BiT (`resnetv2_*_bit`, Big Transfer): the timm layout with
+  weight-standardised convolutions, GroupNorm(32) and a zero-padded max-pool,
+  any `width_multiplier`.
+* `"timm_d"`: timm's 'd' nets (`resnetv2_18d`, `34d`, `50d_gn`, `50d_evos`): a
+  deep 3x3 stem (32-32-64) and projections that average-pool (2x2) before
+  their 1x1 conv; the norm (BatchNorm, GroupNorm, EvoNorm-S0) is `norm`'s.
 * `"fb"`: fb.resnet.torch's `preresnet.lua`, the code of the public ResNet-200
   weights: the stem's BN-ReLU feeds stage 1, whose units have no pre-activation
   of their own (`'first'`); a projection is a strided 1x1 conv followed by a BN
@@ -39,10 +45,10 @@ import dataclasses
 
 import keras
 
-from keras_preact.layers import SymmetricMaxPooling2D, he_normal_fan_out
+from keras_preact.layers import StandardizedConv2D, SymmetricMaxPooling2D, he_normal_fan_out
 from keras_preact.models import common
 from keras_preact.models.base import ResNetV2
-from keras_preact.normalization import FusedBatchNormalization
+from keras_preact.normalization import NORMS
 from keras_preact.options import check_choice
 from keras_preact.weights import resolve
 
@@ -75,6 +81,10 @@ class Layout:
     normalization: str  # key of keras_preact.preprocessing.NORMALIZATIONS
     stage1_preact: bool = True  # False: stage-1 units skip their BN-ReLU (fb's 'first' units)
     raw_projection: bool = False  # projections: conv + BN on the raw input (fb.resnet.torch)
+    stem: str = "7x7"  # "7x7", or "deep": three 3x3 convs, 32-32-64 (timm's 'd' nets)
+    avg_down: bool = False  # projections average-pool, then a 1x1 conv (timm's 'd' nets)
+    conv: str = "plain"  # or "standardized": weight-standardised convolutions (BiT)
+    norm: str = "batch"  # the default norm: "batch", "group" (32 groups) or "evonorm_s0"
 
 
 LAYOUTS = {
@@ -124,6 +134,32 @@ LAYOUTS = {
         stage1_preact=False,
         raw_projection=True,
     ),
+    "bit": Layout(  # timm's resnetv2_*_bit: Big Transfer (Kolesnikov et al. 2020)
+        name="bit",
+        stem_norm=False,
+        padding="symmetric",
+        pool_padding="zeros",  # ConstantPad2d(1, 0) + MaxPool2d(3, 2) on the raw stem conv
+        stride_on_last_unit=False,
+        conv_bias=False,
+        norm_epsilon=1e-5,
+        norm_momentum=0.9,
+        normalization="tf",
+        conv="standardized",
+        norm="group",
+    ),
+    "timm_d": Layout(  # timm's resnetv2_18d, 34d, 50d_gn, 50d_evos (norm from the weights)
+        name="timm_d",
+        stem_norm=False,
+        padding="symmetric",
+        pool_padding="-inf",
+        stride_on_last_unit=False,
+        conv_bias=False,
+        norm_epsilon=1e-5,
+        norm_momentum=0.9,
+        normalization="tf",
+        stem="deep",
+        avg_down=True,
+    ),
 }
 
 
@@ -157,33 +193,43 @@ def resolve_layout(depth, weights, layout=None):
     return layout or get_layout((resolved and resolved.layout) or "paper"), resolved
 
 
-def _stem(x, layout, norm_momentum):
-    """`(output, P1)`: the 7x7/2 conv (its output is the P1 tap), BN-ReLU where the layout has
-    it, the 3x3/2 max-pool."""
-    symmetric = layout.padding == "symmetric"
-    if symmetric:
-        x = keras.layers.ZeroPadding2D(3, name="stem_pad")(x)
-    x = keras.layers.Conv2D(
-        64,
-        7,
-        strides=2,
-        padding="valid" if symmetric else "same",
-        use_bias=layout.conv_bias,
-        kernel_initializer=he_normal_fan_out(),
-        name="stem_conv",
-    )(x)
-    tap = x
-    if layout.stem_norm:
-        x = FusedBatchNormalization(
-            epsilon=layout.norm_epsilon, momentum=norm_momentum, name="stem_bn"
-        )(x)
-        x = keras.layers.Activation("relu", name="stem_relu")(x)
+def _stem(x, layout, norm, width, momentum):
+    """`(output, P1)`: the stem convs (the last one's output is the P1 tap), a norm-ReLU where
+    the layout has one, the 3x3/2 max-pool. `width` is the stem's output channels."""
+    if layout.stem == "deep":  # timm's stem_type="deep": 3x3/2, 3x3, 3x3 with norm-acts
+        x = _stem_conv(x, layout, width // 2, 3, 2, "stem_conv1")
+        x = common.norm_act(x, norm, "stem_norm1", layout.norm_epsilon, momentum)
+        x = _stem_conv(x, layout, width // 2, 3, 1, "stem_conv2")
+        x = common.norm_act(x, norm, "stem_norm2", layout.norm_epsilon, momentum)
+        x = tap = _stem_conv(x, layout, width, 3, 1, "stem_conv3")
+    else:
+        x = tap = _stem_conv(x, layout, width, 7, 2, "stem_conv", pad_name="stem_pad")
+        if layout.stem_norm:
+            x = common.norm_act(x, norm, "stem_bn", layout.norm_epsilon, momentum, "stem_relu")
     if layout.pool_padding == "-inf":
         return SymmetricMaxPooling2D(3, 2, 1, name="stem_pool")(x), tap
     if layout.pool_padding == "zeros":
         x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
         return keras.layers.MaxPooling2D(3, 2, name="stem_pool")(x), tap
     return keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x), tap
+
+
+def _stem_conv(x, layout, filters, kernel_size, strides, name, pad_name=None):
+    """A stem conv: weight-standardised where the layout's convs are, padded as its units."""
+    padding = "same"
+    if layout.padding == "symmetric" and strides > 1:
+        x = keras.layers.ZeroPadding2D(kernel_size // 2, name=pad_name or f"{name}_pad")(x)
+        padding = "valid"
+    conv_class = StandardizedConv2D if layout.conv == "standardized" else keras.layers.Conv2D
+    return conv_class(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        use_bias=layout.conv_bias,
+        kernel_initializer=he_normal_fan_out(),
+        name=name,
+    )(x)
 
 
 @keras.saving.register_keras_serializable(package="keras_preact")
@@ -227,6 +273,11 @@ class ImageNetResNetV2(ResNetV2):
         remat: recompute each unit's activations in the backward pass instead of
             keeping them (`PreActBlock`'s `remat`): about a third of the training
             memory of deep nets for about a third more step time.
+        norm: `"batch"`, `"group"` (GroupNorm, 32 groups) or `"evonorm_s0"`;
+            `None` follows the weights, else the layout's (`"group"` for
+            `"bit"`, else `"batch"`).
+        width_multiplier: every width times this (BiT's x1 ... x4); `None`
+            follows the weights, else 1.
         output_stride: 32 (default, `None`), 16 or 8: the last strides become
             dilations, as timm's `output_stride` (the keras layout as
             TF-slim's), for dense prediction.
@@ -288,12 +339,14 @@ class ImageNetResNetV2(ResNetV2):
         seed=None,
         remat=False,
         output_stride=None,
+        norm=None,
+        width_multiplier=None,
         eval_protocol=None,
         name=None,
         trainable=True,
     ):
-        unit, stage_units = _depth_row(depth)
         layout, resolved = resolve_layout(depth, weights, layout)
+        body = _Body.of(depth, layout, resolved, norm, width_multiplier, output_stride)
         momentum = layout.norm_momentum if norm_momentum is None else norm_momentum
         options = common.UnitOptions.of(
             unit_variant,
@@ -306,18 +359,12 @@ class ImageNetResNetV2(ResNetV2):
         eval_protocol = eval_protocol or (resolved and resolved.eval_protocol)
         inputs, x = common.model_input(input_tensor, input_shape, (None, None, 3), min_size=32)
         x, include_preprocessing = common.preprocess(x, include_preprocessing, layout.normalization)
-        places = _unit_plan(stage_units, layout, output_stride)
-        outputs, taps = _network(x, unit, places, layout, options, head)
+        outputs, taps = body.build(x, options, head)
         config = {
-            "depth": depth,
-            "unit": unit,
-            "stage_units": stage_units,
-            "stage_widths": STAGE_WIDTHS,
-            "layout": layout_config(layout),
-            "output_stride": output_stride or 32,
+            **body.config(),
             **common.model_config(inputs, include_preprocessing, head, options, eval_protocol),
         }
-        name = name or f"resnet{depth}v2"
+        name = name or body.default_name()
         self._init_functional(inputs, outputs, name, config, weights, resolved, trainable=trainable)
         self.pyramid_outputs = taps
 
@@ -351,45 +398,109 @@ def _check_foreign_units(weights, options):
         )
 
 
-def _unit_plan(stage_units, layout, output_stride):
-    """The units' strides and dilations for `output_stride` (None: 32)."""
-    if output_stride not in OUTPUT_STRIDES:
-        raise ValueError(
-            f"output_stride must be 8, 16 or 32 (None: 32), got {output_stride!r}: the nets "
-            "subsample 4x in the stem and 2x in stages 2-4; 16 and 8 dilate the last stages."
+@dataclasses.dataclass(frozen=True)
+class _Body:
+    """Everything of an ImageNet net but its units' options and head: depth, layout, norm,
+    width, and each unit's place (stride, dilation)."""
+
+    depth: int
+    layout: Layout
+    norm: str
+    width_multiplier: int
+    output_stride: int
+    places: tuple
+
+    @classmethod
+    def of(cls, depth, layout, resolved, norm, width_multiplier, output_stride):
+        """The body the arguments ask for; `norm` and `width_multiplier` (None) follow the
+        weights, else the layout's norm and 1."""
+        _, stage_units = _depth_row(depth)
+        norm, width_multiplier = _norm_and_width(layout, resolved, norm, width_multiplier)
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(
+                f"output_stride must be 8, 16 or 32 (None: 32), got {output_stride!r}: the nets "
+                "subsample 4x in the stem and 2x in stages 2-4; 16 and 8 dilate the last stages."
+            )
+        places = common.plan_units(
+            stage_units,
+            STAGE_STRIDES,
+            stride_on_last_unit=layout.stride_on_last_unit,
+            output_stride=output_stride,
+            stem_stride=4,
         )
-    return common.plan_units(
-        stage_units,
-        STAGE_STRIDES,
-        stride_on_last_unit=layout.stride_on_last_unit,
-        output_stride=output_stride,
-        stem_stride=4,
-    )
+        return cls(depth, layout, norm, width_multiplier, output_stride or 32, tuple(places))
+
+    @property
+    def stage_widths(self):
+        return tuple(width * self.width_multiplier for width in STAGE_WIDTHS)
+
+    def default_name(self):
+        wide = f"x{self.width_multiplier}" if self.width_multiplier != 1 else ""
+        return f"resnet{self.depth}v2{wide}"
+
+    def config(self):
+        unit, stage_units = IMAGENET_DEPTHS[self.depth]
+        return {
+            "depth": self.depth,
+            "unit": unit,
+            "stage_units": stage_units,
+            "stage_widths": self.stage_widths,
+            "layout": layout_config(self.layout),
+            "norm": self.norm,
+            "width_multiplier": self.width_multiplier,
+            "output_stride": self.output_stride,
+        }
+
+    def build(self, x, options, head):
+        """`(outputs, pyramid taps)`: stem, the four stages and the head, as the layout has them."""
+        layout, epsilon = self.layout, self.layout.norm_epsilon
+        stem_width = STAGE_WIDTHS[0] * self.width_multiplier
+        x, stem_tap = _stem(x, layout, self.norm, stem_width, options.norm_momentum)
+        x, taps = common.add_stages(
+            x,
+            IMAGENET_DEPTHS[self.depth][0],
+            self.stage_widths,
+            self.places,
+            options,
+            first_stage_preact=layout.stage1_preact,
+            raw_projection=layout.raw_projection,
+            padding=layout.padding,
+            output_bias=layout.conv_bias,
+            norm_epsilon=epsilon,
+            norm=self.norm,
+            conv=layout.conv,
+            avg_down=layout.avg_down,
+        )
+        final_norm = options.facts.final_norm
+        outputs = common.add_head(
+            x,
+            head,
+            final_norm=final_norm,
+            norm_epsilon=epsilon,
+            norm_momentum=options.norm_momentum,
+            norm=self.norm,
+        )
+        return outputs, {"P1": stem_tap, **taps}
 
 
-def _network(x, unit, places, layout, options, head):
-    """`(outputs, pyramid taps)`: stem, the four stages and the head, as `layout` builds them."""
-    x, stem_tap = _stem(x, layout, options.norm_momentum)
-    x, taps = common.add_stages(
-        x,
-        unit,
-        STAGE_WIDTHS,
-        places,
-        options,
-        first_stage_preact=layout.stage1_preact,
-        raw_projection=layout.raw_projection,
-        padding=layout.padding,
-        output_bias=layout.conv_bias,
-        norm_epsilon=layout.norm_epsilon,
-    )
-    outputs = common.add_head(
-        x,
-        head,
-        final_norm=options.facts.final_norm,
-        norm_epsilon=layout.norm_epsilon,
-        norm_momentum=options.norm_momentum,
-    )
-    return outputs, {"P1": stem_tap, **taps}
+def _norm_and_width(layout, resolved, norm, width_multiplier):
+    """`norm` and `width_multiplier` as given, else the weights', else the layout's and 1; an
+    explicit one the weights cannot fill is an error."""
+    for argument, given, stated in (
+        ("norm", norm, resolved and resolved.norm),
+        ("width_multiplier", width_multiplier, resolved and resolved.width_multiplier),
+    ):
+        if given is not None and stated is not None and given != stated:
+            raise ValueError(
+                f"weights={resolved.weights!r} need {argument}={stated!r}, but {argument}="
+                f"{given!r} was given. Leave it unset to follow the weights."
+            )
+    norm = norm or (resolved and resolved.norm) or layout.norm
+    check_choice("norm", norm, NORMS)
+    width = width_multiplier or (resolved and resolved.width_multiplier) or 1
+    if not isinstance(width, int) or width < 1:
+        raise ValueError(f"width_multiplier must be a positive integer, got {width!r}.")
+    return norm, width
 
 
 def _named(depth):

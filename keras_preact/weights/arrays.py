@@ -45,8 +45,8 @@ def model_depth(model):
     return depth
 
 
-# The first convolution: its kernel is adapted to the model's input channels.
-STEM_KERNEL = "stem_conv/kernel"
+# The first convolution (a 7x7 stem's, or a deep stem's first): adapted to the input channels.
+STEM_KERNELS = ("stem_conv/kernel", "stem_conv1/kernel")
 
 
 def adapt_input_kernel(kernel, channels):

@@ -18,7 +18,7 @@ import zipfile
 import numpy as np
 
 from keras_preact.weights import keras_applications, timm, torch7
-from keras_preact.weights.arrays import STEM_KERNEL, adapt_input_kernel, log, stem_adapts
+from keras_preact.weights.arrays import STEM_KERNELS, adapt_input_kernel, log, stem_adapts
 
 # format -> the layout its checkpoints map onto exactly (None: this package's own files).
 FORMATS = {
@@ -95,16 +95,16 @@ def _listing(items, limit=8):
 
 def _adapt_stem(wanted, values, source):
     """An RGB stem kernel for a model of other input channels: adapted (`adapt_input_kernel`)."""
-    stem = wanted.get(STEM_KERNEL)
-    if stem is None or STEM_KERNEL not in values:
-        return
-    have, want = np.shape(values[STEM_KERNEL]), tuple(stem.shape)
-    if have != want and stem_adapts(want, have):
-        values[STEM_KERNEL] = adapt_input_kernel(values[STEM_KERNEL], want[2])
-        log(
-            f"{source}: the RGB stem kernel is adapted to {want[2]} input channels "
-            "(timm's adapt_input_conv: summed for 1, repeated and scaled by 3/C for more)."
-        )
+    for path in STEM_KERNELS:
+        if path not in wanted or path not in values:
+            continue
+        have, want = np.shape(values[path]), tuple(wanted[path].shape)
+        if have != want and stem_adapts(want, have):
+            values[path] = adapt_input_kernel(values[path], want[2])
+            log(
+                f"{source}: the RGB stem kernel is adapted to {want[2]} input channels "
+                "(timm's adapt_input_conv: summed for 1, repeated and scaled by 3/C for more)."
+            )
 
 
 def assign(model, values, source, *, extra=()):

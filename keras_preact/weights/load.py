@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from keras_preact.weights import convert, download, native, registry
+from keras_preact.weights import convert, download, native, registry, timm
 from keras_preact.weights.arrays import model_depth
 
 
@@ -23,6 +23,8 @@ class ResolvedWeights:
     layout: str | None  # the layout the weights need (None: the model's own)
     source: registry.WeightsSource | None = None
     format: str | None = None
+    norm: str | None = None  # the norm the weights need (None: the layout's)
+    width_multiplier: int | None = None  # their width (None: the paper's)
 
     @property
     def eval_protocol(self):
@@ -48,7 +50,9 @@ def resolve(weights, depth=None, layout=None):
     weights = os.fspath(weights)
     if registry.is_source_name(weights) and not os.path.exists(weights):
         source = registry.get_source(weights, depth=depth)
-        resolved = ResolvedWeights(weights, "source", source.layout, source, source.format)
+        resolved = ResolvedWeights(
+            weights, "source", source.layout, source, source.format, source.norm, source.width
+        )
     elif weights.endswith((".weights.h5", ".keras")):
         resolved = ResolvedWeights(weights, "native", None, format="keras")
     else:
@@ -57,9 +61,7 @@ def resolve(weights, depth=None, layout=None):
                 f"Weights file not found: {weights!r}. weights= takes None, 'imagenet', a source "
                 "name (keras_preact.weights.sources()) or a checkpoint file."
             )
-        fmt = convert.detect_format(weights)
-        kind = "native" if fmt == "keras" else "file"
-        resolved = ResolvedWeights(weights, kind, convert.FORMATS[fmt], format=fmt)
+        resolved = _resolve_file(weights, depth)
     wanted = getattr(layout, "name", layout)
     if wanted is not None and resolved.layout is not None and wanted != resolved.layout:
         raise ValueError(
@@ -69,6 +71,26 @@ def resolve(weights, depth=None, layout=None):
             f"to follow the weights, or pass layout={resolved.layout!r}."
         )
     return resolved
+
+
+def _resolve_file(path, depth):
+    fmt = convert.detect_format(path)
+    if fmt in ("safetensors", "torch"):  # timm's: which of its layouts, norm and width
+        facts = timm.describe(path, fmt)
+        if depth is not None and facts["depth"] not in (None, depth):
+            width = facts["width_multiplier"]
+            arguments = f", width_multiplier={width}" if width and width > 1 else ""
+            raise ValueError(
+                f"{path!r} is a ResNet-{facts['depth']} checkpoint ({facts['layout']} layout, "
+                f"{facts['norm']} norm); this model is ResNet-{depth}. Use "
+                f"ResNet{facts['depth']}V2(weights={path!r}{arguments})."
+            )
+        return ResolvedWeights(
+            path, "file", facts["layout"], None, fmt, facts["norm"], facts["width_multiplier"]
+        )
+    return ResolvedWeights(
+        path, "native" if fmt == "keras" else "file", convert.FORMATS[fmt], format=fmt
+    )
 
 
 def _load_source(model, source):

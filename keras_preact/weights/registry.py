@@ -18,6 +18,7 @@ fb.resnet.torch's README and `preresnet.lua`).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 
 from keras_preact.options import EvalProtocol
 from keras_preact.weights import convert
@@ -52,6 +53,8 @@ class WeightsSource:
         size_mb: download size in MB (float32 parameters, as stored).
         notop_url, notop_hash, notop_mirror_path: a smaller file without the
             classifier, used for `include_top=False` (keras.applications).
+        norm: the norm its units use (None: its layout's).
+        width: its width multiplier (BiT's x1 ... x4).
     """
 
     name: str
@@ -76,6 +79,8 @@ class WeightsSource:
     notop_url: str | None = None
     notop_hash: str | None = None
     notop_mirror_path: str | None = None
+    norm: str | None = None
+    width: int = 1
 
     @property
     def publisher(self):
@@ -100,19 +105,19 @@ _TIMM_LICENSE = "Apache-2.0 (timm)"
 _KERAS_LICENSE = "Apache-2.0 (keras.applications)"
 
 
-def _timm(model, tag, depth, crop_fraction, accuracy, size_mb):
+def _timm(model, tag, depth, crop_fraction, accuracy, size_mb, **facts):
+    """A timm checkpoint on the Hugging Face hub; `facts` override the resnetv2 defaults
+    (layout, norm, width, classes, image_size, test_size, interpolation)."""
     full = f"{model}.{tag}"
+    facts = {"layout": "timm", "interpolation": "bicubic", "test_size": 288, **facts}
     return WeightsSource(
         name=f"timm:{full}",
         depth=depth,
         url=_HF.format(full),
         mirror_path=f"timm/{full}/model.safetensors",
         format="safetensors",
-        layout="timm",
         normalization="tf",  # mean = std = 0.5 on [0, 1]
-        interpolation="bicubic",
         crop_fraction=crop_fraction,
-        test_size=288,
         accuracy=accuracy,
         published=(
             f"timm: the Hugging Face model card of timm/{full} and timm's "
@@ -121,6 +126,43 @@ def _timm(model, tag, depth, crop_fraction, accuracy, size_mb):
         license=_TIMM_LICENSE,
         size_mb=size_mb,
         hash_note=_TIMM_NOTE,
+        **facts,
+    )
+
+
+def _bit(depth, width, tag, accuracy, size_mb, image_size=448, crop_fraction=1.0, **facts):
+    """A BiT checkpoint (Kolesnikov et al. 2020) as timm publishes it: `resnetv2_{depth}x{width}_bit`.
+
+    `goog_in21k` has the 21,843-class ImageNet-21k classifier (no ImageNet-1k
+    figure: `accuracy` is empty); the `_ft_in1k` fine-tunes are evaluated at
+    448 (480 for 152x4) on the whole image, bilinear.
+    """
+    facts = {"interpolation": "bilinear", "test_size": None, "layout": "bit", **facts}
+    return _timm(
+        f"resnetv2_{depth}x{width}_bit",
+        tag,
+        depth,
+        crop_fraction,
+        accuracy,
+        size_mb,
+        width=width,
+        image_size=image_size,
+        **facts,
+    )
+
+
+def _bit_family(depth, width, accuracy_ft, params_in21k, params_in1k, ft_size=448):
+    """A BiT model's two tags: `goog_in21k` (224, crop 0.875) and `goog_in21k_ft_in1k`."""
+    return (
+        _bit(depth, width, "goog_in21k", {}, round(params_in21k * 4), 224, 0.875, classes=21843),
+        _bit(
+            depth,
+            width,
+            "goog_in21k_ft_in1k",
+            {ft_size: accuracy_ft},
+            round(params_in1k * 4),
+            ft_size,
+        ),
     )
 
 
@@ -176,13 +218,115 @@ def unregister_source(name):
 
 for _source in (
     _timm(
-        "resnetv2_18", "ra4_e3600_r224_in1k", 18, 0.9, {224: (73.57, None), 288: (75.36, None)}, 47
+        "resnetv2_18",
+        "ra4_e3600_r224_in1k",
+        18,
+        0.9,
+        {224: (73.572, 91.356), 288: (75.364, 92.692)},
+        47,
     ),
     _timm(
-        "resnetv2_34", "ra4_e3600_r224_in1k", 34, 0.9, {224: (77.63, 93.53), 288: (79.07, None)}, 87
+        "resnetv2_34",
+        "ra4_e3600_r224_in1k",
+        34,
+        0.9,
+        {224: (77.626, 93.518), 288: (79.070, 94.560)},
+        87,
     ),
-    _timm("resnetv2_50", "a1h_in1k", 50, 0.95, {224: (80.41, None), 288: (81.41, 95.73)}, 102),
-    _timm("resnetv2_101", "a1h_in1k", 101, 0.95, {224: (82.04, None), 288: (83.00, 96.45)}, 178),
+    _timm("resnetv2_50", "a1h_in1k", 50, 0.95, {224: (80.410, 95.082), 288: (81.406, 95.712)}, 102),
+    _timm(
+        "resnetv2_101", "a1h_in1k", 101, 0.95, {224: (82.042, 95.866), 288: (83.002, 96.444)}, 178
+    ),
+    # timm's 'd' nets: deep stem, average-pool projections; BatchNorm, GroupNorm, EvoNorm-S0.
+    _timm(
+        "resnetv2_18d",
+        "ra4_e3600_r224_in1k",
+        18,
+        0.9,
+        {224: (74.422, 91.928), 288: (76.058, 93.010)},
+        47,
+        layout="timm_d",
+        norm="batch",
+    ),
+    _timm(
+        "resnetv2_34d",
+        "ra4_e3600_r224_in1k",
+        34,
+        0.9,
+        {224: (78.270, 93.950), 288: (79.614, 94.760)},
+        87,
+        layout="timm_d",
+        norm="batch",
+    ),
+    _timm(
+        "resnetv2_34d",
+        "ra4_e3600_r384_in1k",
+        34,
+        1.0,
+        {384: (79.792, 94.902), 448: (80.430, 95.282)},
+        87,
+        layout="timm_d",
+        norm="batch",
+        image_size=384,
+        test_size=448,
+    ),
+    _timm(
+        "resnetv2_50d_gn",
+        "ah_in1k",
+        50,
+        0.95,
+        {224: (80.800, 95.356), 288: (81.960, 95.932)},
+        102,
+        layout="timm_d",
+        norm="group",
+    ),
+    _timm(
+        "resnetv2_50d_evos",
+        "ah_in1k",
+        50,
+        0.95,
+        {224: (80.828, 95.270), 288: (82.024, 95.916)},
+        102,
+        layout="timm_d",
+        norm="evonorm_s0",
+    ),
+    # BiT (Big Transfer): ImageNet-21k pre-training, and its ImageNet-1k fine-tunes.
+    *_bit_family(50, 1, (80.386, 95.694), 68.26, 25.55),
+    *_bit_family(50, 3, (83.982, 97.130), 345.40, 217.32),
+    *_bit_family(101, 1, (82.332, 96.524), 87.25, 44.54),
+    *_bit_family(101, 3, (84.430, 97.380), 516.02, 387.93),
+    *_bit_family(152, 2, (84.468, 97.432), 321.73, 236.34),
+    *_bit_family(152, 4, (84.936, 97.456), 1107.30, 936.53, ft_size=480),
+    _bit(
+        50,
+        1,
+        "goog_distilled_in1k",
+        {224: (82.820, 96.526)},
+        102,
+        224,
+        0.875,
+        interpolation="bicubic",
+    ),
+    _bit(
+        152,
+        2,
+        "goog_teacher_in21k_ft_in1k",
+        {224: (82.918, 96.568)},
+        945,
+        224,
+        0.875,
+        interpolation="bicubic",
+    ),
+    _bit(
+        152,
+        2,
+        "goog_teacher_in21k_ft_in1k_384",
+        {384: (83.858, 97.130)},
+        945,
+        384,
+        1.0,
+        interpolation="bicubic",
+    ),
     _keras(
         "resnet50v2",
         50,
@@ -244,8 +388,10 @@ DEFAULT_SOURCES = {
 def sources(depth=None):
     """The registered weight sources (optionally for one depth), defaults first.
 
-    >>> [s.name for s in sources(depth=50)]
-    ['timm:resnetv2_50.a1h_in1k', 'keras:resnet50v2']
+    >>> [s.name for s in sources(depth=50)][:3]
+    ['timm:resnetv2_50.a1h_in1k', 'timm:resnetv2_50d_gn.ah_in1k', 'timm:resnetv2_50d_evos.ah_in1k']
+    >>> len(sources(depth=50)), len(sources())  # every public pre-activation checkpoint
+    (9, 28)
     """
     found = [s for s in _SOURCES.values() if depth is None or s.depth == depth]
     defaults = set(DEFAULT_SOURCES.values())
@@ -278,6 +424,12 @@ def get_source(name, depth=None):
             )
         name = DEFAULT_SOURCES[depth]
     if name not in _SOURCES:
+        close = difflib.get_close_matches(name, list(_SOURCES), n=3, cutoff=0.6)
+        if close:
+            raise ValueError(
+                f"Unknown weights source {name!r}. Did you mean "
+                f"{' or '.join(map(repr, close))}? (keras_preact.weights.sources() lists all.)"
+            )
         known = ", ".join(repr(s.name) for s in sources(depth)) or "none"
         raise ValueError(
             f"Unknown weights source {name!r}. Sources"
@@ -292,3 +444,39 @@ def get_source(name, depth=None):
             f"Use ResNet{source.depth}V2, or one of this depth's sources: {alternatives}."
         )
     return source
+
+
+def _protocol_words(source):
+    normalisation = {"tf": "[−1, 1]", "torch": "ImageNet mean/std"}[source.normalization]
+    size = f", {source.image_size}" if source.image_size != 224 else ""
+    return f"{normalisation}, {source.interpolation}, crop {source.crop_fraction:g}{size}"
+
+
+def _accuracy_words(source):
+    if not source.accuracy:
+        return f"none: an ImageNet-21k classifier ({source.classes:,} classes)"
+    return ", ".join(f"{top1:g} at {size}" for size, (top1, _) in sorted(source.accuracy.items()))
+
+
+def sources_table():
+    """The README's table of every source: builder and arguments, layout, published top-1,
+    evaluation preprocessing, download size and licence (tests check the README holds it)."""
+    rows = [
+        "| builder | `weights=` | layout, norm, width | published top-1 (%) "
+        "| eval preprocessing | download | licence |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    defaults = set(DEFAULT_SOURCES.values())
+    for source in sources():
+        mark = ' (`"imagenet"`)' if source.name in defaults else ""
+        body = ", ".join(
+            [f"`{source.layout}`"]
+            + ([f"`{source.norm}`"] if source.norm else [])
+            + ([f"x{source.width}"] if source.width != 1 else [])
+        )
+        rows.append(
+            f"| ResNet{source.depth}V2 | `{source.name}`{mark} | {body} "
+            f"| {_accuracy_words(source)} | {_protocol_words(source)} "
+            f"| {source.size_mb:,} MB | {source.license} |"
+        )
+    return "\n".join(rows) + "\n"

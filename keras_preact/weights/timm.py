@@ -1,4 +1,8 @@
-"""timm `resnetv2_*` state dicts (`.safetensors`, or `.pth`/`.bin` with torch) -> `layout="timm"`.
+"""timm `resnetv2_*` state dicts (`.safetensors`, or `.pth`/`.bin` with torch) -> the timm layouts.
+
+`describe` tells which: `"timm"` (resnetv2_18 ... 101), `"bit"` (BiT: weight-
+standardised convs, GroupNorm, any width) or `"timm_d"` (the 'd' nets: deep
+stem, average-pool projections; BatchNorm, GroupNorm or EvoNorm-S0).
 
 timm's keys (`timm/models/resnetv2.py`, `PreActBasic` / `PreActBottleneck`)
 name the same parts as this package's units, so the mapping is a rename:
@@ -26,9 +30,12 @@ _BN = {
     "bias": "beta",
     "running_mean": "moving_mean",
     "running_var": "moving_variance",
+    "v": "v",  # EvoNorm-S0's
 }
 _UNIT = re.compile(r"stages\.(\d+)\.blocks\.(\d+)\.(?:(norm\d|conv\d)|downsample\.conv)\.(\w+)$")
 _TOP = {"stem.conv": "stem_conv", "norm": "post_bn"}
+_TOP.update({f"stem.conv{i}": f"stem_conv{i}" for i in (1, 2, 3)})  # the 'd' nets' deep stem
+_TOP.update({f"stem.norm{i}": f"stem_norm{i}" for i in (1, 2)})
 
 
 def read_state_dict(path, fmt="safetensors"):
@@ -59,6 +66,56 @@ def read_state_dict(path, fmt="safetensors"):
     return {k.removeprefix("module."): v.float().numpy() for k, v in state.items()}
 
 
+def _shapes(path, fmt):
+    """`{key: shape}` of a checkpoint (a .safetensors header only; a pickle is read whole)."""
+    if fmt == "safetensors":
+        from safetensors import safe_open
+
+        with safe_open(path, framework="numpy") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    return {key: np.shape(value) for key, value in read_state_dict(path, fmt).items()}
+
+
+def describe(path, fmt="safetensors"):
+    """What a timm resnetv2 checkpoint is: `{"layout", "norm", "width_multiplier", "depth"}`, read
+    from its keys and shapes (the deep stem of the 'd' nets, EvoNorm's `v`, BatchNorm's
+    running statistics, GroupNorm otherwise, the stem's width).
+
+    BiT (7x7 stem, GroupNorm) is layout "bit"; 'd' nets "timm_d"; the others "timm".
+    """
+    shapes = _shapes(path, fmt)
+    deep = "stem.conv1.weight" in shapes
+    if any(key.endswith(".v") for key in shapes):
+        norm = "evonorm_s0"
+    elif any(key.endswith("running_mean") for key in shapes):
+        norm = "batch"
+    else:
+        norm = "group"
+    stem = shapes.get("stem.conv3.weight" if deep else "stem.conv.weight")
+    width = stem[0] // 64 if stem and stem[0] % 64 == 0 else None
+    layout = "timm_d" if deep else ("bit" if norm == "group" else "timm")
+    return {"layout": layout, "norm": norm, "width_multiplier": width, "depth": _depth(shapes)}
+
+
+# units per stage -> depth (basic units for 18 and 34)
+_DEPTHS = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
+_DEPTHS[(3, 24, 36, 3)] = 200
+
+
+def _depth(shapes):
+    """The net's depth from its blocks (None if it is none of the ImageNet depths)."""
+    blocks = {}
+    for key in shapes:
+        match = re.match(r"stages\.(\d+)\.blocks\.(\d+)\.", key)
+        if match:
+            stage, block = map(int, match.groups())
+            blocks[stage] = max(blocks.get(stage, 0), block + 1)
+    units = tuple(blocks.get(i, 0) for i in range(4))
+    depth = _DEPTHS.get(units)
+    basic = not any(key.endswith("conv3.weight") and key.startswith("stages") for key in shapes)
+    return 34 if depth == 50 and basic else depth
+
+
 def _target(key):
     """Our variable path for a timm key, `None` to skip it, or `KeyError` if unknown."""
     match = _UNIT.match(key)
@@ -75,7 +132,7 @@ def _target(key):
         unit, part = None, _TOP[prefix]
     if var == "num_batches_tracked":
         return None
-    if part.startswith("norm") or part == "post_bn":
+    if "norm" in part or part == "post_bn":
         if var not in _BN:
             raise KeyError(key)
         var = _BN[var]
