@@ -4,6 +4,7 @@ formats), the models.config example and class-name resolution.
 
 import base64
 import json
+import os
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -115,7 +116,10 @@ class _Serving:
             def Predict(self, request, context):
                 assert request.model_spec.name == serving.model_name
                 images = list(tf.make_ndarray(request.inputs["image_bytes"]))
-                out = serving.predict(request.model_spec.signature_name, images)
+                try:
+                    out = serving.predict(request.model_spec.signature_name, images)
+                except tf.errors.InvalidArgumentError as e:  # as TF Serving answers it
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, e.message)
                 response = predict_pb2.PredictResponse()
                 for key, value in out.items():
                     response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
@@ -167,14 +171,17 @@ def test_client_round_trip_rest_and_grpc(exported, trained, photos, tmp_path):
             best = int(reference[i].argmax())
             assert lines[4 * n + 1].endswith(f"  {NAMES[best]} ({best})")
             assert float(lines[4 * n + 1].split()[0]) == pytest.approx(reference[i, best], abs=1e-4)
-        bad = tmp_path / "notes.jpg"
+        # A query holding bad files: the good images are answered, each bad one gets a line.
+        bad, cut = tmp_path / "notes.jpg", tmp_path / "cut.jpg"
         bad.write_bytes(b"not an image at all")
+        cut.write_bytes(photos[0][1][:1000])  # a JPEG's start: only the model can tell
         proc = run_command(
             [sys.executable, "-m", "keras_preact.export.client", f"--server={rest}"]
-            + ["--model_name=tiny", files[0], str(bad)],
+            + ["--model_name=tiny", "--top_k=1", str(cut), files[0], str(bad)],
             check=False,
         )
-        assert proc.returncode != 0 and "is not a JPEG, PNG, GIF or BMP image" in proc.stderr
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        _assert_answered_with_bad_files(proc, [files[0]], reference[[0]], bad, cut)
 
         grpc_server = serving.start_grpc()
         images = [photos[i][1] for i in chosen]
@@ -184,8 +191,61 @@ def test_client_round_trip_rest_and_grpc(exported, trained, photos, tmp_path):
             top = np.argsort(-reference[i], kind="stable")[:5]
             assert answer["classes"] == top.tolist()
             assert answer["labels"] == NAMES[top].tolist()
+        answered, refused = client.answer_each(
+            lambda batch: client.predict_grpc(grpc_server, "tiny", batch),
+            [("cut.jpg", cut.read_bytes()), ("photo.jpg", images[0])],
+        )
+        assert [name for name, _ in answered] == ["photo.jpg"]
+        np.testing.assert_allclose(answered[0][1]["probabilities"], reference[0], atol=1e-5)
+        assert [line for _, line in refused] == [
+            "cut.jpg is a truncated or corrupt image: it does not decode (its first bytes: "
+            + photos[0][1][:8].hex(" ")
+            + ")"
+        ]
     finally:
         serving.stop()
+
+
+def _assert_answered_with_bad_files(proc, good, reference, bad, cut):
+    """The client's output for a query of `good` files plus `bad` (not an image) and `cut`."""
+    lines = proc.stdout.splitlines()
+    assert lines[0::2] == good  # each good file, then its top-1 line
+    for line, probabilities in zip(lines[1::2], reference):
+        best = int(probabilities.argmax())
+        assert line.endswith(f"  {NAMES[best]} ({best})"), line
+    errors = proc.stderr.splitlines()
+    about_bad = [line for line in errors if line.startswith(f"{bad} ")]
+    assert about_bad == [
+        f"{bad} is not a JPEG, PNG, GIF or BMP image (its first bytes: "
+        f"{bad.read_bytes()[:8].hex(' ')}): not sent."
+    ]
+    (about_cut,) = [line for line in errors if line.startswith(f"{cut} ")]
+    assert about_cut.startswith(f"{cut} is a truncated or corrupt image: it does not decode")
+    for word in ("node", "Op:", "Assert", "image_bytes", "Traceback"):
+        assert word not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_local_client_answers_the_good_images_of_a_query_with_bad_ones(
+    exported, trained, photos, tmp_path
+):
+    """--saved_model: 100 random bytes, a cut JPEG and a missing file beside a good photo."""
+    reference = keras_reference(trained)
+    good = tmp_path / photos[2][0]
+    good.write_bytes(photos[2][1])
+    bad, cut = tmp_path / "bad.png", tmp_path / "cut.jpg"
+    bad.write_bytes(np.random.default_rng(0).bytes(100))
+    cut.write_bytes(photos[0][1][:1000])
+    missing = tmp_path / "missing.png"
+    command = [sys.executable, "-m", "keras_preact.export.client", "--top_k=1"]
+    command += [f"--saved_model={os.path.dirname(exported.saved_model_dir)}"]
+    proc = run_command([*command, str(bad), str(missing), str(good), str(cut)], check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{missing} cannot be read (No such file or directory): not sent." in proc.stderr
+    _assert_answered_with_bad_files(proc, [str(good)], reference[[2]], bad, cut)
+
+    nothing = run_command([*command, str(bad), str(missing)], check=False)
+    assert nothing.returncode == 1
+    assert nothing.stderr.strip().splitlines()[-1] == "No image was answered (2 given)."
 
 
 def test_models_config_parses():

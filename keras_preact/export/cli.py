@@ -28,6 +28,7 @@ from keras_preact.export import model as model_lib
 from keras_preact.export import pipeline
 from keras_preact.export import tflite as tflite_lib
 from keras_preact.export.verify import VerificationError
+from keras_preact.files import DiskFullError
 from keras_preact.preprocessing import eval_preprocessing
 from keras_preact.run_dir import write_json
 
@@ -159,7 +160,7 @@ def main(argv):
             verify=FLAGS.verify,
             num_threads=FLAGS.num_threads,
         )
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, DiskFullError) as e:
         sys.exit(f"export: {e}")
     except VerificationError as e:
         sys.exit(f"export: verification failed: {e}")
@@ -167,7 +168,10 @@ def main(argv):
     if FLAGS.summary_json:
         summary = dataclasses.asdict(result)
         summary.pop("labels")
-        write_json(FLAGS.summary_json, summary)
+        try:
+            write_json(FLAGS.summary_json, summary)
+        except DiskFullError as e:
+            sys.exit(f"export: --summary_json: {e}")
     base = os.path.abspath(os.path.join(FLAGS.output_dir, FLAGS.model_name))
     print(
         f"\nServe:  docker run --rm -p 8500:8500 -p 8501:8501 "

@@ -26,6 +26,12 @@ The request formats are TF Serving's documented ones:
   `inputs["image_bytes"]`, a `DT_STRING` `TensorProto` of shape `[N]` whose
   `string_val` holds the encoded files.
 
+Each file is checked before it is sent (readable, not empty, a JPEG, PNG,
+GIF or BMP signature); a file that is not, or that the model refuses
+(truncated, corrupt, too large: TF Serving's INVALID_ARGUMENT names its batch
+index), gets one line on stderr, and the other images are answered. The
+command exits non-zero only when no image was answered.
+
 Library use:
 
 >>> body = rest_request([open("photo.jpg", "rb").read()])  # doctest: +SKIP
@@ -38,6 +44,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -84,9 +91,11 @@ def predict_rest(server, model_name, images, signature_name=SIGNATURE, version=N
         detail = e.read().decode("utf-8", "replace")
         try:
             detail = json.loads(detail).get("error", detail)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, AttributeError):
             pass
-        raise RuntimeError(f"TF Serving answered {e.code}: {detail}") from None
+        if e.code == 400:  # INVALID_ARGUMENT: the request's content (an image) was refused
+            raise Refused(str(detail)) from None
+        raise RuntimeError(f"TF Serving answered {e.code}: {_one_line(str(detail))}") from None
     if "error" in answer:
         raise RuntimeError(f"TF Serving error: {answer['error']}")
     return answer["predictions"]
@@ -162,7 +171,10 @@ def predict_grpc(server, model_name, images, signature_name=SIGNATURE, version=N
         try:
             response = stub.Predict(request, timeout=timeout)
         except grpc.RpcError as e:
-            raise RuntimeError(f"TF Serving answered {e.code().name}: {e.details()}") from None
+            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise Refused(e.details() or "") from None
+            details = _one_line(e.details() or "")
+            raise RuntimeError(f"TF Serving answered {e.code().name}: {details}") from None
     return parse_grpc_response(response)
 
 
@@ -182,12 +194,8 @@ def saved_model_version(path):
     return os.path.join(path, str(versions[-1]))
 
 
-def predict_saved_model(path, images, signature_name=SIGNATURE):
-    """Runs a SavedModel's signature in this process; one dict of outputs per image.
-
-    Loaded with `tf.saved_model.load` (no keras_preact code), so it answers
-    like the server: a bad image raises `InvalidArgumentError` naming it.
-    """
+def load_signature(path, signature_name=SIGNATURE):
+    """The serving signature of a SavedModel (a version folder or a base folder), loaded here."""
     import tensorflow as tf
 
     loaded = tf.saved_model.load(saved_model_version(path))
@@ -196,13 +204,137 @@ def predict_saved_model(path, images, signature_name=SIGNATURE):
             f"The SavedModel has no signature {signature_name!r}; it has "
             f"{', '.join(sorted(loaded.signatures))}."
         )
-    outputs = loaded.signatures[signature_name](**{INPUT: tf.constant(list(images))})
+    return loaded.signatures[signature_name]
+
+
+def run_signature(signature, images):
+    """Runs a loaded signature on encoded images; one dict of outputs per image.
+
+    A bad image raises `Refused` naming its index, as the server's answer does.
+    """
+    import tensorflow as tf
+
+    try:
+        outputs = signature(**{INPUT: tf.constant(list(images))})
+    except tf.errors.InvalidArgumentError as e:
+        raise Refused(e.message) from None
     rows = {key: value.numpy().tolist() for key, value in outputs.items()}
     decoded = {
         key: [[v.decode("utf-8") if isinstance(v, bytes) else v for v in row] for row in value]
         for key, value in rows.items()
     }
     return [{key: values[i] for key, values in decoded.items()} for i in range(len(images))]
+
+
+def predict_saved_model(path, images, signature_name=SIGNATURE):
+    """Runs a SavedModel's signature in this process; one dict of outputs per image.
+
+    Loaded with `tf.saved_model.load` (no keras_preact code), so it answers
+    like the server: a bad image raises `Refused` naming it.
+    """
+    return run_signature(load_signature(path, signature_name), images)
+
+
+# ------------------------------------------------------------------ bad images
+
+
+class Refused(RuntimeError):
+    """The model refused a request because of its content (TF Serving's INVALID_ARGUMENT).
+
+    `reason` is the refusal in one line, without TensorFlow's node and op names;
+    `index` the batch index of the image it names (`image_bytes[i]`), or None.
+    """
+
+    def __init__(self, message):
+        self.reason = refusal_reason(message)
+        match = _IMAGE_INDEX.search(self.reason)
+        self.index = int(match.group(1)) if match else None
+        super().__init__(self.reason)
+
+    def about(self, name):
+        """The reason with the image named by `name` instead of its batch index."""
+        return _IMAGE_INDEX.sub(lambda _: name, self.reason, count=1)
+
+
+_IMAGE_INDEX = re.compile(r"image_bytes\[(\d+)\]")
+_TF_NOISE = (
+    re.compile(r"\s*\[\[.*?\]\]", re.S),  # [[{{node Assert/Assert}}]]
+    re.compile(r"\s*\[Op:[^\]]*\]"),  # [Op:__inference_signature_wrapper_...]
+    re.compile(r"\s*\{\{[^}]*\}\}"),  # {{function_node ...}}
+)
+
+
+def refusal_reason(message):
+    """A TensorFlow / TF Serving error message in one line, without node and op names.
+
+    >>> refusal_reason("Graph execution error:\\n\\nDetected at node Assert/Assert defined at "
+    ...     "(most recent call last):\\nassertion failed: [image_bytes[1] is not a JPEG image "
+    ...     '(its first bytes: \\\\"6e 6f\\\\")]\\n\\t [[{{node Assert/Assert}}]] '
+    ...     "[Op:__inference_signature_wrapper_9]")
+    'image_bytes[1] is not a JPEG image (its first bytes: 6e 6f)'
+    """
+    text = str(message)
+    for pattern in _TF_NOISE:
+        text = pattern.sub("", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    noise = ("Graph execution error", "Detected at node", "File ", "Traceback")
+    named = [line for line in lines if "image_bytes[" in line]
+    plain = [line for line in lines if not line.startswith(noise)]
+    line = (named or plain or lines or [type(message).__name__])[0]
+    line = re.sub(r"^(?:assertion failed:\s*)", "", line)
+    if line.startswith("[") and line.endswith("]"):
+        line = line[1:-1].strip()
+    # A formatted string tensor comes quoted (and its quotes escaped, through gRPC).
+    line = line.replace('\\"', '"')
+    return re.sub(r'(first bytes: )"([0-9a-f ]*)"', r"\1\2", line)
+
+
+def _one_line(text):
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+# Each format's leading bytes (as `keras_preact.export.saved_model` checks them).
+_MAGICS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM")
+
+
+def image_problem(data):
+    """Why encoded bytes cannot be sent as an image (a phrase after the file's name), or None.
+
+    >>> image_problem(b""), image_problem(b"GIF89a...")
+    ('is empty', None)
+    >>> image_problem(b"hello")
+    'is not a JPEG, PNG, GIF or BMP image (its first bytes: 68 65 6c 6c 6f)'
+    """
+    if not data:
+        return "is empty"
+    if not data.startswith(_MAGICS):
+        return f"is not a JPEG, PNG, GIF or BMP image (its first bytes: {data[:8].hex(' ')})"
+    return None
+
+
+def answer_each(predict, named_images):
+    """Sends `[(name, bytes)]` through `predict`; an image the model refuses is left out and the
+    rest are sent again.
+
+    Returns `([(name, prediction)], [(name, line)])`: the answered images in
+    order, and the refused ones with a line saying why (the file named where
+    the refusal named its index). A refusal that names no image refuses them all.
+    """
+    pending, refused = list(named_images), []
+    while pending:
+        try:
+            predictions = predict([data for _, data in pending])
+        except Refused as e:
+            if e.index is None or not 0 <= e.index < len(pending):
+                return [], refused + [
+                    (name, f"{name} was refused: {e.reason}") for name, _ in pending
+                ]
+            name, _ = pending.pop(e.index)
+            refused.append((name, e.about(name)))
+            continue
+        return [(name, p) for (name, _), p in zip(pending, predictions)], refused
+    return [], refused
 
 
 def format_predictions(names, predictions, top_k=None):
@@ -217,6 +349,10 @@ def format_predictions(names, predictions, top_k=None):
 
 
 def main(argv):
+    """Answers every usable image; one line (stderr) per file it could not answer.
+
+    Exits non-zero only when no image was answered.
+    """
     from absl import flags
 
     console.quiet_python_logs()
@@ -224,32 +360,62 @@ def main(argv):
     files = argv[1:]
     if not files:
         raise SystemExit("Give one or more image files (JPEG, PNG, GIF, BMP) to classify.")
-    images = []
-    for path in files:
+    usable, skipped = read_images(files)
+    for name, why in skipped:
+        print(f"{name} {why}: not sent.", file=sys.stderr)
+    answered, refused = answer_each(_predictor(FLAGS), usable) if usable else ([], [])
+    for _, line in refused:
+        print(line, file=sys.stderr)
+    if answered:
+        names, predictions = zip(*answered)
+        print(format_predictions(names, predictions, FLAGS.top_k))
+    sys.stderr.flush()
+    if not answered:
+        raise SystemExit(f"No image was answered ({len(files)} given).")
+
+
+def read_images(paths):
+    """`([(path, bytes)], [(path, why)])`: the files that can be sent, and why the others cannot."""
+    usable, skipped = [], []
+    for path in paths:
         try:
             with open(path, "rb") as f:
-                images.append(f.read())
+                data = f.read()
         except OSError as e:
-            raise SystemExit(f"Cannot read {path}: {e.strerror}") from None
-    if FLAGS.saved_model:
-        import tensorflow as tf
+            skipped.append((path, f"cannot be read ({e.strerror or e})"))
+            continue
+        problem = image_problem(data)
+        if problem:
+            skipped.append((path, problem))
+        else:
+            usable.append((path, data))
+    return usable, skipped
 
+
+def _predictor(FLAGS):
+    """`predict(images)` for the flags: the local SavedModel, or the REST / gRPC server.
+
+    Failures other than a refused image end the command with one line.
+    """
+    if FLAGS.saved_model:
         try:
-            predictions = predict_saved_model(FLAGS.saved_model, images, FLAGS.signature_name)
+            signature = load_signature(FLAGS.saved_model, FLAGS.signature_name)
         except (ValueError, OSError) as e:
             raise SystemExit(f"--saved_model: {e}") from None
-        except tf.errors.OpError as e:  # InvalidArgumentError: a file the model cannot read
-            raise SystemExit(f"The model refused the request: {e.message}") from None
-        print(format_predictions(files, predictions, FLAGS.top_k))
-        return
+        return lambda images: run_signature(signature, images)
     port = REST_PORT if FLAGS.protocol == "rest" else GRPC_PORT
     server = FLAGS.server or f"localhost:{port}"
     predict = predict_rest if FLAGS.protocol == "rest" else predict_grpc
-    try:
-        predictions = predict(server, FLAGS.model_name, images, FLAGS.signature_name, FLAGS.version)
-    except (RuntimeError, OSError) as e:
-        raise SystemExit(f"Request to {server} failed: {e}") from None
-    print(format_predictions(files, predictions, FLAGS.top_k))
+
+    def ask(images):
+        try:
+            return predict(server, FLAGS.model_name, images, FLAGS.signature_name, FLAGS.version)
+        except Refused:
+            raise
+        except (RuntimeError, OSError) as e:
+            raise SystemExit(f"Request to {server} failed: {e}") from None
+
+    return ask
 
 
 def _define_flags():

@@ -14,7 +14,8 @@ Output layout (one version number for all artifacts of one export):
         model.onnx, model.verification.json
 
 Each version directory is written under a hidden temporary name, verified,
-then renamed into place; nothing is published when its verification fails.
+then renamed into place; nothing is published when its verification fails,
+nor when the disk fills up (`keras_preact.files.DiskFullError`, one line).
 
 `model` may be a training run's directory: its `spec.json`
 (`keras_preact.run_dir`) then gives the class names, the serving crop and
@@ -39,7 +40,7 @@ import shutil
 import tensorflow as tf
 from absl import logging
 
-from keras_preact import run_dir
+from keras_preact import files, run_dir
 from keras_preact.export import model as model_lib
 from keras_preact.export import onnx_export
 from keras_preact.export import saved_model as saved_model_lib
@@ -238,11 +239,17 @@ def export_all(
         saved_model=saved_model,
         float32_tolerance=float32_tolerance,
     )
-    if tf.distribute.has_strategy():
-        # Strategy scopes are per thread: export in a fresh thread, outside the caller's scope.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(_export, options).result()
-    return _export(options)
+    published = (
+        "Nothing was published (its temporary folders were removed): free space and export again."
+    )
+    with files.disk_full_as_error(
+        os.path.join(output_dir, model_name), what=f"the export of {model_name}", then=published
+    ):
+        if tf.distribute.has_strategy():
+            # Strategy scopes are per thread: export in a fresh thread, outside the caller's scope.
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                return pool.submit(_export, options).result()
+        return _export(options)
 
 
 def _export(o):

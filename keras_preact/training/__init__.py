@@ -19,7 +19,10 @@ Pieces, usable on their own:
 * `CoupledSGD`: SGD momentum 0.9 with L2 weight decay added to the gradient
   before momentum (the authors' Torch `optim.sgd`).
 * `Trainer`: the training loop (strategy.run + optimizer.apply) used under
-  every strategy, with checkpoint/resume, TensorBoard, history and evaluation.
+  every strategy, with checkpoint/resume, TensorBoard, history and evaluation,
+  and what it does on a fault: a non-finite loss (`Diverged`, or a rollback),
+  an unreadable checkpoint (set aside), a full disk
+  (`keras_preact.files.DiskFullError`).
 """
 
 from keras_preact.requirements import require_tensorflow
@@ -27,7 +30,7 @@ from keras_preact.requirements import require_tensorflow
 require_tensorflow("keras_preact.training")
 
 from keras_preact.training.config import ConfigError, TrainConfig
-from keras_preact.training.loop import Trainer
+from keras_preact.training.loop import Diverged, Trainer
 from keras_preact.training.optimizer import CoupledSGD
 from keras_preact.training.run import build_model, builder_call, run, synchronize_batchnorm
 from keras_preact.training.schedules import (
@@ -43,6 +46,7 @@ __all__ = [
     "STRATEGIES",
     "ConfigError",
     "CoupledSGD",
+    "Diverged",
     "TrainConfig",
     "Trainer",
     "build_model",

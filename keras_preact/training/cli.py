@@ -22,7 +22,11 @@ evaluating one as published (its own resize interpolation and crop fraction):
         --data_dir=/data/tensorflow_datasets --model_dir=runs/eval_r50
 
 Bad input (found before any training step) exits with one `Error: ...` line in
-flag words; the last line of a run is its test accuracy (`result_line`).
+flag words (status 1); the last line of a run is its test accuracy
+(`result_line`). A run that diverges (a NaN or inf loss, `--on_nonfinite=stop`)
+exits 3 and one whose disk is full exits 4, each with one `Error: ...` line
+saying what was kept and how to go on; SIGTERM and Ctrl-C exit 143 and 130
+after a checkpoint.
 """
 
 from __future__ import annotations
@@ -35,9 +39,13 @@ from absl import app, flags
 
 from keras_preact import console
 from keras_preact.export.pipeline import export_all
+from keras_preact.files import DiskFullError
 from keras_preact.training.config import GROUPS, ConfigError
 from keras_preact.training.flags import config_from_flags, define_flags, flag_words
+from keras_preact.training.loop import Diverged
 from keras_preact.training.run import run
+
+DISK_FULL_EXIT_CODE = 4
 
 ABOUT = {
     "cifar": "Trains a pre-activation ResNet on CIFAR-style data (CIFAR-10/100, digits, ...) "
@@ -51,7 +59,9 @@ USAGE: {prog} --model_dir=DIR [flags]
   e.g. {prog} --model_dir=runs/{family} --strategy=mirrored
 
 A killed run restarted with the same command resumes from its last checkpoint.
-The last line printed is the test accuracy; <model_dir>/metrics.json has it too."""
+The last line printed is the test accuracy; <model_dir>/metrics.json has it too.
+Exit status: 0 done, 1 bad input, 3 diverged (NaN/inf loss), 4 disk full,
+130/143 stopped by Ctrl-C/SIGTERM with a checkpoint."""
 
 
 def cifar():
@@ -90,13 +100,24 @@ def _main(family, argv):
     try:
         config = config_from_flags(family)
         metrics = run(config)
+        if config.export_dir and metrics["chief"]:
+            # The run directory says the rest: labels, crop, interpolation, calibration images.
+            result = export_all(config.model_dir, config.export_dir, model_name=config.dataset)
+            print(result.summary())
     except ConfigError as e:
         sys.exit(f"Error: {flag_words(str(e), family)}")
-    if config.export_dir and metrics["chief"]:
-        # The run directory says the rest: labels, crop, interpolation, calibration images.
-        result = export_all(config.model_dir, config.export_dir, model_name=config.dataset)
-        print(result.summary())
+    except Diverged as e:
+        _exit(f"Error: {flag_words(str(e), family)}", Diverged.EXIT_CODE)
+    except DiskFullError as e:
+        _exit(f"Error: {e}", DISK_FULL_EXIT_CODE)
     print(result_line(metrics))
+
+
+def _exit(line, code):
+    """Ends the recipe with one line on stderr (after what stdout holds) and exit status `code`."""
+    sys.stdout.flush()
+    print(line, file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 def result_line(metrics):

@@ -16,6 +16,7 @@ from keras_preact.layers import SHORTCUTS, UNIT_VARIANTS
 from keras_preact.models.cifar import CIFAR_DEPTHS, cifar_units_per_stage
 from keras_preact.models.imagenet import IMAGENET_DEPTHS, LAYOUTS
 from keras_preact.options import check_choice
+from keras_preact.training.loop import MAX_ROLLBACKS, NONFINITE_ACTIONS
 from keras_preact.training.schedules import (
     CIFAR_REFERENCE_BATCH,
     FINETUNE_LEARNING_RATE,
@@ -298,8 +299,24 @@ class TrainConfig:
     checkpoint_every: int = option(1000, OUTPUT, "Steps between checkpoints.")
     keep_checkpoints: int = option(3, OUTPUT, "Checkpoints kept.")
     eval_every: int = option(1, OUTPUT, "Evaluate every N epochs (0: only at the end).")
+    on_nonfinite: str = option(
+        "stop",
+        OUTPUT,
+        "What a NaN or inf loss (or gradient) does, on every worker at the step it appears: "
+        "stop (exit 3, the checkpoints keep their finite weights) or rollback (back to the last "
+        f"checkpoint, skipping the batches since; at most {MAX_ROLLBACKS} times in a row).",
+        choices=NONFINITE_ACTIONS,
+    )
     verbose: int = option(
-        1, OUTPUT, "0: quiet, 1: progress bar, 2: also TensorFlow's own logs (-v for short)."
+        1,
+        OUTPUT,
+        "0: quiet, 1: progress (a bar in a terminal, plain lines in a file or pipe), 2: also "
+        "TensorFlow's own logs (-v for short).",
+    )
+    log_every: int = option(
+        100,
+        OUTPUT,
+        "Steps between progress lines when the output is not a terminal (each epoch gets one).",
     )
     # Export (by the command line, after `run`).
     export_dir: str | None = option(
@@ -327,7 +344,15 @@ class TrainConfig:
             self._validate_cifar_model()
         else:
             self._validate_imagenet_model()
-        for name in ("batch_size", "checkpoint_every", "keep_checkpoints", "steps_per_loop"):
+        check_choice("on_nonfinite", self.on_nonfinite, NONFINITE_ACTIONS)
+        names = (
+            "batch_size",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "steps_per_loop",
+            "log_every",
+        )
+        for name in names:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")

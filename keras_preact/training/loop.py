@@ -21,7 +21,30 @@ same step and learning rate. SIGTERM (what schedulers and `docker stop` send
 before killing) and Ctrl-C (SIGINT) end the run after the current step with a
 checkpoint at that step, so no work is lost; in a multi-worker cluster a
 signal to any worker stops them all at the same step (the request rides on the
-step's all-reduce). A second Ctrl-C aborts at once. Files in `model_dir`
+step's all-reduce). A second Ctrl-C aborts at once.
+
+Faults that would lose work are met the same way on every worker:
+
+* **Divergence.** Each step checks that its loss and gradients are finite (a
+  flag summed in the step's all-reduce, so every replica and worker sees a
+  NaN or inf on any of them at the same step, and a `steps_per_loop` call
+  ends there). With `on_nonfinite="stop"` (the default, as Keras'
+  `TerminateOnNaN`) training stops with `Diverged`, one line naming the step
+  and what to do; with `"rollback"` every worker goes back to the last
+  checkpoint and goes on with the batches after the ones it had reached (the
+  offending ones are skipped), at most `MAX_ROLLBACKS` times in a row. No
+  checkpoint is written from non-finite weights (checked before each save).
+* **An unreadable checkpoint** (cut short by a crash or a full disk):
+  `restore` sets it aside in `checkpoints/unreadable/` (renamed, not deleted),
+  resumes from the newest readable one and says both in one line.
+* **A full disk.** A checkpoint that does not fit has its partial files
+  removed and raises `keras_preact.files.DiskFullError`: one line with the
+  checkpoint, about how much it needed, how much was free, and the step a
+  rerun resumes from (the earlier checkpoints are intact). In a cluster the
+  workers agree after each save, so all of them stop there.
+
+While training, a verbose chief prints Keras' progress bar in a terminal and
+plain lines elsewhere (`keras_preact.training.progress`). Files in `model_dir`
 (written by the chief):
 
 * `checkpoints/`: the latest `keep_checkpoints` checkpoints.
@@ -31,6 +54,7 @@ step's all-reduce). A second Ctrl-C aborts at once. Files in `model_dir`
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import importlib.util
@@ -49,8 +73,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from keras_preact import run_dir
+from keras_preact import files, run_dir
+from keras_preact.training import checkpoint_files
+from keras_preact.training.progress import EpochProgress
 from keras_preact.training.strategy import is_chief, task_info
+
+NONFINITE_ACTIONS = ("stop", "rollback")
+MAX_ROLLBACKS = 3  # rollbacks in a row (no new checkpoint between them) before a run stops
 
 HISTORY_FIELDS = (
     "epoch",
@@ -85,6 +114,28 @@ class Preempted(SystemExit):
             f"{cause}: stopped at step {self.step} with a checkpoint ({self.checkpoint}); "
             "run the same command again to resume."
         )
+
+
+class Diverged(RuntimeError):
+    """The loss or a gradient became non-finite (NaN or inf); nothing from after it was saved.
+
+    The message is one line: the step, the learning rate, the last checkpoint
+    (whose weights are finite) and what to do. Recipes exit with `EXIT_CODE`.
+    """
+
+    EXIT_CODE = 3
+
+    def __init__(self, message, step):
+        super().__init__(message)
+        self.step = step
+
+
+class _NonFinite(Exception):
+    """Inside `fit`: the step `step` gave a non-finite loss or gradient."""
+
+    def __init__(self, step, loss, learning_rate):
+        super().__init__(step)
+        self.step, self.loss, self.learning_rate = step, loss, learning_rate
 
 
 class StopSignals:
@@ -173,7 +224,12 @@ class Trainer:
         steps_per_loop: steps run inside one `tf.function` call (fewer host
             round trips on GPU/TPU; the progress bar and logs update per loop).
         jit_compile: compile the forward and backward pass with XLA.
-        verbose: 1 shows a progress bar on the chief, 0 is silent.
+        verbose: 1 shows progress on the chief (a bar in a terminal, plain
+            lines elsewhere), 0 is silent.
+        on_nonfinite: what a non-finite loss or gradient does: "stop" (raise
+            `Diverged`) or "rollback" (back to the last checkpoint, see above).
+        log_every: steps between the plain progress lines printed when stdout
+            is not a terminal (every epoch gets one too).
 
     Example:
 
@@ -216,15 +272,18 @@ class Trainer:
         steps_per_loop=1,
         jit_compile=False,
         verbose=1,
+        on_nonfinite="stop",
+        log_every=100,
     ):
-        replicas = strategy.num_replicas_in_sync
-        if global_batch_size % replicas:
-            raise ValueError(
-                f"Global batch size {global_batch_size} is not divisible by the "
-                f"{replicas} replicas of the strategy; use a multiple of {replicas}."
-            )
-        if checkpoint_every < 1 or steps_per_loop < 1:
-            raise ValueError("checkpoint_every and steps_per_loop must be >= 1.")
+        _check_settings(
+            strategy, global_batch_size, (checkpoint_every, steps_per_loop, log_every), on_nonfinite
+        )
+        self.on_nonfinite = on_nonfinite
+        self.log_every = log_every
+        self.keep_checkpoints = keep_checkpoints
+        self._rollbacks = 0  # in a row, since the last checkpoint saved
+        self._saved_step = None  # the step of the latest checkpoint saved or restored
+        self.in_cluster = task_info(strategy)[0] is not None
         self.strategy = strategy
         self.global_batch_size = global_batch_size
         self.model_dir = model_dir
@@ -246,6 +305,8 @@ class Trainer:
             self._grads_fn = tf.function(self._loss_and_grads, jit_compile=True)
         self._train_loop = tf.function(self._train_loop_fn)
         self._eval_step = tf.function(self._eval_step_fn, reduce_retracing=True)
+        self._finite_state = tf.function(self._finite_state_fn)
+        self._sum_over_workers = tf.function(self._sum_over_workers_fn)
         self._writers = None
         self._tensorboard = True  # False when the tensorboard package is missing
 
@@ -304,22 +365,54 @@ class Trainer:
     def _train_step(self, images, labels, stop):
         labels = tf.cast(labels, tf.int32)
         loss, correct, grads = self._grads_fn(images, labels)
+        nonfinite = self._nonfinite(loss, grads)
         self.optimizer.apply(grads, self.model.trainable_variables)
-        return tf.stack([loss, correct, tf.cast(tf.shape(labels)[0], tf.float32), stop])
+        count = tf.cast(tf.shape(labels)[0], tf.float32)
+        return tf.stack([loss, correct, count, stop, nonfinite])
+
+    def _nonfinite(self, loss, grads):
+        """1.0 when this replica's loss or one of its gradients is NaN or inf, else 0.0.
+
+        A `LossScaleOptimizer` skips steps with non-finite (scaled) gradients
+        itself, lowering its scale: there only the loss counts.
+        """
+        checks = [tf.math.is_finite(loss)]
+        if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            checks += [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
+        return 1.0 - tf.cast(tf.reduce_all(tf.stack(checks)), tf.float32)
 
     def _train_loop_fn(self, iterator, num_steps, stop):
-        """Runs `num_steps` steps; returns the sums of loss, correct, examples and stop requests.
+        """Runs up to `num_steps` steps; returns the sums of loss, correct, examples, stop
+        requests and non-finite flags.
 
         `stop` (1.0 when this worker received a stop signal) rides along with
         the step's all-reduce, so every worker learns of a signal that any of
-        them received at the same step.
+        them received at the same step. So does each replica's non-finite flag:
+        every worker ends the call after the step where any replica saw one.
         """
-        totals = tf.zeros([4])
+        totals = tf.zeros([5])
         for _ in tf.range(num_steps):
             per_replica = self.strategy.run(self._train_step, args=(*next(iterator), stop))
-            totals += self.strategy.reduce("SUM", per_replica, axis=None)
+            reduced = self.strategy.reduce("SUM", per_replica, axis=None)
+            totals += reduced
             self.step.assign_add(1)
+            if reduced[4] > 0:
+                break
         return totals
+
+    def _finite_state_fn(self):
+        """Whether every float variable of the model and the optimizer is finite."""
+        checks = [
+            tf.reduce_all(tf.math.is_finite(v.value))
+            for v in [*self.model.weights, *self.optimizer.variables]
+            if tf.as_dtype(v.dtype).is_floating
+        ]
+        return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+
+    def _sum_over_workers_fn(self, value):
+        """`value` (a float on each worker) summed over the cluster's replicas."""
+        per_replica = self.strategy.run(tf.identity, args=(value,))
+        return self.strategy.reduce("SUM", per_replica, axis=None)
 
     def _eval_step_fn(self, batch):
         def sums(images, labels):
@@ -358,31 +451,130 @@ class Trainer:
         return float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
 
     def restore(self):
-        """Restores the latest checkpoint in `model_dir/checkpoints`; returns its step (0 if none)."""
+        """Restores the newest readable checkpoint in `model_dir/checkpoints`; returns its step
+        (0 if none).
+
+        Unreadable checkpoints (cut short by a crash or a full disk) are set
+        aside in `checkpoints/unreadable/` by the chief, and one line on stderr
+        names them and the checkpoint resumed from. A readable checkpoint of
+        another model or optimizer raises ValueError.
+        """
         if not self.model_dir:
             return 0
-        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
-        if latest is None:
+        unreadable, restored = [], None
+        for prefix in checkpoint_files.checkpoints_newest_first(self.checkpoint_dir):
+            try:
+                self._checkpoint.restore(prefix).assert_existing_objects_matched()
+            except Exception as e:  # unreadable (any error type), or another model's
+                reason = checkpoint_files.unreadable_reason(prefix)
+                if reason is None:
+                    raise ValueError(
+                        f"Cannot resume from {prefix}: it does not match this model/optimizer "
+                        f"({e}). Use a new --model_dir, or the flags of the run that wrote it."
+                    ) from None
+                unreadable.append((prefix, reason))
+                continue
+            restored = prefix
+            break
+        if unreadable:
+            self._set_aside(unreadable, restored)
+        if restored is None:
             return 0
-        try:
-            self._checkpoint.restore(latest).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as e:
-            raise ValueError(
-                f"Cannot resume from {latest}: it does not match this model/optimizer ({e}). "
-                "Use a new --model_dir, or the flags of the run that wrote it."
-            ) from None
         step = self.current_step
+        self._saved_step = step
         self.history = [row for row in self._read_history() if int(row["step"]) <= step]
         return step
 
+    def _set_aside(self, unreadable, restored):
+        """The chief moves unreadable checkpoints aside, rewrites the state file and says so."""
+        if not self.chief:
+            return
+        prefixes = checkpoint_files.checkpoints_newest_first(self.checkpoint_dir)
+        folder = None
+        for prefix, _ in unreadable:
+            folder = checkpoint_files.set_aside(prefix, self.checkpoint_dir)
+        bad = {prefix for prefix, _ in unreadable}
+        checkpoint_files.keep_only(self.checkpoint_dir, [p for p in prefixes[::-1] if p not in bad])
+        self._manager, _ = self._checkpoint_manager(self.keep_checkpoints)
+        names = "; ".join(f"{os.path.basename(p)} ({reason})" for p, reason in unreadable)
+        then = (
+            f"resuming from {os.path.basename(restored)}, the newest readable one"
+            if restored
+            else "no readable checkpoint is left, so training starts from step 0"
+        )
+        print(
+            f"Unreadable checkpoint {names}: set aside in {folder}; {then}.",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def save_checkpoint(self):
-        """Saves a checkpoint at the current step (every worker must call it)."""
+        """Saves a checkpoint at the current step (every worker must call it); returns its path.
+
+        Raises `Diverged` rather than save non-finite weights, and
+        `keras_preact.files.DiskFullError` (on every worker of a cluster) when
+        the checkpoint did not fit: its partial files are removed first.
+        """
         if self._manager is None:
             return None
-        path = self._manager.save(checkpoint_number=self.current_step)
-        if self._worker_dir is not None:
-            tf.io.gfile.rmtree(self._worker_dir)
+        step = self.current_step
+        if step == self._saved_step:  # saved (or restored) at this step already
+            return os.path.join(self.checkpoint_dir, f"ckpt-{step}")
+        if not bool(self._finite_state()):
+            raise Diverged(self._diverged_message(step, "the weights were not finite", None), step)
+        error, path = None, None
+        try:
+            path = self._manager.save(checkpoint_number=step)
+        except Exception as e:
+            if not files.is_disk_full(e):
+                raise
+            error = e
+        finally:
+            if self._worker_dir is not None and tf.io.gfile.exists(self._worker_dir):
+                tf.io.gfile.rmtree(self._worker_dir)
+        failed = error is not None
+        if self.in_cluster:  # every worker stops if one of them could not save
+            failed = float(self._sum_over_workers(tf.constant(float(failed)))) > 0
+        if failed:
+            raise self._checkpoint_disk_full(step, error)
+        self._saved_step, self._rollbacks = step, 0
         return path
+
+    def _checkpoint_disk_full(self, step, error):
+        """The `DiskFullError` of a checkpoint that did not fit (here, or on another worker)."""
+        checkpoint_files.remove_partial_save(self._manager.directory, step)
+        name = f"ckpt-{step}"
+        prefix = os.path.join(self.checkpoint_dir, name)
+        if error is None:
+            return files.DiskFullError(
+                f"Another worker's disk is full: the checkpoint {name} could not be saved there. "
+                + self._resume_hint(),
+                prefix,
+            )
+        message = files.disk_full_message(
+            prefix, self._checkpoint_bytes(), what=f"the checkpoint {name}"
+        )
+        return files.DiskFullError(
+            f"{message} Its partial files were removed. {self._resume_hint()}", prefix
+        )
+
+    def _checkpoint_bytes(self):
+        """About how many bytes a checkpoint takes: the variables it holds."""
+        variables = [*self.model.weights, *self.optimizer.variables]
+        return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in variables)
+
+    def _resume_hint(self):
+        """What a rerun resumes from, after a fault: the newest checkpoint, checked to read back."""
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir) if self.model_dir else None
+        if latest is None:
+            return "No checkpoint was saved before: free space and run the same command again."
+        step = checkpoint_files.checkpoint_step(latest)
+        reason = checkpoint_files.unreadable_reason(latest)
+        intact = "reads back whole" if reason is None else f"cannot be read ({reason})"
+        return (
+            f"The newest checkpoint, {os.path.basename(latest)} (step {step}), {intact}: free "
+            f"space and run the same command again to resume from step {step}."
+        )
 
     def fit(
         self,
@@ -421,7 +613,11 @@ class Trainer:
         iterator = iter(self.strategy.distribute_datasets_from_function(train_dataset_fn))
         while step < epochs.total_steps:
             epoch = epochs.at(step)[0]
-            row = self._train_epoch(iterator, epochs, step, stop)
+            try:
+                row = self._train_epoch(iterator, epochs, step, stop)
+            except _NonFinite as event:
+                step = self._roll_back(event)  # or raises Diverged
+                continue
             step = row["step"]
             if epochs.evaluates(epoch, step):
                 row.update(self._evaluate_epoch(epochs.eval_dataset_fn, step))
@@ -433,35 +629,36 @@ class Trainer:
         return self.history
 
     def _train_epoch(self, iterator, epochs, step, stop):
-        """Trains from `step` to the end of its epoch (checkpoints, logs, progress bar); its row.
+        """Trains from `step` to the end of its epoch (checkpoints, logs, progress); its row.
 
-        Stops every worker with `Preempted` when one of them received a stop signal.
+        Stops every worker with `Preempted` when one of them received a stop
+        signal; raises `_NonFinite` after a step with a non-finite loss or gradient.
         """
-        total_steps = epochs.total_steps
         epoch, epoch_start, epoch_end = epochs.at(step)
-        progbar = self._progbar(epoch, epochs.count, epoch_end - epoch_start)
+        progress = self._progress(epochs, step)
         start, start_step = time.time(), step
-        totals = np.zeros(4)
-        while step < epoch_end:
-            next_checkpoint = (step // self.checkpoint_every + 1) * self.checkpoint_every
-            n = min(self.steps_per_loop, epoch_end - step, next_checkpoint - step)
-            lr = self.learning_rate()
-            stop_requested = tf.constant(float(stop.received is not None))
-            out = self._train_loop(iterator, tf.constant(n, tf.int64), stop_requested).numpy()
-            totals += out
-            step += n
-            self._log("train", step, loss=out[0] / n, accuracy=out[1] / out[2], learning_rate=lr)
-            if progbar is not None:
-                means = totals[0] / (step - start_step), totals[1] / totals[2]
-                progbar.update(
-                    step - epoch_start,
-                    [("loss", means[0]), ("accuracy", means[1]), ("lr", lr)],
-                )
-            if step % self.checkpoint_every == 0 and step < total_steps:
-                self.save_checkpoint()
-            if out[3] > 0 and step < total_steps:  # a stop signal, here or on another worker
-                self._stop(step, stop.received, progbar is not None and step < epoch_end)
-        return {
+        totals = np.zeros(3)
+        try:
+            while step < epoch_end:
+                out, lr = self._run_steps(iterator, step, epoch_end, stop)
+                done = self.current_step - step
+                step += done
+                totals += out[:3]
+                if out[4] > 0 or not np.isfinite(out[0]):
+                    raise _NonFinite(step, out[0] / done, lr)
+                means = {"loss": out[0] / done, "accuracy": out[1] / out[2]}
+                self._log("train", step, **means, learning_rate=lr)
+                if progress is not None:
+                    progress.update(step, totals, lr)
+                if step % self.checkpoint_every == 0 and step < epochs.total_steps:
+                    self.save_checkpoint()
+                if out[3] > 0 and step < epochs.total_steps:  # a stop signal, here or elsewhere
+                    self._stop(step, stop.received, progress)
+        except BaseException:
+            if progress is not None:
+                progress.interrupt()  # a message follows on a line of its own
+            raise
+        row = {
             "epoch": epoch + 1,
             "step": step,
             "learning_rate": lr,
@@ -469,15 +666,87 @@ class Trainer:
             "accuracy": totals[1] / totals[2],
             "seconds": time.time() - start,
         }
+        if progress is not None:
+            progress.end(row)
+        return row
 
-    def _progbar(self, epoch, num_epochs, steps):
-        """Prints the epoch's header and returns its progress bar, on a verbose chief; else None."""
+    def _run_steps(self, iterator, step, epoch_end, stop):
+        """One `tf.function` call: up to the epoch's end, the next checkpoint, `steps_per_loop`.
+
+        Returns its sums (loss, correct, examples, stop requests, non-finite
+        flags) and the learning rate its first step used.
+        """
+        next_checkpoint = (step // self.checkpoint_every + 1) * self.checkpoint_every
+        n = min(self.steps_per_loop, epoch_end - step, next_checkpoint - step)
+        lr = self.learning_rate()
+        stop_requested = tf.constant(float(stop.received is not None))
+        out = self._train_loop(iterator, tf.constant(n, tf.int64), stop_requested).numpy()
+        return out, lr
+
+    def _progress(self, epochs, step):
+        """The epoch's `EpochProgress` on a verbose chief (bar or plain lines); else None."""
         if not (self.chief and self.verbose):
             return None
-        print(f"Epoch {epoch + 1}/{num_epochs}")
-        # Every figure is stateful: the bar shows the epoch's running means,
-        # so its last frame shows what history.csv records.
-        return keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy", "lr"])
+        epoch, epoch_start, epoch_end = epochs.at(step)
+        return EpochProgress(
+            epoch,
+            epochs.count,
+            (epoch_start, epoch_end),
+            epochs.total_steps,
+            global_batch=self.global_batch_size,
+            log_every=self.log_every,
+        )
+
+    def _roll_back(self, event):
+        """After a non-finite step: back to the last checkpoint (returns its step), or `Diverged`."""
+        if np.isfinite(event.loss):
+            what = f"a gradient was not finite (loss {event.loss:.4g})"
+        else:
+            what = f"the loss was {'nan' if np.isnan(event.loss) else 'inf'}"
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir) if self.model_dir else None
+        if self.on_nonfinite != "rollback" or latest is None or self._rollbacks >= MAX_ROLLBACKS:
+            situation = ""
+            if self.on_nonfinite == "rollback":
+                situation = (
+                    ", with no checkpoint to roll back to"
+                    if latest is None
+                    else f", after {self._rollbacks} rollbacks in a row"
+                )
+            message = self._diverged_message(event.step, what, event.learning_rate, situation)
+            raise Diverged(message, event.step)
+        self._rollbacks += 1
+        step = self.restore()
+        if self.chief:
+            print(
+                f"At step {event.step} {what} at learning rate {event.learning_rate:.4g}: rolled "
+                f"back to step {step} ({os.path.basename(latest)}); the {event.step - step} "
+                f"batches since then are skipped (rollback {self._rollbacks} of at most "
+                f"{MAX_ROLLBACKS} in a row).",
+                file=sys.stderr,
+                flush=True,
+            )
+        return step
+
+    def _diverged_message(self, step, what, learning_rate, situation=""):
+        """One line: what became non-finite at `step` (and at what learning rate), what was kept,
+        what to do."""
+        lr = "" if learning_rate is None else f" at learning rate {learning_rate:.4g}"
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir) if self.model_dir else None
+        if latest is None:
+            kept = "nothing was saved (no checkpoint yet)"
+        else:
+            kept = (
+                f"nothing from after step {checkpoint_files.checkpoint_step(latest)} was saved "
+                f"and every checkpoint holds finite weights, the newest being "
+                f"{os.path.basename(latest)}"
+            )
+        advice = "Lower learning_rate"
+        if self.on_nonfinite != "rollback":
+            advice += (
+                ", or rerun with on_nonfinite=rollback to go back to the last checkpoint and "
+                "skip the batches since"
+            )
+        return f"Training diverged at step {step}: {what}{lr}{situation}; {kept}. {advice}."
 
     def _evaluate_epoch(self, dataset_fn, step):
         """Evaluates after the epoch that ended at `step` (logs, prints); the row's val_* fields."""
@@ -495,13 +764,13 @@ class Trainer:
             "val_top5": metrics["top5"],
         }
 
-    def _stop(self, step, signal_name, mid_bar):
+    def _stop(self, step, signal_name, progress):
         """Checkpoints the current step on every worker and raises `Preempted`."""
         preempted = Preempted(step, self.save_checkpoint(), signal_name)
         self.close()
         if self.chief:
-            if mid_bar:
-                print(flush=True)  # end the progress bar's line
+            if progress is not None:
+                progress.interrupt()  # end the progress bar's line
             print(preempted, file=sys.stderr, flush=True)
         raise preempted
 
@@ -523,10 +792,26 @@ class Trainer:
 
     def close(self):
         """Flushes the logs and removes a non-chief worker's temporary checkpoint directory."""
-        for writer in (self._writers or {}).values():
-            writer.close()
-        if self._worker_dir is not None and tf.io.gfile.exists(self._worker_dir):
-            tf.io.gfile.rmtree(self._worker_dir)
+        try:
+            with self._resumable(), self._writing_logs():
+                for writer in (self._writers or {}).values():
+                    writer.close()
+        finally:
+            if self._worker_dir is not None and tf.io.gfile.exists(self._worker_dir):
+                tf.io.gfile.rmtree(self._worker_dir)
+
+    @contextlib.contextmanager
+    def _resumable(self):
+        """A full disk in the block: its `DiskFullError` also says from where a rerun resumes."""
+        try:
+            yield
+        except files.DiskFullError as e:
+            raise files.DiskFullError(f"{e} {self._resume_hint()}", e.filename) from None
+
+    def _writing_logs(self):
+        """A full disk while TensorBoard logs are written raises `DiskFullError` naming them."""
+        folder = os.path.join(self.model_dir or "", run_dir.LOGS)
+        return files.disk_full_as_error(folder, what="the TensorBoard logs")
 
     # --------------------------------------------------------------- logging
 
@@ -540,13 +825,14 @@ class Trainer:
                 logging.warning("tensorboard is not installed: no TensorBoard logs are written.")
         if not self._tensorboard:
             return
-        if name not in self._writers:
-            self._writers[name] = tf.summary.create_file_writer(
-                os.path.join(self.model_dir, run_dir.LOGS, name)
-            )
-        with self._writers[name].as_default(step=step):
-            for key, value in scalars.items():
-                tf.summary.scalar(key, float(value))
+        with self._resumable(), self._writing_logs():
+            if name not in self._writers:
+                self._writers[name] = tf.summary.create_file_writer(
+                    os.path.join(self.model_dir, run_dir.LOGS, name)
+                )
+            with self._writers[name].as_default(step=step):
+                for key, value in scalars.items():
+                    tf.summary.scalar(key, float(value))
 
     def _read_history(self):
         path = os.path.join(self.model_dir, run_dir.HISTORY_JSON)
@@ -559,12 +845,33 @@ class Trainer:
         if not (self.chief and self.model_dir):
             return
         rows = [{k: _plain(row.get(k)) for k in HISTORY_FIELDS} for row in self.history]
-        run_dir.write_json(os.path.join(self.model_dir, run_dir.HISTORY_JSON), rows)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, HISTORY_FIELDS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        run_dir.atomic_write(os.path.join(self.model_dir, run_dir.HISTORY_CSV), buffer.getvalue())
+        with self._resumable():
+            run_dir.write_json(os.path.join(self.model_dir, run_dir.HISTORY_JSON), rows)
+            run_dir.atomic_write(
+                os.path.join(self.model_dir, run_dir.HISTORY_CSV), buffer.getvalue()
+            )
+
+
+def _check_settings(strategy, global_batch_size, counts, on_nonfinite):
+    """Raises ValueError for a batch the replicas cannot share, a count below 1 (checkpoint_every,
+    steps_per_loop, log_every) or an unknown `on_nonfinite`."""
+    replicas = strategy.num_replicas_in_sync
+    if global_batch_size % replicas:
+        raise ValueError(
+            f"Global batch size {global_batch_size} is not divisible by the "
+            f"{replicas} replicas of the strategy; use a multiple of {replicas}."
+        )
+    if min(counts) < 1:
+        raise ValueError("checkpoint_every, steps_per_loop and log_every must be >= 1.")
+    if on_nonfinite not in NONFINITE_ACTIONS:
+        raise ValueError(
+            f"Unknown on_nonfinite {on_nonfinite!r}. Allowed values: "
+            f"{', '.join(map(repr, NONFINITE_ACTIONS))}."
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,11 @@ strategy must exist before any other TensorFlow op), check the batch size
 against the replicas, check the data is there, build model and optimizer,
 restore the latest checkpoint, train with `Trainer`, evaluate on the held-out
 split (ImageNet: at every `eval_crop_sizes`), save. Anything wrong with the
-input raises `ConfigError` before the first training step.
+input raises `ConfigError` before the first training step. A run that
+diverges raises `Diverged` and one whose disk fills up
+`keras_preact.files.DiskFullError`, each with a one-line message saying what
+was kept (see `Trainer`); unreadable checkpoints are set aside on resuming (a
+run left with none starts again from `config.weights`).
 
 `config.weights` (a source name, `"imagenet"` or a checkpoint file) starts the
 network from pretrained weights; the layout follows them unless
@@ -49,11 +53,13 @@ import sys
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_preact import console, data, models, run_dir
 from keras_preact import weights as weights_lib
 from keras_preact.data import pipeline
+from keras_preact.files import DiskFullError
 from keras_preact.models.common import check_cifar_weights
 from keras_preact.models.float32 import float32_copy
 from keras_preact.models.imagenet import resolve_layout
@@ -354,6 +360,8 @@ class _Run:
                 steps_per_loop=c.steps_per_loop,
                 jit_compile=c.jit_compile,
                 verbose=c.verbose if self.chief else 0,
+                on_nonfinite=c.on_nonfinite,
+                log_every=c.log_every,
             )
         except (
             ValueError,
@@ -441,6 +449,9 @@ class _Run:
         c = self.config
         trainer = self._build_trainer(None if self.resuming else c.weights)
         start = trainer.restore()
+        if self.resuming and not start:  # every checkpoint was unreadable (and set aside)
+            trainer.close()
+            trainer = self._build_trainer(c.weights)  # a fresh start, from config.weights
         if self.chief and c.verbose:
             if line := console.device_line():
                 print(line)
@@ -496,14 +507,26 @@ class _Run:
         return dict(metrics, chief=self.chief)
 
     def _save(self, trained, metrics):
-        """Writes model.keras, model.weights.h5, spec.json, labels.txt and metrics.json."""
+        """Writes model.keras, model.weights.h5, spec.json, labels.txt and metrics.json.
+
+        Each is written whole or not at all; a full disk raises `DiskFullError`
+        saying that a rerun (from the final checkpoint) writes them.
+        """
         c = self.config
         model = float32_copy(trained, dynamic_hw=False, classifier_activation="softmax")
-        for name, save in ((run_dir.MODEL, model.save), (run_dir.WEIGHTS, model.save_weights)):
-            with run_dir.atomic_path(os.path.join(c.model_dir, name)) as tmp:
-                save(tmp)
-        run_dir.write_spec(c.model_dir, self.spec(model))
-        run_dir.write_json(os.path.join(c.model_dir, run_dir.METRICS), metrics)
+        size = sum(int(np.prod(w.shape)) * 4 for w in model.weights)  # float32
+        try:
+            for name, save in ((run_dir.MODEL, model.save), (run_dir.WEIGHTS, model.save_weights)):
+                with run_dir.atomic_path(os.path.join(c.model_dir, name), needed=size) as tmp:
+                    save(tmp)
+            run_dir.write_spec(c.model_dir, self.spec(model))
+            run_dir.write_json(os.path.join(c.model_dir, run_dir.METRICS), metrics)
+        except DiskFullError as e:
+            raise DiskFullError(
+                f"{e} Training itself finished (its last checkpoint is step {metrics['steps']}): "
+                "free space and run the same command again to write the model files.",
+                e.filename,
+            ) from None
 
     def spec(self, model):
         """The run's `keras_preact.run_dir.ModelSpec`: `model`'s config and the run's data."""

@@ -1,10 +1,12 @@
 """Download public checkpoints once, verify them, and cache their conversion.
 
-Files come through `keras.utils.get_file` into Keras' cache
-(`$KERAS_HOME/keras_preact/downloads`, `~/.keras` by default) under a temporary
-name that is renamed into place only after the download finished and its hash
-(where the publisher pins one) matched: an interrupted or corrupt download
-never leaves a file that a later call would load. The converted variables are
+Files are downloaded (urllib, a timeout on every socket operation) into Keras'
+cache (`$KERAS_HOME/keras_preact/downloads`, `~/.keras` by default) under a
+temporary name that is renamed into place only after the download finished,
+every announced byte arrived and its hash (where the publisher pins one)
+matched: an interrupted, short or corrupt download never leaves a file that a
+later call would load. A failure names the HTTP status ("HTTP 404 Not
+Found"), or why there was none (a refused connection, a timeout). The converted variables are
 cached beside them (`.../keras_preact/converted/<source>.h5`, written the same
 way) and later calls load that without touching the original.
 
@@ -16,13 +18,18 @@ the file is fetched from `<mirror>/<source.mirror_path>`, e.g.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import http
+import http.client
 import os
-import socket
+import sys
+import urllib.error
+import urllib.request
 
 import h5py
 import numpy as np
 
-from keras_preact.files import atomic_path
+from keras_preact.files import DiskFullError, atomic_path, disk_full_message, is_disk_full
 
 MIRROR_ENV = "KERAS_PREACT_WEIGHTS_MIRROR"
 TIMEOUT_S = 20  # per socket operation: an unreachable host fails in seconds, never hangs
@@ -60,58 +67,111 @@ def downloaded_path(source, notop=False):
     return os.path.join(_cache_dir("downloads"), mirror_path.replace("/", "--"))
 
 
-@contextlib.contextmanager
-def _socket_timeout(seconds):
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
+def _describe_failure(error):
+    """Why a download failed, in words: the HTTP status ("404 Not Found"), else the reason."""
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason or _phrase(error.code)}".strip()
+    if isinstance(error, _Incomplete):
+        return str(error)
+    if isinstance(error, urllib.error.URLError):
+        reason = error.reason
+        if isinstance(reason, TimeoutError):
+            return f"no answer within {TIMEOUT_S} s"
+        return getattr(reason, "strerror", None) or str(reason)
+    if isinstance(error, TimeoutError):
+        return f"no answer within {TIMEOUT_S} s"
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+
+def _phrase(code):
     try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
+        return http.HTTPStatus(code).phrase
+    except ValueError:
+        return ""
+
+
+class _Incomplete(OSError):
+    """The server closed the connection before sending all the bytes it announced."""
+
+
+def _hasher(file_hash, algorithm):
+    """A hashlib object for the publisher's pinned hash (keras' "auto": sha256 for 64 hex digits)."""
+    if algorithm == "auto":
+        algorithm = "sha256" if len(file_hash) == 64 else "md5"
+    return hashlib.new(algorithm)
+
+
+def _download(url, target, file_hash, algorithm):
+    """Streams `url` into `target`; the hex digest of what it wrote (None without a pinned hash).
+
+    Raises `urllib.error.URLError` (HTTP errors included), `_Incomplete` when
+    fewer bytes came than the server announced, or `OSError` from the write.
+    """
+    digest = _hasher(file_hash, algorithm) if file_hash else None
+    request = urllib.request.Request(url, headers={"User-Agent": "keras-preact"})
+    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response, open(target, "wb") as f:
+        announced = response.headers.get("Content-Length")
+        received = 0
+        try:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                received += len(chunk)
+                if digest is not None:
+                    digest.update(chunk)
+        except http.client.IncompleteRead as short:
+            received += len(short.partial)
+    if announced is not None and announced.isdigit() and received < int(announced):
+        raise _Incomplete(
+            f"HTTP {response.status} {response.reason}, but the connection closed after "
+            f"{received} of the {announced} bytes announced"
+        )
+    return digest.hexdigest() if digest is not None else None
 
 
 def fetch(source, notop=False):
     """Path of the source's checkpoint file in the cache, downloading and verifying it first.
 
-    Raises `WeightsDownloadError` naming the URL, the cache path and what to
-    do instead (a local file, a mirror) when the download fails or the file
-    does not match the publisher's hash; nothing is left in the cache then.
+    Raises `WeightsDownloadError` naming the URL, what went wrong (an HTTP
+    status such as "HTTP 404 Not Found", a refused connection, a short read,
+    a hash mismatch), the cache path and what to do instead (a local file, a
+    mirror) when the download fails; nothing is left in the cache then.
     """
-    import keras
-
-    url, _, file_hash = source_file(source, notop)
+    url, mirror_path, file_hash = source_file(source, notop)
     final = downloaded_path(source, notop)
     if os.path.isfile(final):
         return final
     folder, name = os.path.split(final)
     partial = os.path.join(folder, f".{name}.{os.getpid()}.partial")
-    os.makedirs(folder, exist_ok=True)  # get_file falls back to /tmp when it does not exist
+    os.makedirs(folder, exist_ok=True)
+    print(f"Downloading the weights {source.name!r} from {url}", file=sys.stderr, flush=True)
     try:
-        with _socket_timeout(TIMEOUT_S):
-            partial = keras.utils.get_file(
-                fname=os.path.basename(partial),
-                origin=url,
-                file_hash=file_hash,
-                hash_algorithm=source.hash_algorithm if file_hash else "auto",
-                cache_dir=os.path.dirname(os.path.dirname(folder)),
-                cache_subdir=os.path.join("keras_preact", "downloads"),
-            )
+        digest = _download(url, partial, file_hash, source.hash_algorithm)
+        if file_hash and digest != file_hash.lower():
+            raise _HashMismatch(f"its {source.hash_algorithm} is {digest}, not {file_hash}")
     except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.remove(partial)
         if not isinstance(error, Exception):
             raise  # KeyboardInterrupt and the like, after the cleanup
-        hash_failed = isinstance(error, ValueError) and "file hash does not match" in str(error)
+        if is_disk_full(error):
+            raise DiskFullError(
+                f"{disk_full_message(final, source.size_mb * 1e6 or None)} Nothing was cached.",
+                final,
+            ) from None
+        hash_failed = isinstance(error, _HashMismatch)
         what = "failed its hash check" if hash_failed else "could not be downloaded"
         raise WeightsDownloadError(
-            f"The weights {source.name!r} {what}: {url} ({error}). Nothing was cached at "
-            f"{final}. Offline or behind a firewall? Download the file elsewhere and pass its "
-            f"path (weights='/path/to/{os.path.basename(source_file(source, notop)[1])}'), "
-            f"put it at {final}, or set {MIRROR_ENV} to a mirror that holds "
-            f"{source_file(source, notop)[1]}."
+            f"The weights {source.name!r} {what}: {url} ({_describe_failure(error)}). Nothing "
+            f"was cached at {final}. Offline or behind a firewall? Download the file elsewhere "
+            f"and pass its path (weights='/path/to/{os.path.basename(mirror_path)}'), put it "
+            f"at {final}, or set {MIRROR_ENV} to a mirror that holds {mirror_path}."
         ) from None
     os.replace(partial, final)
     return final
+
+
+class _HashMismatch(ValueError):
+    """The downloaded file is not the one the publisher pinned."""
 
 
 def converted_path(source, notop=False):

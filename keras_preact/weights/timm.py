@@ -89,8 +89,10 @@ def describe(path, fmt="safetensors"):
         norm = "evonorm_s0"
     elif any(key.endswith("running_mean") for key in shapes):
         norm = "batch"
-    else:
+    elif any(key.startswith("stages.") and "norm" in key for key in shapes):
         norm = "group"
+    else:
+        norm = None  # no resnetv2 norms at all: the timm layout (the mapping will say more)
     stem = shapes.get("stem.conv3.weight" if deep else "stem.conv.weight")
     width = stem[0] // 64 if stem and stem[0] % 64 == 0 else None
     layout = "timm_d" if deep else ("bit" if norm == "group" else "timm")

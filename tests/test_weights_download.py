@@ -1,0 +1,88 @@
+"""Weights downloads against a real HTTP server on 127.0.0.1: what a failure says, what is cached."""
+
+import hashlib
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from keras_preact.weights import WeightsDownloadError, download
+from keras_preact.weights.registry import WeightsSource
+
+PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """/ok: the payload; /short: announces it all, sends 1,000 bytes; anything else: 404."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        name = self.path.rsplit("/", 1)[-1]
+        if name not in ("ok.bin", "short.bin"):
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(PAYLOAD)))
+        self.end_headers()
+        self.wfile.write(PAYLOAD if name == "ok.bin" else PAYLOAD[:1000])
+
+
+@pytest.fixture
+def server(monkeypatch, tmp_path):
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setenv(download.MIRROR_ENV, f"http://127.0.0.1:{httpd.server_address[1]}/w")
+    yield
+    httpd.shutdown()
+
+
+def _source(name, file_hash=None):
+    return WeightsSource(
+        name=f"test:{name}",
+        depth=18,
+        url="https://example.invalid/unused",
+        mirror_path=f"test/{name}.bin",
+        format="safetensors",
+        layout="timm",
+        normalization="tf",
+        interpolation="bicubic",
+        crop_fraction=0.95,
+        accuracy={224: (50.0, None)},
+        published="this test",
+        license="test",
+        size_mb=1,
+        file_hash=file_hash,
+    )
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("missing", "(HTTP 404 Not Found)"),
+        ("short", "(HTTP 200 OK, but the connection closed after 1000 of the 10240 bytes "),
+    ],
+)
+def test_a_failed_download_names_the_http_status_and_caches_nothing(server, name, expected):
+    source = _source(name)
+    with pytest.raises(WeightsDownloadError) as caught:
+        download.fetch(source)
+    message = str(caught.value)
+    assert f"{source.name!r} could not be downloaded: http://127.0.0.1:" in message
+    assert expected in message and "None" not in message, message
+    assert os.listdir(os.path.dirname(download.downloaded_path(source))) == []
+
+
+def test_a_whole_download_is_checked_against_its_hash_then_cached(server):
+    good = _source("ok", file_hash=hashlib.sha256(PAYLOAD).hexdigest())
+    path = download.fetch(good)
+    with open(path, "rb") as f:
+        assert f.read() == PAYLOAD
+    wrong = _source("ok", file_hash="0" * 64)
+    os.remove(path)
+    with pytest.raises(WeightsDownloadError, match=r"failed its hash check: .* \(its sha256 is "):
+        download.fetch(wrong)
+    assert os.listdir(os.path.dirname(path)) == []
