@@ -22,6 +22,7 @@ setup(
             "keras-preact-imagenet = keras_preact.training.cli:imagenet",
             "keras-preact-export = keras_preact.export.cli:run",
             "keras-preact-client = keras_preact.export.client:run",
+            "keras-preact-predict = keras_preact.predict:run",
         ]
     },
     install_requires=[

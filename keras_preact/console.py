@@ -37,6 +37,7 @@ COMMANDS = (
     "keras-preact-imagenet",
     "keras-preact-export",
     "keras-preact-client",
+    "keras-preact-predict",
 )
 # The same commands run from a checkout.
 CHECKOUT_SCRIPTS = ("recipes/cifar.py", "recipes/imagenet.py", "export/__main__.py")

@@ -4,6 +4,10 @@ The paper evaluates a 224x224 centre crop of the image resized so its shorter
 side is 256, and a single 320x320 crop of the image resized so its shorter side
 is 320. Both are `eval_crop(image, crop_size)`; other sizes keep the 224/256
 ratio unless `resize_size` is given.
+
+Test-time augmentation (`TTA_MODES`, `tta_crops`) averages the model over
+several views of one resized image: `"flip"` the eval crop and its mirror,
+`"ten_crop"` fb.resnet.torch's ten crops (`ten_crop`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from keras_preact.options import INTERPOLATIONS
 
 # The eval protocol's rule and choices (one home: keras_preact.options).
 default_resize_size = options.resize_size
+# Test-time augmentation: views per image of each mode (`tta_crops`).
+TTA_VIEWS = {"none": 1, "flip": 2, "ten_crop": 10}
+TTA_MODES = tuple(TTA_VIEWS)
 
 
 def decode_image(encoded, channels=3):
@@ -59,6 +66,15 @@ def center_crop(image, crop_size):
     return tf.image.crop_to_bounding_box(image, top, left, crop_size, crop_size)
 
 
+def _checked_resize_size(crop_size, resize_size, crop_fraction):
+    if resize_size is None:
+        resize_size = default_resize_size(crop_size, crop_fraction)
+    resize_size = int(resize_size)
+    if resize_size < crop_size:
+        raise ValueError(f"resize_size ({resize_size}) must be >= crop_size ({crop_size}).")
+    return resize_size
+
+
 def eval_crop(image, crop_size=224, resize_size=None, interpolation="bilinear", crop_fraction=None):
     """Resize shorter side, then centre crop: float32 `[crop, crop, 3]` in [0, 255].
 
@@ -73,13 +89,61 @@ def eval_crop(image, crop_size=224, resize_size=None, interpolation="bilinear", 
     >>> eval_crop(np.zeros((300, 400, 3), np.uint8), 224).shape
     TensorShape([224, 224, 3])
     """
-    if resize_size is None:
-        resize_size = default_resize_size(crop_size, crop_fraction)
-    resize_size = int(resize_size)
-    if resize_size < crop_size:
-        raise ValueError(f"resize_size ({resize_size}) must be >= crop_size ({crop_size}).")
+    resize_size = _checked_resize_size(crop_size, resize_size, crop_fraction)
     image = resize_shorter_side(image, resize_size, interpolation)
     image = center_crop(image, crop_size)
     image = tf.clip_by_value(image, 0.0, 255.0)
     image.set_shape([crop_size, crop_size, None])
     return image
+
+
+def ten_crop(image, crop_size=224, resize_size=None, interpolation="bilinear", crop_fraction=None):
+    """fb.resnet.torch's ten crops (its `TenCrop`): float32 `[10, crop, crop, 3]` in [0, 255].
+
+    The image is resized as `eval_crop` resizes it; the views are its centre
+    crop (exactly `eval_crop`'s), top-left, top-right, bottom-left and
+    bottom-right corner crops, then the same five mirrored left-right.
+    (fb.resnet.torch crops the mirrored image instead: the same ten windows,
+    except that its centre offset rounds up where ours rounds down.)
+
+    >>> import numpy as np
+    >>> ten_crop(np.zeros((300, 400, 3), np.uint8), 224).shape
+    TensorShape([10, 224, 224, 3])
+    """
+    resize_size = _checked_resize_size(crop_size, resize_size, crop_fraction)
+    image = resize_shorter_side(image, resize_size, interpolation)
+    shape = tf.shape(image)
+    bottom, right = shape[0] - crop_size, shape[1] - crop_size
+    corners = [(bottom // 2, right // 2), (0, 0), (0, right), (bottom, 0), (bottom, right)]
+    crops = tf.stack(
+        [
+            tf.image.crop_to_bounding_box(image, top, left, crop_size, crop_size)
+            for top, left in corners
+        ]
+    )
+    crops = tf.clip_by_value(crops, 0.0, 255.0)
+    crops = tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
+    crops.set_shape([10, crop_size, crop_size, None])
+    return crops
+
+
+def tta_crops(
+    image, tta="none", crop_size=224, resize_size=None, interpolation="bilinear", crop_fraction=None
+):
+    """The views of one image that test-time augmentation `tta` averages over.
+
+    float32 `[TTA_VIEWS[tta], crop, crop, 3]`: `"none"` the eval crop alone,
+    `"flip"` the eval crop and its left-right mirror, `"ten_crop"` `ten_crop`'s
+    ten. A model's prediction under TTA is its mean output over the views.
+
+    >>> import numpy as np
+    >>> tta_crops(np.zeros((300, 400, 3), np.uint8), "flip").shape
+    TensorShape([2, 224, 224, 3])
+    """
+    options.check_choice("tta", tta, TTA_MODES)
+    if tta == "ten_crop":
+        return ten_crop(image, crop_size, resize_size, interpolation, crop_fraction)
+    crop = eval_crop(image, crop_size, resize_size, interpolation, crop_fraction)[None]
+    if tta == "flip":
+        crop = tf.concat([crop, tf.reverse(crop, axis=[2])], axis=0)
+    return crop
