@@ -19,8 +19,10 @@ Where a unit changes dimensions, the pre-activation (BN -> ReLU for
 that keep dimensions feed the raw input to the shortcut.
 
 The units are channels-last Keras 3 layers written with `keras.ops`, so they
-run on any backend and serialize with `get_config`. Their BNs are
-`FusedBatchNormalization` (on TensorFlow, its fused kernel).
+run on any backend and serialize with `get_config`. Their norms are
+`FusedBatchNormalization` (on TensorFlow, its fused kernel) by default, or
+GroupNorm / EvoNorm-S0 (`norm=`), their convs plain or weight-standardised
+(`conv=`, BiT).
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ UNIT_VARIANT_FACTS = {
 }
 UNIT_VARIANTS = tuple(UNIT_VARIANT_FACTS)
 PADDINGS = ("same", "symmetric")
+CONVS = ("plain", "standardized")
 
 
 @keras.saving.register_keras_serializable(package="keras_preact")
@@ -131,9 +134,12 @@ class StandardizedConv2D(keras.layers.Conv2D):
         self.epsilon = float(epsilon)
 
     def convolution_op(self, inputs, kernel):
-        mean = ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
-        variance = ops.var(kernel, axis=(0, 1, 2), keepdims=True)
-        return super().convolution_op(inputs, (kernel - mean) / ops.sqrt(variance + self.epsilon))
+        # In float32 whatever the policy: an epsilon of 1e-8 is 0 in float16 (timm does the same).
+        kernel32 = ops.cast(kernel, "float32")
+        mean = ops.mean(kernel32, axis=(0, 1, 2), keepdims=True)
+        variance = ops.var(kernel32, axis=(0, 1, 2), keepdims=True)
+        standardized = (kernel32 - mean) / ops.sqrt(variance + self.epsilon)
+        return super().convolution_op(inputs, ops.cast(standardized, inputs.dtype))
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
@@ -259,7 +265,7 @@ class _ResidualUnit(keras.layers.Layer):
         check_choice("unit_variant", self.unit_variant, UNIT_VARIANTS)
         check_choice("padding", self.padding, PADDINGS)
         check_choice("norm", self.norm, NORMS)
-        check_choice("conv", self.conv, ("plain", "standardized"))
+        check_choice("conv", self.conv, CONVS)
         if self.filters < 1 or self.strides < 1:
             raise ValueError(
                 f"filters and strides must be positive integers, got {self.filters}, {self.strides}."
@@ -275,9 +281,20 @@ class _ResidualUnit(keras.layers.Layer):
             raise ValueError(
                 "shortcut='conv1x1' puts a projection on every unit; projection=False contradicts it."
             )
-        if self.norm == "evonorm_s0" and self.unit_variant != "full_preact":
+        if self.norm == "evonorm_s0" and (
+            self.unit_variant != "full_preact" or self.raw_projection
+        ):
             raise ValueError(
-                "norm='evonorm_s0' (its own activation) needs unit_variant='full_preact'."
+                "norm='evonorm_s0' has its own activation, so it takes the full pre-activation "
+                "unit only (unit_variant='full_preact', no raw_projection: no norm without a ReLU)."
+            )
+        if min(self.dilation, self.first_dilation) < 1 or (
+            self.strides > 1 and max(self.dilation, self.first_dilation) > 1
+        ):
+            raise ValueError(
+                f"dilation and first_dilation must be >= 1, and 1 on a strided unit (a dilation "
+                f"replaces the stride); got strides={self.strides}, dilation={self.dilation}, "
+                f"first_dilation={self.first_dilation}."
             )
 
     # Subclasses state their residual branch as (kernel size, filters multiplier, strided).
@@ -408,11 +425,6 @@ class _ResidualUnit(keras.layers.Layer):
         """The strided 3x3 conv takes `first_dilation`, the other 3x3 convs `dilation` (timm)."""
         if kernel_size == 1:
             return 1
-        if strided and self.strides > 1 and self.first_dilation > 1:
-            raise ValueError(
-                f"{self.name}: strides={self.strides} with first_dilation="
-                f"{self.first_dilation}; a dilated unit keeps stride 1 (dilation replaces it)."
-            )
         return self.first_dilation if strided else self.dilation
 
     def _build_shortcut(self, input_shape, shape):

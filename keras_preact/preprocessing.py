@@ -117,6 +117,18 @@ class PixelNormalization(keras.layers.Layer):
         return config
 
 
+def normalization_config(normalization):
+    """`normalization` as a config holds it: a name, or `[mean, std]` as lists of floats.
+
+    >>> normalization_config((np.float32(127.5), [64, 64, 64]))
+    [[127.5, 127.5, 127.5], [64.0, 64.0, 64.0]]
+    """
+    if isinstance(normalization, str):
+        return normalization
+    mean, std = normalization_stats(normalization)
+    return [mean.tolist(), std.tolist()]
+
+
 def normalization_layer(normalization, name="preprocessing", channels=3):
     """A `PixelNormalization` layer for `normalization` (a name or a `(mean, std)` pair).
 
@@ -165,7 +177,8 @@ def preprocess_input(x, normalization="torch"):
     Use it when a model is built with `include_preprocessing=False`; models
     built with the default `True` do this themselves. Pass the normalization
     of the weights' layout: `"torch"` for `layout="paper"`, `"tf"` for
-    `"timm"` and `"keras"` (see `LAYOUTS`).
+    `"timm"` and `"keras"` (see `LAYOUTS`). Grayscale images (1 channel) are
+    normalised with the mean of the RGB statistics, as the models do.
 
     Example:
 
@@ -174,6 +187,8 @@ def preprocess_input(x, normalization="torch"):
     1.0
     """
     mean, std = normalization_stats(normalization)
+    if tuple(getattr(x, "shape", np.shape(x)))[-1:] == (1,):  # grayscale: as the models do
+        mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
     if isinstance(x, np.ndarray) or np.isscalar(x):
         return (np.asarray(x, "float32") - mean) / std
     x = keras.ops.cast(x, "float32")

@@ -212,7 +212,11 @@ def test_other_timm_layouts_equal_timm(
         depth, weights=str(path), output_stride=output_stride, classifier_activation=None
     )
     config = model.get_config()  # layout, norm and width read from the file
-    assert (config["layout"], config["norm"], config["width_multiplier"]) == (layout, norm, width)
+    assert (config["layout"]["name"], config["norm"], config["width_multiplier"]) == (
+        layout,
+        norm,
+        width,
+    )
     images = _images()
     logits, taps = keras.Model(model.inputs, [model.output, model.pyramid_outputs])(images)
     want_taps, want_logits = timm_features(state, images / 127.5 - 1.0, output_stride)
@@ -272,3 +276,22 @@ def test_wrong_checkpoint_or_source_name_says_what_would_take_it(tmp_path):
         kp.ResNet50V2(weights=path)
     with pytest.raises(ValueError, match="Did you mean 'timm:resnetv2_50x1_bit.goog_in21k'"):
         kp.ResNet50V2(weights="timm:resnetv2_50x1_bit.goog_in21")
+
+
+def test_weight_standardisation_is_finite_in_float16():
+    """BiT's epsilon (1e-8) is 0 in float16: a zero-initialised conv would give 0/0."""
+    conv = kp.layers.StandardizedConv2D(4, 3, kernel_initializer="zeros", dtype="mixed_float16")
+    assert np.isfinite(keras.ops.convert_to_numpy(conv(np.ones((1, 5, 5, 2), "float16")))).all()
+
+
+def test_a_dilated_unit_keeps_stride_1():
+    with pytest.raises(ValueError, match="1 on a strided unit"):
+        kp.PreActBlock(8, strides=2, dilation=2)
+
+
+def test_preprocess_input_normalises_grayscale_as_the_models_do():
+    model = kp.ResNet18V2(input_shape=(None, None, 1), include_top=False, layout="paper")
+    gray = np.full((1, 2, 2, 1), 100.0, "float32")
+    np.testing.assert_allclose(
+        kp.preprocess_input(gray, "torch"), model.get_layer("preprocessing")(gray), rtol=1e-6
+    )

@@ -8,6 +8,7 @@ their outputs; `make_files.py` there says how they were made.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -35,7 +36,8 @@ def test_imagenet_config_states_the_architecture_and_rebuilds_it():
     model = kp.ResNet50V2(layout="timm", classes=7, shortcut="constant_scaling", drop_path_rate=0.1)
     config = model.get_config()
     assert json.loads(json.dumps(config)) == config  # plain JSON, as .keras files store it
-    assert (config["depth"], config["unit"], config["layout"]) == (50, "bottleneck", "timm")
+    assert (config["depth"], config["unit"], config["layout"]["name"]) == (50, "bottleneck", "timm")
+    assert config["layout"] == dataclasses.asdict(kp.LAYOUTS["timm"])  # every field, as built
     assert config["stage_units"] == PAPER_STAGES[50]
     assert config["stage_widths"] == [64, 128, 256, 512]
     assert (config["classes"], config["shortcut"], config["shortcut_scale"]) == (
@@ -152,3 +154,31 @@ def test_float32_copy_of_a_mixed_precision_model_is_the_same_model_in_float32():
     logits = trained.predict(_inputs(), verbose=0).astype("float32")
     expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     np.testing.assert_allclose(copy.predict(_inputs(), verbose=0), expected, atol=0.05)
+
+
+def test_arguments_that_json_cannot_hold_are_saved_as_json():
+    model = kp.CIFARResNetV2(
+        8,
+        width=4,
+        normalization=(np.float32(120.0), np.array([60.0, 61.0, 62.0])),
+        classifier_activation=keras.activations.softmax,
+    )
+    config = model.get_config()
+    assert config["normalization"] == [[120.0, 120.0, 120.0], [60.0, 61.0, 62.0]]
+    assert config["classifier_activation"] == "softmax"
+    again = kp.CIFARResNetV2.from_config(json.loads(json.dumps(config)))
+    np.testing.assert_allclose(again.get_layer("preprocessing").std_init, [60.0, 61.0, 62.0])
+
+
+def test_input_tensor_out_of_other_layers_is_refused_with_what_to_do():
+    image = keras.Input((64, 64, 3))
+    with pytest.raises(ValueError, match=r"input_tensor must be a keras.Input\(...\) tensor"):
+        kp.ResNet18V2(input_tensor=keras.layers.Rescaling(1.0)(image))
+
+
+def test_layouts_check_their_fields():
+    paper = dataclasses.asdict(kp.LAYOUTS["paper"])
+    with pytest.raises(ValueError, match="Unknown stem 'dep'"):
+        kp.Layout(**{**paper, "stem": "dep"})
+    with pytest.raises(ValueError, match="stem='deep' has its own norms"):
+        kp.Layout(**{**paper, "stem": "deep"})

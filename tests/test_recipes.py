@@ -570,7 +570,7 @@ def test_imagenet_recipe_fine_tunes_from_a_converted_checkpoint(tmp_path, photo_
     ckpt = os.path.join(model_dir, "checkpoints", "ckpt-1")
     tf.train.Checkpoint(model=first).read(ckpt).assert_existing_objects_matched()
     assert_holds_timm_backbone(first, load_file(weights), moving_momentum=0.9)  # timm's BN
-    assert spec.kwargs["layout"] == "timm" and "weights" not in spec.kwargs
+    assert spec.kwargs["layout"]["name"] == "timm" and "weights" not in spec.kwargs
     assert spec.eval_preprocessing == {"interpolation": "bilinear", "crop_fraction": None}
     assert (spec.normalization, spec.crop_size, spec.resize_size()) == ("tf", 64, 73)
     with open(model_dir / "metrics.json") as f:

@@ -64,9 +64,11 @@ def load_model(model_path=None, *, builder=None, weights=None, builder_kwargs=No
             raise FileNotFoundError(f"No model file at {model_path!r}.")
         return keras.models.load_model(model_path, compile=False)
     fn = getattr(keras_preact, builder, None)
-    model_class = isinstance(fn, type) and issubclass(fn, ResNetV2)
+    model_class = isinstance(fn, type) and issubclass(fn, ResNetV2) and fn is not ResNetV2
     if not (callable(fn) and builder.endswith("V2") and (model_class or not isinstance(fn, type))):
-        known = sorted(n for n in dir(keras_preact) if n.endswith("V2") and n[0].isupper())
+        known = sorted(
+            n for n in dir(keras_preact) if n.endswith("V2") and n[0].isupper() and n != "ResNetV2"
+        )
         raise ValueError(f"Unknown builder {builder!r}. Allowed values: {', '.join(known)}.")
     if weights is not None and not os.path.isfile(weights):
         raise FileNotFoundError(f"No weights file at {weights!r}.")

@@ -39,9 +39,13 @@ class ResNetV2(keras.Model):
         self, inputs, outputs, name, config, weights=None, resolved=None, **kwargs
     ):
         """Makes this a functional model of `inputs` -> `outputs`, then loads `weights`."""
-        if isinstance(inputs, keras.KerasTensor) and inputs._keras_history.operation is not None:
-            source = keras.utils.get_source_inputs(inputs)  # an input_tensor from another graph
-            inputs = source[0] if len(source) == 1 else source
+        if keras.utils.get_source_inputs(inputs) != [inputs]:
+            raise ValueError(
+                "input_tensor must be a keras.Input(...) tensor (as keras.applications takes "
+                "it), not the output of other layers: the model could not be rebuilt from its "
+                "config. Build the net on its own input and call it on yours: "
+                "net = ResNet50V2(input_shape=...); outputs = net(tensor)."
+            )
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         self._preact_config = _plain(config)
         if weights is not None:

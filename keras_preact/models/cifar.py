@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keras
 
+from keras_preact import preprocessing
 from keras_preact.layers import he_normal_fan_out
 from keras_preact.models import common
 from keras_preact.models.base import ResNetV2
@@ -146,7 +147,7 @@ class CIFARResNetV2(ResNetV2):
             "stage_units": (units,) * 3,
             "stage_widths": widths,
             "width": width,
-            "normalization": normalization,
+            "normalization": preprocessing.normalization_config(normalization),
             **common.model_config(inputs, include_preprocessing, head, options, eval_protocol),
         }
         if name is None:

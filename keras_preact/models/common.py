@@ -118,7 +118,12 @@ class HeadOptions:
             )
 
     def as_config(self):
-        return dataclasses.asdict(self)
+        config = dataclasses.asdict(self)
+        if callable(self.classifier_activation):  # a function: its serialized name or config
+            config["classifier_activation"] = keras.activations.serialize(
+                self.classifier_activation
+            )
+        return config
 
 
 def model_input(input_tensor, input_shape, default_shape, min_size):

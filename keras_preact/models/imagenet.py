@@ -1,4 +1,4 @@
-"""ImageNet pre-activation ResNets: ResNet18V2 ... ResNet200V2 in three layouts.
+"""ImageNet pre-activation ResNets: ResNet18V2 ... ResNet200V2 in six layouts.
 
 A depth table states each architecture (as fb.resnet.torch's preresnet.lua),
 and a `Layout` states how the public implementations differ:
@@ -45,7 +45,12 @@ import dataclasses
 
 import keras
 
-from keras_preact.layers import StandardizedConv2D, SymmetricMaxPooling2D, he_normal_fan_out
+from keras_preact.layers import (
+    CONVS,
+    StandardizedConv2D,
+    SymmetricMaxPooling2D,
+    he_normal_fan_out,
+)
 from keras_preact.models import common
 from keras_preact.models.base import ResNetV2
 from keras_preact.normalization import NORMS
@@ -71,7 +76,7 @@ class Layout:
     """The switches in which public ResNet-v2 implementations differ."""
 
     name: str
-    stem_norm: bool  # BN-ReLU after the stem conv
+    stem_norm: bool  # a norm-ReLU after the 7x7 stem conv
     padding: str  # "same" (TF) or "symmetric" (PyTorch / TF-slim explicit padding)
     pool_padding: str  # "same", "-inf" (PyTorch) or "zeros" (ZeroPadding2D + valid)
     stride_on_last_unit: bool  # TF-slim puts a stage's stride on the previous stage's last unit
@@ -85,6 +90,15 @@ class Layout:
     avg_down: bool = False  # projections average-pool, then a 1x1 conv (timm's 'd' nets)
     conv: str = "plain"  # or "standardized": weight-standardised convolutions (BiT)
     norm: str = "batch"  # the default norm: "batch", "group" (32 groups) or "evonorm_s0"
+
+    def __post_init__(self):
+        check_choice("padding", self.padding, ("same", "symmetric"))
+        check_choice("pool_padding", self.pool_padding, ("same", "-inf", "zeros"))
+        check_choice("stem", self.stem, ("7x7", "deep"))
+        check_choice("conv", self.conv, CONVS)
+        check_choice("norm", self.norm, NORMS)
+        if self.stem == "deep" and self.stem_norm:
+            raise ValueError("stem='deep' has its own norms: it takes stem_norm=False.")
 
 
 LAYOUTS = {
@@ -174,8 +188,9 @@ def get_layout(layout):
 
 
 def layout_config(layout):
-    """How a config names `layout`: its name if it is the registered one, else its fields."""
-    return layout.name if LAYOUTS.get(layout.name) == layout else dataclasses.asdict(layout)
+    """`layout` as a config holds it: every field (its name among them), so a saved model keeps
+    the layout it was built with even if a registered layout of that name changes."""
+    return dataclasses.asdict(layout)
 
 
 def resolve_layout(depth, weights, layout=None):
@@ -259,10 +274,10 @@ class ImageNetResNetV2(ResNetV2):
             `"fb"`, [-1, 1] for `"timm"` and `"keras"`); grayscale inputs with
             the mean of its RGB statistics; other channel counts are not
             normalised (the layer is left out, with a warning).
-        layout: `"paper"`, `"timm"`, `"keras"` or `"fb"` (see the module
-            docstring) or a `Layout`; `None` follows the weights (else
-            `"paper"`). An explicit layout that the weights cannot fill is an
-            error.
+        layout: `"paper"`, `"timm"`, `"keras"`, `"fb"`, `"bit"` or `"timm_d"`
+            (see the module docstring) or a `Layout`; `None` follows the
+            weights (else `"paper"`). An explicit layout that the weights
+            cannot fill is an error.
         unit_variant, shortcut, shortcut_scale, residual_scale, gate_bias_init,
         shortcut_dropout_rate, drop_path_rate, zero_init_last: passed to every
             unit (see `PreActBlock`; `drop_path_rate` grows linearly to the
@@ -288,7 +303,7 @@ class ImageNetResNetV2(ResNetV2):
 
     The model's `get_config()` holds all of these but `weights` and
     `input_tensor`, with `unit`, `stage_units` and `stage_widths`; the
-    layout as its name (or its fields, for a `Layout` of your own).
+    layout as its fields (`model.layout` gives the `Layout` back).
 
     `model.pyramid_outputs` is `{"P1": ..., "P5": ...}`, keyed by log2 of the
     stride (at output stride 32): the stem conv's output and the last unit's
@@ -304,7 +319,7 @@ class ImageNetResNetV2(ResNetV2):
     >>> model.count_params()  # also BN moving statistics and the input mean/std
     25594798
     >>> config = model.get_config()
-    >>> config["depth"], config["unit"], config["stage_units"], config["layout"]
+    >>> config["depth"], config["unit"], config["stage_units"], config["layout"]["name"]
     (50, 'bottleneck', [3, 4, 6, 3], 'timm')
     >>> dense = ImageNetResNetV2(50, include_top=False, output_stride=16)
     >>> [tuple(t.shape[1:]) for t in dense.pyramid_outputs.values()][-1]  # P5

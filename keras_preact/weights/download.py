@@ -118,8 +118,11 @@ def _download(url, target, file_hash, algorithm):
                 received += len(chunk)
                 if digest is not None:
                     digest.update(chunk)
-        except http.client.IncompleteRead as short:
-            received += len(short.partial)
+        except http.client.IncompleteRead as short:  # a chunked response cut short
+            raise _Incomplete(
+                f"HTTP {response.status} {response.reason}, but the connection closed after "
+                f"{received + len(short.partial)} bytes, before the end of the response"
+            ) from None
     if announced is not None and announced.isdigit() and received < int(announced):
         raise _Incomplete(
             f"HTTP {response.status} {response.reason}, but the connection closed after "

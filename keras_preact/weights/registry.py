@@ -447,14 +447,15 @@ def get_source(name, depth=None):
 
 
 def _protocol_words(source):
-    normalisation = {"tf": "[−1, 1]", "torch": "ImageNet mean/std"}[source.normalization]
+    words = {"tf": "[−1, 1]", "torch": "ImageNet mean/std"}
+    normalisation = words.get(source.normalization, str(source.normalization))
     size = f", {source.image_size}" if source.image_size != 224 else ""
-    return f"{normalisation}, {source.interpolation}, crop {source.crop_fraction:g}{size}"
+    return f"{normalisation}, {source.interpolation}, crop {source.crop_fraction}{size}"
 
 
 def _accuracy_words(source):
     if not source.accuracy:
-        return f"none: an ImageNet-21k classifier ({source.classes:,} classes)"
+        return f"none: an ImageNet-21k classifier ({source.classes} classes)"
     return ", ".join(f"{top1:g} at {size}" for size, (top1, _) in sorted(source.accuracy.items()))
 
 
