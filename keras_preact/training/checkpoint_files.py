@@ -82,10 +82,11 @@ def keep_only(folder, prefixes):
     """Rewrites `folder`'s state file to list `prefixes` (oldest first), or sets it aside if none."""
     state = os.path.join(folder, STATE_FILE)
     if prefixes:
+        names = [os.path.basename(prefix) for prefix in prefixes]  # relative, as TF writes them
         tf.compat.v1.train.update_checkpoint_state(
             folder,
-            model_checkpoint_path=prefixes[-1],
-            all_model_checkpoint_paths=list(prefixes),
+            model_checkpoint_path=names[-1],
+            all_model_checkpoint_paths=names,
         )
     elif tf.io.gfile.exists(state):
         destination = os.path.join(folder, UNREADABLE)

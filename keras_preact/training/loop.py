@@ -282,6 +282,7 @@ class Trainer:
         self.log_every = log_every
         self.keep_checkpoints = keep_checkpoints
         self._rollbacks = 0  # in a row, since the last checkpoint saved
+        self._restored = None  # the checkpoint the last restore() read
         self._saved_step = None  # the step of the latest checkpoint saved or restored
         self.in_cluster = task_info(strategy)[0] is not None
         self.strategy = strategy
@@ -478,6 +479,7 @@ class Trainer:
             break
         if unreadable:
             self._set_aside(unreadable, restored)
+        self._restored = restored
         if restored is None:
             return 0
         step = self.current_step
@@ -541,8 +543,12 @@ class Trainer:
         return path
 
     def _checkpoint_disk_full(self, step, error):
-        """The `DiskFullError` of a checkpoint that did not fit (here, or on another worker)."""
-        checkpoint_files.remove_partial_save(self._manager.directory, step)
+        """The `DiskFullError` of a checkpoint that did not fit (here, or on another worker).
+
+        Only a worker whose own save failed removes its partial files: where the
+        save worked (the chief, when another worker's disk is full) the checkpoint
+        is whole and recorded, and it stays.
+        """
         name = f"ckpt-{step}"
         prefix = os.path.join(self.checkpoint_dir, name)
         if error is None:
@@ -551,6 +557,7 @@ class Trainer:
                 + self._resume_hint(),
                 prefix,
             )
+        checkpoint_files.remove_partial_save(self._manager.directory, step)
         message = files.disk_full_message(
             prefix, self._checkpoint_bytes(), what=f"the checkpoint {name}"
         )
@@ -695,6 +702,7 @@ class Trainer:
             epochs.total_steps,
             global_batch=self.global_batch_size,
             log_every=self.log_every,
+            first_step=step,
         )
 
     def _roll_back(self, event):
@@ -716,10 +724,14 @@ class Trainer:
             raise Diverged(message, event.step)
         self._rollbacks += 1
         step = self.restore()
+        if self._restored is None:  # every checkpoint turned out unreadable (set aside)
+            situation = ", and no checkpoint could be read to roll back to"
+            message = self._diverged_message(event.step, what, event.learning_rate, situation)
+            raise Diverged(message, event.step)
         if self.chief:
             print(
                 f"At step {event.step} {what} at learning rate {event.learning_rate:.4g}: rolled "
-                f"back to step {step} ({os.path.basename(latest)}); the {event.step - step} "
+                f"back to step {step} ({os.path.basename(self._restored)}); the {event.step - step} "
                 f"batches since then are skipped (rollback {self._rollbacks} of at most "
                 f"{MAX_ROLLBACKS} in a row).",
                 file=sys.stderr,

@@ -49,19 +49,32 @@ class EpochProgress:
         global_batch: images per step (for the images/s figure).
         log_every: steps between plain lines (not in a terminal).
         stream: where to print (default: stdout); a terminal gets the bar.
+        first_step: the step this process starts the epoch from (a resumed or
+            rolled-back run's, mid-epoch): the running means and images/s count
+            from it (default: the epoch's first step).
     """
 
     def __init__(
-        self, epoch, num_epochs, span, total_steps, *, global_batch, log_every, stream=None
+        self,
+        epoch,
+        num_epochs,
+        span,
+        total_steps,
+        *,
+        global_batch,
+        log_every,
+        stream=None,
+        first_step=None,
     ):
         self.stream = sys.stdout if stream is None else stream
         self.epoch, self.num_epochs = epoch, num_epochs
         self.start_step, self.end_step = span
+        self.first_step = self.start_step if first_step is None else first_step
         self.total_steps = total_steps
         self.global_batch = global_batch
         self.log_every = max(1, int(log_every))
         self.mid_line = False
-        self._mark = (self.start_step, time.time())
+        self._mark = (self.first_step, time.time())
         print(f"Epoch {epoch + 1}/{num_epochs}", file=self.stream, flush=True)
         self.bar = None
         if is_terminal(self.stream):
@@ -73,7 +86,7 @@ class EpochProgress:
 
     def update(self, step, totals, learning_rate):
         """After the steps up to `step`: `totals` are the epoch's sums of loss, correct, images."""
-        loss = totals[0] / max(1, step - self.start_step)
+        loss = totals[0] / max(1, step - self.first_step)
         accuracy = totals[1] / max(1, totals[2])
         if self.bar is not None:
             self.bar.update(
@@ -107,7 +120,7 @@ class EpochProgress:
         """The epoch's line (not in a terminal, where the bar's last frame says the same)."""
         if self.bar is not None:
             return
-        steps = row["step"] - self.start_step
+        steps = row["step"] - self.first_step
         rate = steps * self.global_batch / max(row["seconds"], 1e-9)
         self._line(
             f"epoch {self.epoch + 1}/{self.num_epochs} ended at step {row['step']}/"

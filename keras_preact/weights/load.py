@@ -103,7 +103,10 @@ def _load_source(model, source):
         values, extra = convert.read(path, model, source.format)
         if extra:
             convert.assign(model, values, source.name, extra=extra)  # raises, listing them
-        download.write_converted(cached, values, source)
+        try:
+            download.write_converted(cached, values, source)
+        except OSError as error:  # the cache is an optimisation: a full disk does not stop a build
+            convert.log(f"{source.name}: the converted weights were not cached ({error}).")
     return convert.assign(model, values, source.name)
 
 
