@@ -276,3 +276,43 @@ def test_mixed_precision_is_float16_on_gpus_and_bfloat16_on_cpus(strategy):
     gpus = bool(tf.config.list_physical_devices("GPU"))  # every strategy here then uses them
     expected = "mixed_float16" if gpus else "mixed_bfloat16"
     assert mixed_precision_policy(make_strategy(strategy)) == expected
+
+
+@pytest.mark.parametrize("what", ["backbone", "bn"])
+def test_freeze_leaves_every_frozen_variable_bit_identical(tmp_path, what, randomize_batchnorm):
+    """A short run from saved weights: with freeze='backbone' only the classifier moves (BN
+    statistics included, frozen BNs run in inference mode); with 'bn' no BN variable moves."""
+    from keras_preact.training.run import build_model, run
+
+    config = training.TrainConfig(
+        dataset="digits",
+        model_dir=str(tmp_path / "run"),
+        depth=8,
+        width=4,
+        train_steps=3,
+        batch_size=16,
+        seed=0,
+        verbose=0,
+        freeze=what,
+        weights=str(tmp_path / "start.weights.h5"),
+    )
+    start = randomize_batchnorm(build_model(config, data.dataset_info("digits")))
+    start.save_weights(config.weights)
+    run(config)
+    trained = build_model(config, data.dataset_info("digits"))
+    trained.load_weights(os.path.join(config.model_dir, "model.weights.h5"))
+    before = {v.path: v.numpy() for v in start.weights}
+    for variable in trained.weights:
+        path = variable.path
+        head = path.startswith("predictions/")
+        norm = any(part in path for part in ("norm", "post_bn")) and "preprocessing" not in path
+        frozen = not head if what == "backbone" else norm
+        moved = not np.array_equal(variable.numpy(), before[path])
+        if frozen:
+            assert not moved, path
+        elif path.endswith("kernel"):
+            assert moved, path  # what trains does train
+    with pytest.raises(ValueError, match="trains only the classifier"):
+        training.TrainConfig(
+            dataset="digits", model_dir=str(tmp_path), depth=8, freeze="backbone"
+        ).validate()

@@ -40,6 +40,7 @@ GROUPS = MODEL, DATA, SCHEDULE, DISTRIBUTION, OUTPUT, EXPORT = (
 
 # Fields that must match to resume from a model_dir's checkpoint.
 RESUME_FIELDS = (
+    "freeze",
     "family",
     "dataset",
     "depth",
@@ -190,6 +191,14 @@ class TrainConfig:
     )
     weights: str | None = option(None, MODEL, _WEIGHTS_HELP)
     eval_only: bool = option(False, MODEL, _EVAL_ONLY_HELP)
+    freeze: str = option(
+        "none",
+        MODEL,
+        "What does not train: 'backbone' (only the classifier trains; frozen BNs run in "
+        "inference mode, so nothing in the backbone changes, its BN statistics included; needs "
+        "weights) or 'bn' (every BatchNormalization, statistics included).",
+        choices=("none", "backbone", "bn"),
+    )
     unit_variant: str = option(
         "full_preact",
         MODEL,
@@ -398,6 +407,11 @@ class TrainConfig:
             raise ValueError(
                 "eval_only needs weights: the model to evaluate ('imagenet', a source name or "
                 "a checkpoint file)."
+            )
+        if self.freeze == "backbone" and self.weights is None:
+            raise ValueError(
+                "freeze='backbone' trains only the classifier: give weights to start the "
+                "backbone from."
             )
         if self.eval_only and self.export_dir:
             raise ValueError("eval_only trains no model, so export_dir has nothing to export.")

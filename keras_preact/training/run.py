@@ -180,6 +180,29 @@ def mixed_precision_policy(strategy):
     return "mixed_float16" if gpu else "mixed_bfloat16"
 
 
+def freeze(model, what):
+    """Makes part of `model` untrainable: `"backbone"` (every layer but the classifier
+    `predictions`) or `"bn"` (every BatchNormalization); `"none"` changes nothing.
+
+    A Keras layer that is not trainable gets no gradient step, and a frozen
+    BatchNormalization normalises with its moving statistics and leaves them
+    as they are (the Keras transfer-learning guide's rule).
+
+    >>> import keras_preact
+    >>> model = freeze(keras_preact.ResNet20V2(), "backbone")
+    >>> [w.path for w in model.trainable_weights]
+    ['predictions/kernel', 'predictions/bias']
+    """
+    for layer in model.layers:
+        if what == "backbone" and layer.name != "predictions":
+            layer.trainable = False
+        elif what == "bn":
+            for sub in layer._flatten_layers(include_self=True, recursive=True):
+                if isinstance(sub, keras.layers.BatchNormalization):
+                    sub.trainable = False
+    return model
+
+
 def synchronize_batchnorm(model):
     """Makes every BatchNormalization layer of `model` use cross-replica batch statistics."""
     for layer in model._flatten_layers(include_self=False, recursive=True):
@@ -337,6 +360,7 @@ class _Run:
             model = build_model(
                 c, self.info, weights=weights, remat=c.remat, eval_protocol=self.eval_protocol
             )
+            freeze(model, c.freeze)
             return synchronize_batchnorm(model) if c.sync_batchnorm else model
 
         def optimizer_fn():
