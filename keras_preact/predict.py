@@ -469,25 +469,13 @@ def _native_output_hidden():
 
 def _source(FLAGS):
     """What to predict with: a run directory, a .keras file or a builder call (exactly one)."""
-    given = [f"--{n}" for n in ("model_dir", "model_path", "builder") if FLAGS[n].value]
-    if len(given) != 1:
-        raise ValueError(
-            "Give exactly one of --model_dir (a training run), --model_path (a .keras file) or "
-            f"--builder (with --weights); got {', '.join(given) or 'none'}."
-        )
-    if FLAGS.model_dir:
-        if not os.path.isdir(FLAGS.model_dir):
-            raise FileNotFoundError(f"--model_dir {FLAGS.model_dir!r} is not a folder.")
-        return FLAGS.model_dir
-    if FLAGS.model_path:
-        return FLAGS.model_path
-    try:
-        builder_kwargs = json.loads(FLAGS.builder_kwargs)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--builder_kwargs is not valid JSON: {e}") from None
-    return model_lib.load_model(
-        builder=FLAGS.builder, weights=FLAGS.weights, builder_kwargs=builder_kwargs
-    )
+    builder_kwargs = {}
+    if FLAGS.builder:  # only a builder call reads --builder_kwargs
+        try:
+            builder_kwargs = json.loads(FLAGS.builder_kwargs)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--builder_kwargs is not valid JSON: {e}") from None
+    return model_lib.flag_source(FLAGS, builder_kwargs)
 
 
 def _finish(FLAGS, plan, result, seconds):

@@ -139,7 +139,7 @@ def main(argv):
     if line := console.device_line():
         print(line, file=sys.stderr)
     try:
-        source = _source(builder_kwargs)
+        source = model_lib.flag_source(FLAGS, builder_kwargs)
         result = pipeline.export_all(
             source,
             FLAGS.output_dir,
@@ -178,25 +178,6 @@ def main(argv):
         f"-v {base}:/models/{FLAGS.model_name} "
         f"-e MODEL_NAME={FLAGS.model_name} tensorflow/serving\n"
         f"Query:  keras-preact-client --model_name={FLAGS.model_name} IMAGE.jpg"
-    )
-
-
-def _source(builder_kwargs):
-    """What to export: a run directory, a .keras file or a builder call (exactly one)."""
-    given = [f"--{n}" for n in ("model_dir", "model_path", "builder") if FLAGS[n].value]
-    if len(given) != 1:
-        raise ValueError(
-            "Give exactly one of --model_dir (a training run), --model_path (a .keras file) or "
-            f"--builder (with --weights); got {', '.join(given) or 'none'}."
-        )
-    if FLAGS.model_dir:
-        if not os.path.isdir(FLAGS.model_dir):
-            raise FileNotFoundError(f"--model_dir {FLAGS.model_dir!r} is not a folder.")
-        return FLAGS.model_dir
-    if FLAGS.model_path:
-        return FLAGS.model_path
-    return model_lib.load_model(
-        builder=FLAGS.builder, weights=FLAGS.weights, builder_kwargs=builder_kwargs
     )
 
 

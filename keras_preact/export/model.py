@@ -75,6 +75,25 @@ def load_model(model_path=None, *, builder=None, weights=None, builder_kwargs=No
     return fn(weights=weights, **dict(builder_kwargs or {}))
 
 
+def flag_source(flags, builder_kwargs):
+    """What a command line names, from its flags: `--model_dir` (a training run),
+    `--model_path` (a .keras file) or `--builder` with `--weights` (exactly one); the run
+    directory or file path as given, or the built model."""
+    given = [f"--{n}" for n in ("model_dir", "model_path", "builder") if flags[n].value]
+    if len(given) != 1:
+        raise ValueError(
+            "Give exactly one of --model_dir (a training run), --model_path (a .keras file) or "
+            f"--builder (with --weights); got {', '.join(given) or 'none'}."
+        )
+    if flags.model_dir:
+        if not os.path.isdir(flags.model_dir):
+            raise FileNotFoundError(f"--model_dir {flags.model_dir!r} is not a folder.")
+        return flags.model_dir
+    if flags.model_path:
+        return flags.model_path
+    return load_model(builder=flags.builder, weights=flags.weights, builder_kwargs=builder_kwargs)
+
+
 def num_classes(model):
     """Number of classes of a classifier's output (its last axis)."""
     shape = model.outputs[0].shape

@@ -95,10 +95,9 @@ class UnitOptions:
     def as_config(self):
         """The builder arguments, flat: `shortcut` and its options as separate keys, each option
         of the shortcut at its value (the paper's where none was given)."""
-        values = {"unit_variant": self.unit_variant, **dataclasses.asdict(self.shortcut.resolved())}
-        for field in dataclasses.fields(self)[2:]:
-            values[field.name] = getattr(self, field.name)
-        return values
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        shortcut = dataclasses.asdict(values.pop("shortcut").resolved())
+        return {"unit_variant": values.pop("unit_variant"), **shortcut, **values}
 
 
 @dataclasses.dataclass(frozen=True)
