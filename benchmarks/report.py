@@ -90,6 +90,25 @@ BENCHMARKS = [
         },
     ),
     (
+        "augment_pipeline.py",
+        {
+            # 3 rounds of 512 images of ours and of timm's DataLoader (when torch, torchvision
+            # and timm are importable; add --peer_path=<their site-packages> with --extra),
+            # plus 2 ResNet-50 training steps: about a minute.
+            "report": [],
+            "smoke": [
+                "--num_images=16",
+                "--num_files=4",
+                "--batch_size=8",
+                "--image_size=32",
+                "--rounds=1",
+                "--train_steps=1",
+                "--train_batch=2",
+                "--train_image_size=32",
+            ],
+        },
+    ),
+    (
         "tflite_latency.py",
         {
             "report": [],  # ResNet-50 at 224, 2 threads, 32 calibration images: about 2 minutes

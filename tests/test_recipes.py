@@ -600,6 +600,71 @@ def test_imagenet_recipe_fine_tunes_from_a_converted_checkpoint(tmp_path, photo_
 
 
 @pytest.mark.slow
+def test_the_whole_toolbox_trains_evaluates_and_saves_the_weight_average(tmp_path, photo_folder):
+    """rsb_a3 with every toolbox flag from a timm ResNet-18 file: the recipe's values where no
+    flag is given, the saved model is the checkpoint's weight average, and the final
+    evaluation is the mean softmax over each val crop and its mirror."""
+    weights = _timm_file(tmp_path / "model.safetensors", classes=1000)
+    model_dir = tmp_path / "toolbox"
+    proc = _run(
+        IMAGENET,
+        "--dataset=folder",
+        f"--data_dir={photo_folder}",
+        f"--model_dir={model_dir}",
+        "--depth=18",
+        f"--weights={weights}",
+        "--recipe=rsb_a3",
+        "--label_smoothing=0.1",
+        "--mixup_alpha=0.2",
+        "--random_erasing=0.25",
+        "--ema_decay=0.5",
+        "--gradient_accumulation_steps=2",
+        "--drop_path_rate=0.05",
+        "--tta=flip",
+        "--image_size=48",
+        "--eval_crop_sizes=64",
+        "--batch_size=4",
+        "--train_steps=3",
+        "--seed=0",
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "eval (EMA)" in proc.stdout
+    with open(model_dir / "metrics.json") as f:
+        metrics = json.load(f)
+    settings = metrics["recipe"]
+    assert (settings["optimizer"], settings["loss"], settings["schedule"]) == (
+        "lamb",
+        "bce",
+        "cosine",
+    )
+    assert (settings["mixup_alpha"], settings["cutmix_alpha"], settings["randaugment"]) == (
+        0.2,
+        1.0,
+        True,
+    )
+    assert settings["randaugment_magnitude"] == 6.0 and settings["image_size"] == 48
+    # LAMB's 8e-3 at batch 2048, scaled by the square root of 4 / 2048.
+    assert metrics["peak_learning_rate"] == pytest.approx(8e-3 * (4 / 2048) ** 0.5)
+    assert metrics["saved_weights"] == "ema" and "test_top1_raw" in metrics
+
+    saved = keras.models.load_model(model_dir / "model.keras")
+    reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
+    floats = [w for w in saved.weights if w.dtype == "float32"]
+    for i, weight in enumerate(floats):
+        average = reader.get_tensor(f"ema/averages/{i}/.ATTRIBUTES/VARIABLE_VALUE")
+        np.testing.assert_array_equal(weight.numpy(), average, err_msg=weight.path)
+
+    files, labels = _val_photos(photo_folder)
+    batch = np.stack(
+        [crops.eval_crop(crops.decode_image(tf.io.read_file(str(f))), 64) for f in files]
+    )
+    probs = (saved.predict(batch, verbose=0) + saved.predict(batch[:, :, ::-1], verbose=0)) / 2
+    assert metrics["test_top1"] == pytest.approx(np.mean(probs.argmax(1) == labels), abs=1e-9)
+    nll = -np.mean(np.log(probs[np.arange(len(labels)), labels]))
+    assert metrics["test_loss"] == pytest.approx(nll, rel=1e-4)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["file", "source"])
 def test_imagenet_recipe_eval_only_measures_the_weights_as_given(
     tmp_path, photo_folder, monkeypatch, kind

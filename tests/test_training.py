@@ -278,30 +278,53 @@ def test_mixed_precision_is_float16_on_gpus_and_bfloat16_on_cpus(strategy):
     assert mixed_precision_policy(make_strategy(strategy)) == expected
 
 
-@pytest.mark.parametrize("what", ["backbone", "bn"])
+@pytest.mark.parametrize("what", ["backbone", "bn", "linear_probe"])
 def test_freeze_leaves_every_frozen_variable_bit_identical(tmp_path, what, randomize_batchnorm):
     """A short run from saved weights: with freeze='backbone' only the classifier moves (BN
-    statistics included, frozen BNs run in inference mode); with 'bn' no BN variable moves."""
+    statistics included, frozen BNs run in inference mode); with 'bn' no BN variable moves;
+    with linear_probe_epochs the backbone stays as loaded to the probe's end, then trains."""
     from keras_preact.training.run import build_model, run
 
+    probe = what == "linear_probe"
     config = training.TrainConfig(
         dataset="digits",
         model_dir=str(tmp_path / "run"),
         depth=8,
         width=4,
-        train_steps=3,
+        train_steps=4 if probe else 3,
         batch_size=16,
         seed=0,
         verbose=0,
-        freeze=what,
+        freeze="none" if probe else what,
+        linear_probe_epochs=2 / 89 if probe else 0.0,  # 2 steps of 89 per epoch
+        checkpoint_every=2,
         weights=str(tmp_path / "start.weights.h5"),
     )
     start = randomize_batchnorm(build_model(config, data.dataset_info("digits")))
     start.save_weights(config.weights)
     run(config)
     trained = build_model(config, data.dataset_info("digits"))
-    trained.load_weights(os.path.join(config.model_dir, "model.weights.h5"))
     before = {v.path: v.numpy() for v in start.weights}
+    if probe:  # the checkpoint at the probe's end: only the classifier has moved
+        tf.train.Checkpoint(model=trained).read(
+            os.path.join(config.model_dir, "checkpoints", "ckpt-2")
+        ).expect_partial()
+        _assert_only_the_head_moved(trained, before, "backbone")
+        final = build_model(config, data.dataset_info("digits"))
+        final.load_weights(os.path.join(config.model_dir, "model.weights.h5"))
+        stem = [v for v in final.weights if v.path.endswith("kernel")][0]
+        assert not np.array_equal(stem.numpy(), before[stem.path]), stem.path
+        return
+    trained.load_weights(os.path.join(config.model_dir, "model.weights.h5"))
+    _assert_only_the_head_moved(trained, before, what)
+    with pytest.raises(ValueError, match="trains only the classifier"):
+        training.TrainConfig(
+            dataset="digits", model_dir=str(tmp_path), depth=8, freeze="backbone"
+        ).validate()
+
+
+def _assert_only_the_head_moved(trained, before, what):
+    """Every variable `what` freezes is as `before`; every kernel of what trains moved."""
     for variable in trained.weights:
         path = variable.path
         head = path.startswith("predictions/")
@@ -312,7 +335,3 @@ def test_freeze_leaves_every_frozen_variable_bit_identical(tmp_path, what, rando
             assert not moved, path
         elif path.endswith("kernel"):
             assert moved, path  # what trains does train
-    with pytest.raises(ValueError, match="trains only the classifier"):
-        training.TrainConfig(
-            dataset="digits", model_dir=str(tmp_path), depth=8, freeze="backbone"
-        ).validate()

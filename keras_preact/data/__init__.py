@@ -8,7 +8,9 @@ registry `sources/__init__.py`, whose source module (`sources/digits.py`,
 `synthetic.py`, `cifar.py`, `imagenet2012.py`, `folder.py`, `tfrecord.py`)
 reads the split's raw elements; `pipeline.py` holds every shared tf.data stage
 (shard, shuffle, repeat, decode/augment, skipping bad images by name, batch,
-prefetch).
+prefetch); `augmentations.py` (`Augmentation`: timm's RandAugment, ops in
+`randaugment.py`, random erasing and MixUp/CutMix) the optional training
+augmentations.
 
 Adding a dataset is one file plus one registry line: write
 `keras_preact/data/sources/<name>.py` defining `SOURCE = Source(name, info,
@@ -24,6 +26,7 @@ from keras_preact.requirements import require_tensorflow
 
 require_tensorflow("keras_preact.data")
 
+from keras_preact.data.augmentations import Augmentation
 from keras_preact.data.datasets import dataset_info, make_dataset
 from keras_preact.data.pipeline import reset_skipped_images, skipped_image_names, skipped_images
 from keras_preact.data.sources import DATASETS, DatasetInfo, MissingDataError
@@ -32,6 +35,7 @@ from keras_preact.data.sources.tfrecord import tfrecord_files, tfrecord_label_of
 
 __all__ = [
     "DATASETS",
+    "Augmentation",
     "DatasetInfo",
     "MissingDataError",
     "dataset_info",

@@ -1,7 +1,8 @@
 """`make_dataset` and `dataset_info`: the input pipelines of every recipe.
 
 Every dataset yields `(images, labels)`: float32 `[B, H, W, 3]` RAW RGB in
-[0, 255] and int32 `[B]`. The models normalise inside (their
+[0, 255] and int32 `[B]` (float32 soft labels `[B, num_classes]` when training
+with an `augmentation` that mixes, see `augmentations.Augmentation`). The models normalise inside (their
 `include_preprocessing`), with the statistics named by
 `dataset_info(name).normalization`.
 
@@ -39,13 +40,15 @@ Example:
 
 from __future__ import annotations
 
-from keras_preact.data import pipeline
+from keras_preact.data import crops, pipeline
+from keras_preact.data.augmentations import Augmentation
 
 # DATASETS, DatasetInfo, MissingDataError, digits_arrays and the tfrecord helpers
 # stay importable from here for older imports; their homes are in sources/.
 from keras_preact.data.sources import DATASETS, SOURCES, DatasetInfo, MissingDataError  # noqa: F401
 from keras_preact.data.sources.digits import digits_arrays  # noqa: F401
 from keras_preact.data.sources.tfrecord import tfrecord_files, tfrecord_label_offset  # noqa: F401
+from keras_preact.options import check_choice
 
 
 def _source(name):
@@ -85,6 +88,8 @@ def make_dataset(
     num_examples=None,
     label_offset=None,
     shuffle_buffer=None,
+    augmentation=None,
+    tta="none",
 ):
     """A batched, prefetched `tf.data.Dataset` of `(images, labels)` for `name` / `split`.
 
@@ -122,6 +127,12 @@ def make_dataset(
       shuffle_buffer: training shuffle buffer of the record-based datasets
         (default `pipeline.RECORD_SHUFFLE_BUFFER`; in-memory data and file
         lists are shuffled whole).
+      augmentation: an `Augmentation` (training only; evaluation ignores it):
+        timm's RandAugment and random erasing per image after the crop and
+        flip, MixUp/CutMix per batch (labels then float32 `[B, num_classes]`).
+      tta: evaluation only: test-time views, images `[B, views, H, W, 3]`:
+        "flip" (the crop and its mirror) or, photo datasets, "ten_crop"
+        (`crops.ten_crop`); "none" (default): `[B, H, W, 3]`.
 
     Corrupt or unreadable images are skipped and recorded by name
     (`skipped_images()`, `skipped_image_names()`).
@@ -132,6 +143,8 @@ def make_dataset(
     training = (split == "train") if training is None else bool(training)
     options = dict(num_classes=num_classes, num_examples=num_examples, label_offset=label_offset)
     _check_options(source, options, color_augment)
+    _check_augmentation(augmentation)
+    _check_tta(source, tta, training)
     source.check(split, image_size)
     request = pipeline.Request(
         training=training,
@@ -147,6 +160,8 @@ def make_dataset(
         eval_preprocessing=eval_preprocessing,
         color_augment=color_augment,
         shuffle_buffer=shuffle_buffer,
+        augmentation=augmentation,
+        tta=tta,
     )
     raw = source.read(split, request, **{k: options[k] for k in source.options})
     return pipeline.finish(raw, request)
@@ -170,4 +185,25 @@ def _check_options(source, options, color_augment):
         photos = ", ".join(s.name for s in SOURCES.values() if s.photos)
         raise ValueError(
             f"color_augment applies to the photo datasets ({photos}), not {source.name!r}."
+        )
+
+
+def _check_augmentation(augmentation):
+    if augmentation is None:
+        return
+    if not isinstance(augmentation, Augmentation):
+        raise ValueError(
+            f"augmentation must be a keras_preact.data.Augmentation or None, got {augmentation!r}."
+        )
+    augmentation.validate()
+
+
+def _check_tta(source, tta, training):
+    check_choice("tta", tta, crops.TTA_MODES)
+    if tta != "none" and training:
+        raise ValueError(f"tta={tta!r} is for evaluation; training datasets take no tta.")
+    if tta == "ten_crop" and not source.photos:
+        raise ValueError(
+            f"tta='ten_crop' crops photos resized larger than the crop; {source.name!r} images "
+            "are evaluated whole: use tta='flip'."
         )

@@ -12,7 +12,11 @@ turn them into images); `finish(raw, request)` does the rest:
    turns `x` into image bytes): training takes a random-resized crop and flip
    (plus colour noise with `color_augment`), evaluation the centre crop
    (`crops.eval_crop`), and a failing element is skipped and recorded;
-5. batch (parallel, in order) and prefetch, with deterministic tf.data options.
+   training with `request.augmentation` (`augmentations.Augmentation`) then
+   applies RandAugment and random erasing to each image;
+5. batch (parallel, in order); training with an augmentation that mixes:
+   MixUp/CutMix on each batch (labels become float32 `[batch, num_classes]`);
+   prefetch, with deterministic tf.data options.
 
 A corrupt image never stops an epoch: an element whose reading or decoding
 fails (bad bytes, unknown format, a truncated JPEG, an unreadable file, a label
@@ -44,7 +48,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from keras_preact.data import augment, crops
+from keras_preact.data import augment, augmentations, crops
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -82,6 +86,8 @@ class Request:
     eval_preprocessing: dict | None = None
     color_augment: bool = False
     shuffle_buffer: int | None = None
+    augmentation: augmentations.Augmentation | None = None
+    tta: str = "none"
 
     @property
     def num_pipelines(self):
@@ -95,6 +101,11 @@ class Request:
             return None
         pipeline_id = self.input_context.input_pipeline_id if self.input_context else 0
         return int(self.seed) + 1_000_003 * pipeline_id
+
+    @property
+    def training_augmentation(self):
+        """`augmentation` when training, else None (evaluation is never augmented)."""
+        return self.augmentation if self.training else None
 
     @property
     def record_shuffle_buffer(self):
@@ -142,7 +153,8 @@ class Raw:
 def finish(raw, request):
     """The batched, prefetched dataset of `(float32 images, int32 labels)` made from `raw`.
 
-    See the module docstring for the stages.
+    With a training augmentation that mixes, labels are float32 soft labels
+    `[batch, num_classes]`. See the module docstring for the stages.
     """
     ds = raw.ds if raw.sharded else shard(raw.ds, request.input_context)
     if request.training and raw.shuffle_buffer is not None:
@@ -155,7 +167,9 @@ def finish(raw, request):
         ds = _decoded_images(ds, raw.augment, request)
     else:
         ds = _photo_crops(ds, raw, request)
-    ds = batch_and_prefetch(ds, request.per_replica_batch, request.drop_remainder)
+    ds = batch_and_prefetch(
+        ds, request.per_replica_batch, request.drop_remainder, batch_fn=_batch_mixer(request)
+    )
     options = tf.data.Options()
     options.deterministic = True
     if request.input_context is not None:
@@ -190,22 +204,30 @@ def element_seeds(request):
 
 
 def _decoded_images(ds, augment_fn, request):
-    """Casts to `(float32, int32)`, applying `augment_fn(image, seed)` when training."""
-    if request.training and augment_fn is not None:
+    """Casts to `(float32, int32)`; training applies `augment_fn(image, seed)`, then the augmentation."""
+    augmentation = request.training_augmentation
+    per_image = augmentation is not None and augmentation.per_image
+    if request.training and (augment_fn is not None or per_image):
+
+        def train_map(pair, seed):
+            image = pair[0] if augment_fn is None else augment_fn(pair[0], seed)
+            if per_image:
+                image = augmentations.augment_image(image, seed, augmentation)
+            return tf.cast(image, tf.float32), tf.cast(pair[1], tf.int32)
+
         ds = tf.data.Dataset.zip(ds, element_seeds(request))
-        return ds.map(
-            lambda pair, seed: (
-                tf.cast(augment_fn(pair[0], seed), tf.float32),
-                tf.cast(pair[1], tf.int32),
-            ),
-            num_parallel_calls=AUTOTUNE,
-            deterministic=True,
-        )
+        return ds.map(train_map, num_parallel_calls=AUTOTUNE, deterministic=True)
+    views = _flip_views if request.tta == "flip" and not request.training else tf.identity
     return ds.map(
-        lambda image, label: (tf.cast(image, tf.float32), tf.cast(label, tf.int32)),
+        lambda image, label: (views(tf.cast(image, tf.float32)), tf.cast(label, tf.int32)),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     )
+
+
+def _flip_views(image):
+    """`[2, h, w, c]`: the image and its left-right mirror (`tta="flip"` of whole images)."""
+    return tf.stack([image, tf.reverse(image, axis=[1])])
 
 
 def _photo_crops(ds, raw, request):
@@ -227,24 +249,32 @@ def _photo_crops(ds, raw, request):
         ):
             return augment.check_encoded_image(encoded), tf.identity(label)
 
+    augmentation = request.training_augmentation
+
     def train_crop(x, label, seed):
         crop_seed, flip_seed, color_seed = augment.split_seed(seed, 3)
         encoded, label = read(x, label)
         image = augment.random_resized_crop(encoded, crop_seed, image_size)
         if request.color_augment:
             image = augment.color_augment(image, color_seed)
-        return tf.image.stateless_random_flip_left_right(image, flip_seed), label
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+        if augmentation is not None and augmentation.per_image:
+            image = augmentations.augment_image(image, seed, augmentation)
+        return image, label
 
     def eval_crop(x, label):
         encoded, label = read(x, label)
         image = crops.decode_image(encoded)
+        if request.tta != "none":  # [views, crop, crop, 3]
+            return crops.tta_crops(image, request.tta, crop_size, **eval_options), label
         return crops.eval_crop(image, crop_size, **eval_options), label
 
     size = image_size if request.training else crop_size
+    views = [] if request.training or request.tta == "none" else [crops.TTA_VIEWS[request.tta]]
     return decode_and_count(
         ds,
         train_crop if request.training else eval_crop,
-        image_shape=[size, size, 3],
+        image_shape=[*views, size, size, 3],
         name_fn=raw.name,
         seeds=element_seeds(request) if request.training else None,
     )
@@ -457,8 +487,8 @@ def _failure_recorder(chunks, name_fn):
     return record_failures
 
 
-def batch_and_prefetch(ds, batch_size, drop_remainder):
-    """Batches (parallel, in order) and prefetches (AUTOTUNE).
+def batch_and_prefetch(ds, batch_size, drop_remainder, batch_fn=None):
+    """Batches (parallel, in order), applies `batch_fn(batched dataset)` if given, prefetches.
 
     >>> [b.numpy().tolist() for b in batch_and_prefetch(tf.data.Dataset.range(5), 2, False)]
     [[0, 1], [2, 3], [4]]
@@ -466,4 +496,19 @@ def batch_and_prefetch(ds, batch_size, drop_remainder):
     ds = ds.batch(
         batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE, deterministic=True
     )
+    if batch_fn is not None:
+        ds = batch_fn(ds)
     return ds.prefetch(AUTOTUNE)
+
+
+def _batch_mixer(request):
+    """`batch_and_prefetch`'s `batch_fn` that mixes the training batches, or None.
+
+    Its seeds, one per batch, come from this pipeline's seed (`element_seeds`,
+    on a stream of their own): reproducible with a seed, a new draw every batch.
+    """
+    augmentation = request.training_augmentation
+    if augmentation is None or not augmentation.mixes:
+        return None
+    seeds = augmentations.batch_seeds(element_seeds(request))
+    return lambda ds: augmentations.mix_batches(ds, seeds, augmentation)

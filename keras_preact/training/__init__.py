@@ -15,9 +15,13 @@ Pieces, usable on their own:
   `multi_worker_mirrored`, `tpu`; `is_chief(strategy)`.
 * `cifar_schedule`, `imagenet_schedule`, `step_schedule`: stock Keras
   `PiecewiseConstantDecay` schedules in steps, scaled to the global batch;
-  `finetune_schedule`: warm-up and cosine decay (a stock `CosineDecay`).
+  `finetune_schedule` / `cosine_schedule`: warm-up and cosine decay (a stock
+  `CosineDecay`); `bit_schedule`: BiT-HyperRule's warm-up and steps.
 * `CoupledSGD`: SGD momentum 0.9 with L2 weight decay added to the gradient
-  before momentum (the authors' Torch `optim.sgd`).
+  before momentum (the authors' Torch `optim.sgd`); `AdamW` and `Lamb` with
+  decoupled decay on kernels only (timm's); `make_optimizer(name, ...)`.
+* `WeightAverage`: an exponential moving average of a model's weights (EMA).
+* `recipes`: the named presets of `--recipe` (paper, rsb_a3, bit).
 * `Trainer`: the training loop (strategy.run + optimizer.apply) used under
   every strategy, with checkpoint/resume, TensorBoard, history and evaluation,
   and what it does on a fault: a non-finite loss (`Diverged`, or a rollback),
@@ -29,13 +33,17 @@ from keras_preact.requirements import require_tensorflow
 
 require_tensorflow("keras_preact.training")
 
+from keras_preact.training import recipes
 from keras_preact.training.config import ConfigError, TrainConfig
+from keras_preact.training.ema import WeightAverage
 from keras_preact.training.loop import Diverged, Trainer
-from keras_preact.training.optimizer import CoupledSGD
+from keras_preact.training.optimizer import AdamW, CoupledSGD, Lamb, make_optimizer
 from keras_preact.training.run import build_model, builder_call, run, synchronize_batchnorm
 from keras_preact.training.schedules import (
+    bit_schedule,
     cifar_schedule,
     cifar_total_steps,
+    cosine_schedule,
     finetune_schedule,
     imagenet_schedule,
     step_schedule,
@@ -44,19 +52,26 @@ from keras_preact.training.strategy import STRATEGIES, is_chief, make_strategy
 
 __all__ = [
     "STRATEGIES",
+    "AdamW",
     "ConfigError",
     "CoupledSGD",
     "Diverged",
+    "Lamb",
     "TrainConfig",
     "Trainer",
+    "WeightAverage",
+    "bit_schedule",
     "build_model",
     "builder_call",
     "cifar_schedule",
     "cifar_total_steps",
+    "cosine_schedule",
     "finetune_schedule",
     "imagenet_schedule",
     "is_chief",
+    "make_optimizer",
     "make_strategy",
+    "recipes",
     "run",
     "step_schedule",
     "synchronize_batchnorm",

@@ -12,11 +12,14 @@ import json
 from collections.abc import Callable
 
 from keras_preact.data import DATASETS
+from keras_preact.data.crops import TTA_MODES
 from keras_preact.layers import SHORTCUTS, UNIT_VARIANTS
 from keras_preact.models.cifar import CIFAR_DEPTHS, cifar_units_per_stage
 from keras_preact.models.imagenet import IMAGENET_DEPTHS, LAYOUTS
 from keras_preact.options import check_choice
-from keras_preact.training.loop import MAX_ROLLBACKS, NONFINITE_ACTIONS
+from keras_preact.training.loop import LOSSES, MAX_ROLLBACKS, NONFINITE_ACTIONS
+from keras_preact.training.optimizer import OPTIMIZERS
+from keras_preact.training.recipes import RECIPE_NAMES
 from keras_preact.training.schedules import (
     CIFAR_REFERENCE_BATCH,
     FINETUNE_LEARNING_RATE,
@@ -29,10 +32,12 @@ from keras_preact.training.strategy import STRATEGIES
 FAMILIES = ("cifar", "imagenet")
 CIFAR_UNITS = ("basic", "bottleneck", "one_layer")
 # The sections of the recipes' --help, in order.
-GROUPS = MODEL, DATA, SCHEDULE, DISTRIBUTION, OUTPUT, EXPORT = (
+GROUPS = MODEL, DATA, AUGMENT, SCHEDULE, LOSS, DISTRIBUTION, OUTPUT, EXPORT = (
     "model",
     "data",
-    "schedule",
+    "augmentation",
+    "schedule/optimizer",
+    "loss/regularization",
     "distribution",
     "checkpoints/output",
     "export",
@@ -41,6 +46,8 @@ GROUPS = MODEL, DATA, SCHEDULE, DISTRIBUTION, OUTPUT, EXPORT = (
 # Fields that must match to resume from a model_dir's checkpoint.
 RESUME_FIELDS = (
     "freeze",
+    "optimizer",
+    "ema_decay",
     "family",
     "dataset",
     "depth",
@@ -132,8 +139,10 @@ _SCHEDULE_HELP = {
     for family in FAMILIES
 }
 _LEARNING_RATE_HELP = {
-    family: f"Learning rate at batch {reference} (default 0.1; {FINETUNE_LEARNING_RATE} with "
-    f"--schedule=finetune{finetune_batch}); scaled linearly with --batch_size."
+    family: f"Peak learning rate at batch --lr_reference_batch (default {reference}): 0.1 "
+    f"by default, {FINETUNE_LEARNING_RATE} with --schedule=finetune{finetune_batch}, 0.001 with "
+    "adamw or lamb at batch 256; scaled to --batch_size linearly for sgd, by the square root "
+    "for adamw and lamb."
     for family, reference, finetune_batch in (
         ("cifar", CIFAR_REFERENCE_BATCH, f", at batch {FINETUNE_REFERENCE_BATCH}"),
         ("imagenet", IMAGENET_REFERENCE_BATCH, ""),
@@ -199,6 +208,12 @@ class TrainConfig:
         "weights) or 'bn' (every BatchNormalization, statistics included).",
         choices=("none", "backbone", "bn"),
     )
+    linear_probe_epochs: float = option(
+        0.0,
+        MODEL,
+        "Two-phase fine-tuning: train only the classifier for this many epochs first (the "
+        "backbone frozen as --freeze=backbone freezes it), then the whole network; needs weights.",
+    )
     unit_variant: str = option(
         "full_preact",
         MODEL,
@@ -218,6 +233,12 @@ class TrainConfig:
         None, MODEL, "exclusive/shortcut_only gating: initial gate bias b_g (0)."
     )
     shortcut_dropout_rate: float | None = option(None, MODEL, "dropout shortcut: drop rate (0.5).")
+    drop_path_rate: float = option(
+        0.0,
+        MODEL,
+        "Stochastic depth: the last unit's residual-branch drop rate, increasing linearly from "
+        "0 over the units (timm's drop_path_rate).",
+    )
     # Data.
     dataset: str = option(
         "cifar10",
@@ -246,12 +267,58 @@ class TrainConfig:
     color_augment: bool = option(
         False, DATA, "fb.resnet.torch colour jitter and lighting noise.", families=["imagenet"]
     )
+    tta: str = option(
+        "none",
+        DATA,
+        "Test-time augmentation of --eval_only and the final evaluation: none, flip (the crop "
+        "and its mirror) or ten_crop (fb.resnet.torch's 10 crops; photo datasets); the "
+        "softmax outputs are averaged over the views.",
+        choices=TTA_MODES,
+    )
+    # Augmentation (keras_preact.data.augmentations; timm's semantics).
+    randaugment: bool = option(
+        False,
+        AUGMENT,
+        "RandAugment as timm's rand-m9-mstd0.5-inc1: per image, --randaugment_ops random ops "
+        "at magnitude --randaugment_magnitude (of 10) with std --randaugment_std.",
+    )
+    randaugment_ops: int = option(2, AUGMENT, "RandAugment: ops per image (timm's n).")
+    randaugment_magnitude: float = option(9.0, AUGMENT, "RandAugment: magnitude, 0..10 (m).")
+    randaugment_std: float = option(0.5, AUGMENT, "RandAugment: magnitude noise std (mstd).")
+    random_erasing: float = option(
+        0.0,
+        AUGMENT,
+        "Random erasing probability per image (timm's re_prob, 'pixel' mode: a rectangle of "
+        "noise with the model's normalisation statistics).",
+    )
+    mixup_alpha: float = option(
+        0.0,
+        AUGMENT,
+        "MixUp: each batch blends with its reverse by lambda ~ Beta(alpha, alpha); the labels "
+        "likewise (0: off).",
+    )
+    cutmix_alpha: float = option(
+        0.0,
+        AUGMENT,
+        "CutMix: each batch pastes a box of its reverse, lambda ~ Beta(alpha, alpha), labels "
+        "by area (0: off). With --mixup_alpha too, one or the other per batch (timm).",
+    )
     # Schedule (the paper's by default; see keras_preact.training.schedules).
+    recipe: str = option(
+        "paper",
+        SCHEDULE,
+        "A named preset of the flags (keras_preact.training.recipes): paper (the paper's "
+        "training, as without it), rsb_a3 (ResNet strikes back A3: LAMB, BCE, mixup/cutmix, "
+        "RandAugment, cosine, 100 epochs, train 160 / test 224) or bit (BiT-HyperRule "
+        "fine-tuning: SGD lr 0.003 at batch 512, no weight decay, steps, resolution and "
+        "mixup by dataset size). Flags given explicitly win; metrics.json records the values.",
+        choices=RECIPE_NAMES,
+    )
     schedule: str = option(
         "cifar",
         SCHEDULE,
         _SCHEDULE_HELP,
-        choices={family: (family, "finetune") for family in FAMILIES},
+        choices={family: (family, "finetune", "cosine", "bit") for family in FAMILIES},
         imagenet="imagenet",
     )
     batch_size: int = option(
@@ -267,9 +334,57 @@ class TrainConfig:
         None, SCHEDULE, "Steps per epoch (default: training examples // batch_size)."
     )
     learning_rate: float | None = option(None, SCHEDULE, _LEARNING_RATE_HELP)
+    lr_reference_batch: int | None = option(
+        None,
+        SCHEDULE,
+        "The batch size --learning_rate is given at (default: the schedule's, see "
+        "--learning_rate; a recipe's own).",
+    )
+    warmup_epochs: float | None = option(
+        None,
+        SCHEDULE,
+        "cosine schedule: linear warm-up from 0 over this many epochs (default: 5% of the run).",
+    )
+    optimizer: str = option(
+        "sgd",
+        SCHEDULE,
+        "sgd (momentum, coupled L2 on every parameter: the paper's), adamw or lamb (decoupled "
+        "weight decay on kernels only, not norms or biases, as timm; lamb as timm's, with "
+        "global gradient-norm clipping at 1). The learning rate scales linearly with the batch "
+        "for sgd, by its square root for adamw and lamb.",
+        choices=OPTIMIZERS,
+    )
     momentum: float = option(0.9, SCHEDULE, "SGD momentum.")
     weight_decay: float = option(
-        1e-4, SCHEDULE, "Coupled L2 weight decay (added to the gradient, all parameters)."
+        1e-4,
+        SCHEDULE,
+        "Weight decay: coupled L2 added to every gradient with sgd; decoupled, kernels only, "
+        "with adamw and lamb.",
+    )
+    gradient_accumulation_steps: int = option(
+        1,
+        SCHEDULE,
+        "Split each --batch_size batch into this many micro-batches, one after the other, and "
+        "apply their summed gradients once: the same update as the whole batch (BatchNorm "
+        "statistics aside) in 1/k of the activation memory.",
+    )
+    # Loss and regularisation.
+    loss: str = option(
+        "cross_entropy",
+        LOSS,
+        "cross_entropy (softmax) or bce (binary cross-entropy per class, as ResNet strikes "
+        "back trains with mixup/cutmix).",
+        choices=LOSSES,
+    )
+    label_smoothing: float = option(
+        0.0, LOSS, "Label smoothing: targets (1 - s) * y + s / classes."
+    )
+    ema_decay: float = option(
+        0.0,
+        LOSS,
+        "Keep an exponential moving average of the weights (BN statistics too, as timm's "
+        "ModelEma): ema = d * ema + (1 - d) * w after every step (0: off). Evaluation reports "
+        "both; the saved and exported model is the average.",
     )
     # Distribution and speed.
     strategy: str = option("default", DISTRIBUTION, "tf.distribute strategy.", choices=STRATEGIES)
@@ -336,6 +451,10 @@ class TrainConfig:
         "Keras model.",
     )
 
+    # The fields the user set (the recipes: the flags on the command line); a recipe
+    # leaves them alone. None: those that differ from their defaults.
+    given: tuple | None = dataclasses.field(default=None, compare=False, metadata=INTERNAL)
+
     def validate(self):
         """Raises ValueError naming the first bad field and what it accepts."""
         for name, allowed in (
@@ -369,6 +488,7 @@ class TrainConfig:
         self._validate_length()
         self._validate_eval_only_and_finetune()
         self._validate_optimizer_and_sizes()
+        self._validate_toolbox()
 
     def _validate_cifar_model(self):
         """The CIFAR net: a unit type and a depth it allows (6n+2, 9n+2, 3n+2), a width."""
@@ -415,10 +535,11 @@ class TrainConfig:
             )
         if self.eval_only and self.export_dir:
             raise ValueError("eval_only trains no model, so export_dir has nothing to export.")
-        if self.schedule == "finetune" and not self.eval_only:
+        if self.schedule in ("finetune", "cosine") and not self.eval_only:
             if self.epochs is None and self.train_steps is None:
                 raise ValueError(
-                    "The finetune schedule has no default length: give epochs or train_steps."
+                    f"The {self.schedule} schedule has no default length: give epochs or "
+                    "train_steps."
                 )
 
     def _validate_optimizer_and_sizes(self):
@@ -432,6 +553,44 @@ class TrainConfig:
             raise ValueError(f"eval_crop_sizes must be >= 32, got {self.eval_crop_sizes}.")
         if self.jit_compile and self.sync_batchnorm:
             raise ValueError("sync_batchnorm all-reduces inside the step; it cannot jit_compile.")
+
+    def _validate_toolbox(self):
+        """The fine-tuning toolbox: recipe, optimizer, loss, augmentation, EMA, accumulation."""
+        for name, allowed in (
+            ("recipe", RECIPE_NAMES),
+            ("optimizer", OPTIMIZERS),
+            ("loss", LOSSES),
+            ("tta", TTA_MODES),
+        ):
+            check_choice(name, getattr(self, name), allowed)
+        for name, low, high in (
+            ("label_smoothing", 0, 1),
+            ("ema_decay", 0, 1),
+            ("drop_path_rate", 0, 1),
+            ("random_erasing", 0, 1.0000001),
+        ):
+            value = getattr(self, name)
+            if not low <= value < high:
+                raise ValueError(f"{name} must be in [{low}, {high:.0f}), got {value}.")
+        for name in ("mixup_alpha", "cutmix_alpha", "linear_probe_epochs", "warmup_epochs"):
+            if (getattr(self, name) or 0) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("gradient_accumulation_steps", "randaugment_ops", "lr_reference_batch"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not 0 <= self.randaugment_magnitude <= 10 or self.randaugment_std < 0:
+            raise ValueError("Need 0 <= randaugment_magnitude <= 10 and randaugment_std >= 0.")
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible by gradient_accumulation_steps "
+                f"{self.gradient_accumulation_steps} (the micro-batches split the batch)."
+            )
+        if self.linear_probe_epochs and (self.weights is None or self.freeze != "none"):
+            raise ValueError(
+                "linear_probe_epochs trains the classifier first and then everything: it needs "
+                "weights to start from, and no freeze."
+            )
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)

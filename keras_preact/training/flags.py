@@ -96,16 +96,18 @@ def define_flags(family, flag_values=flags.FLAGS):
 def config_from_flags(family, values=None):
     """A `TrainConfig` from parsed flags (absl's FLAGS by default); not validated yet."""
     values = flags.FLAGS if values is None else values
-    fields = {}
+    fields, given = {}, []
     for flag in recipe_flags(family):
         value = values[flag.name].value
+        if values[flag.name].present:
+            given.append(flag.field.name)
         if flag.kind == "list" and value is not None:
             try:
                 value = tuple(int(s) for s in value)
             except ValueError:
                 raise ConfigError(f"--{flag.name} must be integers, got {value}.") from None
         fields[flag.field.name] = value
-    return TrainConfig(family=family, **fields)
+    return TrainConfig(family=family, given=tuple(given), **fields)
 
 
 def flag_names(family=None):

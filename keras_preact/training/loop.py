@@ -74,11 +74,14 @@ import tensorflow as tf
 from absl import logging
 
 from keras_preact import files, run_dir
+from keras_preact.options import check_choice
 from keras_preact.training import checkpoint_files
+from keras_preact.training.ema import WeightAverage
 from keras_preact.training.progress import EpochProgress
 from keras_preact.training.strategy import is_chief, task_info
 
 NONFINITE_ACTIONS = ("stop", "rollback")
+LOSSES = ("cross_entropy", "bce")
 MAX_ROLLBACKS = 3  # rollbacks in a row (no new checkpoint between them) before a run stops
 
 HISTORY_FIELDS = (
@@ -92,6 +95,7 @@ HISTORY_FIELDS = (
     "val_top5",
     "seconds",
 )
+EMA_HISTORY_FIELDS = ("val_loss_ema", "val_top1_ema", "val_top5_ema")  # with ema_decay
 
 
 class Preempted(SystemExit):
@@ -230,6 +234,18 @@ class Trainer:
             `Diverged`) or "rollback" (back to the last checkpoint, see above).
         log_every: steps between the plain progress lines printed when stdout
             is not a terminal (every epoch gets one too).
+        loss: "cross_entropy" (softmax) or "bce" (a sigmoid binary
+            cross-entropy per class, averaged over the classes, as timm's
+            `BinaryCrossEntropy`). Labels are class indices or, from mixup and
+            cutmix, soft label rows.
+        label_smoothing: targets become `(1 - s) * y + s / classes`.
+        gradient_accumulation_steps: `k` splits each replica's batch into `k`
+            micro-batches run one after the other; their gradients are summed
+            and applied once, equal to the whole batch's (BatchNorm statistics
+            aside) with a `k`-th of the activations in memory.
+        ema_decay: keep a `WeightAverage` of the weights with this decay (0:
+            none); `evaluate(..., averaged=True)` evaluates it, and `fit`
+            evaluates both. Checkpoints hold it.
 
     Example:
 
@@ -274,10 +290,17 @@ class Trainer:
         verbose=1,
         on_nonfinite="stop",
         log_every=100,
+        loss="cross_entropy",
+        label_smoothing=0.0,
+        gradient_accumulation_steps=1,
+        ema_decay=0.0,
     ):
-        _check_settings(
-            strategy, global_batch_size, (checkpoint_every, steps_per_loop, log_every), on_nonfinite
-        )
+        counts = (checkpoint_every, steps_per_loop, log_every, gradient_accumulation_steps)
+        _check_settings(strategy, global_batch_size, counts, on_nonfinite)
+        check_choice("loss", loss, LOSSES)
+        self.loss = loss
+        self.label_smoothing = float(label_smoothing)
+        self.accumulation = gradient_accumulation_steps
         self.on_nonfinite = on_nonfinite
         self.log_every = log_every
         self.keep_checkpoints = keep_checkpoints
@@ -292,31 +315,32 @@ class Trainer:
         self.steps_per_loop = steps_per_loop
         self.verbose = verbose
         self.chief = is_chief(strategy)
-        self._build(build_model, build_optimizer)
+        self._build(build_model, build_optimizer, ema_decay)
         self.history = []
         self.last_eval = None  # the latest evaluation in `fit`, with its step
         self._checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, step=self.step
+            model=self.model,
+            optimizer=self.optimizer,
+            step=self.step,
+            **({"ema": self.ema} if self.ema is not None else {}),
         )
         self._manager, self._worker_dir = self._checkpoint_manager(keep_checkpoints)
-        # XLA compiles the forward/backward pass only: optimizer.apply all-reduces
-        # across replicas, which XLA cannot do inside a distributed step.
-        self._grads_fn = self._loss_and_grads
-        if jit_compile:
-            self._grads_fn = tf.function(self._loss_and_grads, jit_compile=True)
-        self._train_loop = tf.function(self._train_loop_fn)
+        self.jit_compile = jit_compile
+        self.trainable_variables_changed()
         self._eval_step = tf.function(self._eval_step_fn, reduce_retracing=True)
         self._finite_state = tf.function(self._finite_state_fn)
         self._sum_over_workers = tf.function(self._sum_over_workers_fn)
         self._writers = None
         self._tensorboard = True  # False when the tensorboard package is missing
 
-    def _build(self, build_model, build_optimizer):
-        """Creates the model, the optimizer's variables and the step counter in the scope."""
+    def _build(self, build_model, build_optimizer, ema_decay):
+        """Creates the model, the optimizer's variables, the weight average and the step counter
+        in the scope."""
         with self.strategy.scope():
             self.model = build_model()
             self.optimizer = build_optimizer()
             self.optimizer.build(self.model.trainable_variables)
+            self.ema = WeightAverage(self.model, ema_decay) if ema_decay else None
             self.step = tf.Variable(
                 0,
                 dtype=tf.int64,
@@ -346,28 +370,91 @@ class Trainer:
 
     # ----------------------------------------------------------------- steps
 
-    def _loss_and_grads(self, images, labels):
+    def trainable_variables_changed(self):
+        """(Re)creates the step functions: call it after making layers (un)trainable.
+
+        The optimizer must already hold slots for every variable that trains
+        later (it is built on the model's trainable variables when made).
+        """
+        # XLA compiles the forward/backward pass only: optimizer.apply all-reduces
+        # across replicas, which XLA cannot do inside a distributed step.
+        self._grads_fn = self._loss_and_grads
+        if self.jit_compile:
+            self._grads_fn = tf.function(self._loss_and_grads, jit_compile=True)
+        self._train_loop = tf.function(self._train_loop_fn)
+
+    def _per_example_loss(self, labels, logits):
+        """The loss of each example: `labels` are class indices or soft label rows."""
+        if labels.shape.rank == 1 and not self.label_smoothing and self.loss == "cross_entropy":
+            return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        targets = labels if labels.shape.rank == 2 else tf.one_hot(labels, tf.shape(logits)[-1])
+        if self.label_smoothing:
+            classes = tf.cast(tf.shape(logits)[-1], tf.float32)
+            targets = targets * (1.0 - self.label_smoothing) + self.label_smoothing / classes
+        if self.loss == "bce":
+            return keras.losses.binary_crossentropy(targets, logits, from_logits=True)
+        return keras.losses.categorical_crossentropy(targets, logits, from_logits=True)
+
+    def _micro_batch(self, images, labels):
+        """Loss (this micro-batch's share of the global batch's), correct count, gradients."""
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             logits = tf.cast(self.model(images, training=True), tf.float32)
-            per_example = keras.losses.sparse_categorical_crossentropy(
-                labels, logits, from_logits=True
-            )
+            per_example = self._per_example_loss(labels, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
             if self.model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
+                regularization = tf.add_n(self.model.losses) / self.accumulation
+                loss += tf.nn.scale_regularization_loss(regularization)
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
-        correct = tf.reduce_sum(
-            tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+        classes = labels if labels.shape.rank == 1 else tf.argmax(labels, -1, output_type=tf.int32)
+        predicted = tf.argmax(logits, -1, output_type=tf.int32)
+        correct = tf.reduce_sum(tf.cast(tf.equal(predicted, classes), tf.float32))
+        return loss, correct, grads
+
+    def _loss_and_grads(self, images, labels):
+        """The replica batch's loss, correct count and gradients, in `accumulation` micro-batches.
+
+        The micro-batches run one after another in a `tf.while_loop`, so one
+        micro-batch's activations are freed before the next one's forward
+        pass; each loss is already its share of the global batch's mean, so
+        the summed gradients are the whole batch's. (Keras' own
+        `gradient_accumulation_steps` spreads a batch over `k` optimizer
+        calls: `k` all-reduces, and the schedule counts micro-steps.)
+        """
+        k = self.accumulation
+        if k == 1:
+            return self._micro_batch(images, labels)
+        images = tf.reshape(images, [k, -1, *images.shape[1:]])
+        labels = tf.reshape(labels, [k, -1, *labels.shape[1:]])
+        zeros = [tf.zeros_like(v) for v in self.model.trainable_variables]
+
+        def body(i, loss, correct, grads):
+            part_loss, part_correct, part = self._micro_batch(images[i], labels[i])
+            part = [
+                tf.zeros_like(z) if g is None else tf.convert_to_tensor(g)
+                for g, z in zip(part, zeros)
+            ]
+            return (
+                i + 1,
+                loss + part_loss,
+                correct + part_correct,
+                [a + b for a, b in zip(grads, part)],
+            )
+
+        _, loss, correct, grads = tf.while_loop(
+            lambda i, *_: i < k, body, (tf.constant(0), 0.0, 0.0, zeros)
         )
         return loss, correct, grads
 
     def _train_step(self, images, labels, stop):
-        labels = tf.cast(labels, tf.int32)
+        if labels.shape.rank == 1:
+            labels = tf.cast(labels, tf.int32)
         loss, correct, grads = self._grads_fn(images, labels)
         nonfinite = self._nonfinite(loss, grads)
         self.optimizer.apply(grads, self.model.trainable_variables)
+        if self.ema is not None:
+            self.ema.update()
         count = tf.cast(tf.shape(labels)[0], tf.float32)
         return tf.stack([loss, correct, count, stop, nonfinite])
 
@@ -415,9 +502,21 @@ class Trainer:
         per_replica = self.strategy.run(tf.identity, args=(value,))
         return self.strategy.reduce("SUM", per_replica, axis=None)
 
-    def _eval_step_fn(self, batch):
+    def _eval_logits(self, images, views):
+        """The model's logits; with `views`, images `[batch, views, h, w, c]` of test-time
+        views: the log of the softmax outputs averaged over the views."""
+        if not views:
+            return tf.cast(self.model(images, training=False), tf.float32)
+        shape = tf.shape(images)
+        flat = tf.reshape(images, tf.concat([[-1], shape[2:]], axis=0))
+        views = shape[1]
+        logits = tf.cast(self.model(flat, training=False), tf.float32)
+        probabilities = tf.nn.softmax(tf.reshape(logits, [-1, views, logits.shape[-1]]))
+        return tf.math.log(tf.reduce_mean(probabilities, axis=1) + 1e-12)
+
+    def _eval_step_fn(self, batch, views=False):
         def sums(images, labels):
-            logits = tf.cast(self.model(images, training=False), tf.float32)
+            logits = self._eval_logits(images, views)
             loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
             _, top = tf.math.top_k(logits, k=min(5, logits.shape[-1]))
             hits = tf.cast(tf.equal(top, labels[:, None]), tf.float32)
@@ -761,20 +860,30 @@ class Trainer:
         return f"Training diverged at step {step}: {what}{lr}{situation}; {kept}. {advice}."
 
     def _evaluate_epoch(self, dataset_fn, step):
-        """Evaluates after the epoch that ended at `step` (logs, prints); the row's val_* fields."""
-        metrics = self.evaluate(dataset_fn)
-        self.last_eval = dict(metrics, step=step)
-        self._log("eval", step, loss=metrics["loss"], top1=metrics["top1"], top5=metrics["top5"])
-        if self.chief and self.verbose:
-            print(
-                f"  eval: loss {metrics['loss']:.4f}, top-1 {metrics['top1']:.4f}, "
-                f"top-5 {metrics['top5']:.4f}"
+        """Evaluates after the epoch that ended at `step` (logs, prints); the row's val_* fields.
+
+        With a weight average, both: `val_*` (the weights) and `val_*_ema`.
+        """
+        row = {}
+        for averaged in (False, True) if self.ema is not None else (False,):
+            metrics = self.evaluate(dataset_fn, averaged=averaged)
+            suffix = "_ema" if averaged else ""
+            if averaged or self.ema is None:
+                self.last_eval = dict(metrics, step=step)  # what the saved model will be
+            self._log(
+                f"eval{suffix}",
+                step,
+                loss=metrics["loss"],
+                top1=metrics["top1"],
+                top5=metrics["top5"],
             )
-        return {
-            "val_loss": metrics["loss"],
-            "val_top1": metrics["top1"],
-            "val_top5": metrics["top5"],
-        }
+            if self.chief and self.verbose:
+                print(
+                    f"  eval{' (EMA)' if averaged else ''}: loss {metrics['loss']:.4f}, "
+                    f"top-1 {metrics['top1']:.4f}, top-5 {metrics['top5']:.4f}"
+                )
+            row.update({f"val_{k}{suffix}": metrics[k] for k in ("loss", "top1", "top5")})
+        return row
 
     def _stop(self, step, signal_name, progress):
         """Checkpoints the current step on every worker and raises `Preempted`."""
@@ -786,12 +895,21 @@ class Trainer:
             print(preempted, file=sys.stderr, flush=True)
         raise preempted
 
-    def evaluate(self, dataset_fn):
-        """Returns `{"loss", "top1", "top5", "count"}` over a finite dataset (exact, all replicas)."""
+    def evaluate(self, dataset_fn, averaged=False, views=False):
+        """Returns `{"loss", "top1", "top5", "count"}` over a finite dataset (exact, all replicas).
+
+        `averaged=True` evaluates the weight average (`ema_decay`) instead of
+        the weights. `views=True`: the images are `[batch, views, h, w, c]`,
+        test-time views (`make_dataset(..., tta=...)`); the prediction is the
+        mean softmax over the views.
+        """
+        if averaged and self.ema is None:
+            raise ValueError("averaged=True needs a Trainer made with ema_decay.")
         dataset = self.strategy.distribute_datasets_from_function(dataset_fn)
         totals = np.zeros(4)
-        for batch in dataset:
-            totals += self._eval_step(batch).numpy()
+        with self.ema.swapped() if averaged else contextlib.nullcontext():
+            for batch in dataset:
+                totals += self._eval_step(batch, views).numpy()
         count = totals[3]
         if count == 0:
             raise ValueError("The evaluation dataset is empty.")
@@ -856,9 +974,10 @@ class Trainer:
     def _write_history(self):
         if not (self.chief and self.model_dir):
             return
-        rows = [{k: _plain(row.get(k)) for k in HISTORY_FIELDS} for row in self.history]
+        fields = HISTORY_FIELDS + (EMA_HISTORY_FIELDS if self.ema is not None else ())
+        rows = [{k: _plain(row.get(k)) for k in fields} for row in self.history]
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, HISTORY_FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         with self._resumable():

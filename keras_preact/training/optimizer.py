@@ -1,4 +1,4 @@
-"""SGD with momentum and coupled L2 weight decay, as in the authors' Torch code.
+"""The optimizers of the recipes: the paper's SGD with coupled L2, and AdamW and LAMB with decoupled decay.
 
 fb.resnet.torch trains with Torch's `optim.sgd` (dampening 0, no Nesterov),
 which adds the weight decay to the gradient *before* momentum, for every
@@ -74,3 +74,141 @@ class CoupledSGD(keras.optimizers.SGD):
         config.pop("weight_decay", None)
         config["l2"] = self.l2
         return config
+
+
+OPTIMIZERS = ("sgd", "adamw", "lamb")
+
+
+def decays(variable):
+    """Whether decoupled weight decay applies to `variable`: kernels yes, norms and biases no.
+
+    timm's rule (`param_groups_weight_decay`): a parameter of rank <= 1
+    (a bias, a norm's scale or offset) is not decayed.
+
+    >>> import numpy as np
+    >>> decays(keras.Variable(np.ones([3, 3, 8, 8]))), decays(keras.Variable(np.ones([8])))
+    (True, False)
+    """
+    return len(variable.shape) >= 2
+
+
+class _DecayKernelsOnly:
+    """Excludes every variable `decays` rejects from weight decay when the optimizer is built."""
+
+    def build(self, var_list):
+        if not self.built:
+            self.exclude_from_weight_decay(var_list=[v for v in var_list if not decays(v)])
+        super().build(var_list)
+
+
+@keras.saving.register_keras_serializable(package="keras_preact")
+class AdamW(_DecayKernelsOnly, keras.optimizers.AdamW):
+    """`keras.optimizers.AdamW` that decays kernels only (not norm parameters or biases).
+
+    The decay is decoupled, `w -= learning_rate * weight_decay * w` before the
+    Adam step (as `torch.optim.AdamW`), and skips every variable of rank <= 1
+    as timm does.
+
+    >>> import numpy as np
+    >>> opt = AdamW(learning_rate=0.1, weight_decay=0.5)
+    >>> kernel, bias = keras.Variable(np.ones([1, 1])), keras.Variable(np.ones([1]))
+    >>> opt.apply([keras.ops.zeros([1, 1]), keras.ops.zeros([1])], [kernel, bias])
+    >>> round(float(kernel.numpy()[0, 0]), 6), float(bias.numpy()[0])  # 1 - 0.1 * 0.5; no decay
+    (0.95, 1.0)
+    """
+
+
+@keras.saving.register_keras_serializable(package="keras_preact")
+class Lamb(_DecayKernelsOnly, keras.optimizers.Lamb):
+    """LAMB as timm's `Lamb` and the LAMB paper: weight decay inside the trust ratio.
+
+    For a decayed variable (a kernel), with Adam's bias-corrected moments
+    `m_hat`, `v_hat`:
+
+        update = m_hat / (sqrt(v_hat) + epsilon) + weight_decay * w
+        w -= learning_rate * (||w|| / ||update||) * update
+
+    and for a norm parameter or bias the plain Adam step, with no decay and no
+    trust ratio (timm's `always_adapt=False`). Gradients are first clipped to
+    a global norm of `global_clipnorm` (1.0, timm's `max_grad_norm`).
+
+    `keras.optimizers.Lamb` does not serve: it decays outside the trust ratio
+    (like AdamW) and applies the ratio to every variable, norms and biases
+    included. Under a multi-replica strategy Keras clips each replica's share
+    of the gradient before the all-reduce, not the sum.
+
+    The trust ratio makes a kernel's step `learning_rate * ||w||` long:
+
+    >>> import numpy as np
+    >>> opt = Lamb(learning_rate=0.1, weight_decay=0.5, global_clipnorm=None)
+    >>> w = keras.Variable(np.full([2, 2], 3.0))  # ||w|| = 6
+    >>> opt.apply([keras.ops.ones([2, 2])], [w])
+    >>> np.round(w.numpy(), 4).tolist()  # 3 - 0.1 * 6 / 2
+    [[2.7, 2.7], [2.7, 2.7]]
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-6,
+        weight_decay=0.0,
+        global_clipnorm=1.0,
+        name="lamb",
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=learning_rate,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            weight_decay=weight_decay,
+            global_clipnorm=global_clipnorm,
+            name=name,
+            **kwargs,
+        )
+
+    def _apply_weight_decay(self, variables):
+        """Nothing here: `update_step` decays inside the trust ratio."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        step = ops.cast(self.iterations + 1, variable.dtype)
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
+        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
+        m_hat = ops.divide(m, 1.0 - ops.power(ops.cast(self.beta_1, variable.dtype), step))
+        v_hat = ops.divide(v, 1.0 - ops.power(ops.cast(self.beta_2, variable.dtype), step))
+        update = ops.divide(m_hat, ops.add(ops.sqrt(v_hat), self.epsilon))
+        if self.weight_decay and self._use_weight_decay(variable):
+            update = ops.add(
+                update, ops.multiply(ops.cast(self.weight_decay, variable.dtype), variable)
+            )
+            w_norm = ops.sqrt(ops.sum(ops.square(variable)))
+            u_norm = ops.sqrt(ops.sum(ops.square(update)))
+            ratio = ops.where(
+                ops.logical_and(w_norm > 0, u_norm > 0), ops.divide(w_norm, u_norm), 1.0
+            )
+            update = ops.multiply(update, ratio)
+        self.assign_sub(variable, ops.multiply(update, lr))
+
+
+def make_optimizer(name, learning_rate, *, momentum=0.9, weight_decay=0.0):
+    """The recipes' optimizer `name` ("sgd", "adamw" or "lamb") at `learning_rate`.
+
+    "sgd" is `CoupledSGD` (the paper's: L2 added to every gradient);
+    "adamw" and "lamb" decay decoupled, kernels only (`AdamW`, `Lamb`).
+
+    >>> type(make_optimizer("lamb", 0.008, weight_decay=0.02)).__name__
+    'Lamb'
+    """
+    if name == "sgd":
+        return CoupledSGD(learning_rate, momentum=momentum, l2=weight_decay)
+    if name == "adamw":
+        return AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
+    if name == "lamb":
+        return Lamb(learning_rate=learning_rate, weight_decay=weight_decay)
+    raise ValueError(f"Unknown optimizer {name!r}. Allowed values: {', '.join(OPTIMIZERS)}.")

@@ -45,6 +45,7 @@ Files the chief writes to `model_dir` (names and the one atomic write:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -64,15 +65,27 @@ from keras_preact.models.common import check_cifar_weights
 from keras_preact.models.float32 import float32_copy
 from keras_preact.models.imagenet import resolve_layout
 from keras_preact.options import EvalProtocol, ShortcutOptions
+from keras_preact.preprocessing import normalization_stats
+from keras_preact.training import recipes
 from keras_preact.training.config import ConfigError, TrainConfig
 from keras_preact.training.loop import Trainer
-from keras_preact.training.optimizer import CoupledSGD
+from keras_preact.training.optimizer import make_optimizer
 from keras_preact.training.schedules import (
+    BIT_LEARNING_RATE,
+    BIT_REFERENCE_BATCH,
+    CIFAR_REFERENCE_BATCH,
+    FINETUNE_LEARNING_RATE,
+    FINETUNE_REFERENCE_BATCH,
+    FINETUNE_WARMUP_FRACTION,
     IMAGENET_EPOCHS,
+    IMAGENET_REFERENCE_BATCH,
+    bit_schedule,
+    bit_supports,
     cifar_schedule,
     cifar_total_steps,
-    finetune_schedule,
+    cosine_schedule,
     imagenet_schedule,
+    scaled_learning_rate,
 )
 from keras_preact.training.strategy import is_chief, make_strategy
 
@@ -125,6 +138,8 @@ def builder_call(config, info):
     """
     kwargs = ShortcutOptions.from_object(config).as_kwargs()
     kwargs.update(depth=config.depth, classes=info.num_classes, unit_variant=config.unit_variant)
+    if config.drop_path_rate:
+        kwargs.update(drop_path_rate=config.drop_path_rate)
     if config.family == "cifar":
         size = config.image_size or info.image_size
         kwargs.update(
@@ -236,6 +251,9 @@ class _Run:
     def __init__(self, config):
         try:
             config.validate()
+            self.info = data.dataset_info(config.dataset, config.data_dir)
+            config = recipes.apply_recipe(config, self.info.num_examples.get("train"))
+            config.validate()
             self.resolved = resolve_weights(config)
             if config.family == "imagenet":  # spec.json and config.json name the layout
                 config = dataclasses.replace(config, layout=run_layout(config))
@@ -254,7 +272,13 @@ class _Run:
                     f"replicas of strategy {config.strategy!r}; use a multiple of {replicas}."
                 )
             self.chief = is_chief(self.strategy)
-            self.info = data.dataset_info(config.dataset, config.data_dir)
+            replica_batch = config.batch_size // replicas
+            if replica_batch % config.gradient_accumulation_steps:
+                raise ValueError(
+                    f"Each of the {replicas} replicas gets {replica_batch} images, which "
+                    f"gradient_accumulation_steps {config.gradient_accumulation_steps} cannot "
+                    "split evenly; use a batch_size that divides."
+                )
             self.eval_crops = tuple(config.eval_crop_sizes) or (None,)
             # Build (not read) every pipeline once, so missing data fails here.
             splits = [] if config.eval_only else [("train", True)]
@@ -268,7 +292,16 @@ class _Run:
 
     # ------------------------------------------------------------------ setup
 
-    def _dataset(self, split, training, input_context, eval_crop_size=None, seed=None):
+    def _dataset(
+        self,
+        split,
+        training,
+        input_context,
+        eval_crop_size=None,
+        seed=None,
+        augmentation=None,
+        tta="none",
+    ):
         c = self.config
         return data.make_dataset(
             c.dataset,
@@ -284,10 +317,37 @@ class _Run:
             repeat=training,
             color_augment=c.color_augment and training,
             eval_preprocessing=self.eval_protocol.crop_settings(),
+            augmentation=augmentation if training else None,
+            tta=tta,
         )
 
-    def _eval_fn(self, crop):
-        return lambda ctx: self._dataset(self.info.eval_split, False, ctx, crop)
+    def _augmentation(self, model):
+        """The training `data.Augmentation` the config asks for (None: none); erasing fills
+        with noise of `model`'s input normalisation."""
+        c = self.config
+        if not (c.randaugment or c.random_erasing or c.mixup_alpha or c.cutmix_alpha):
+            return None
+        try:
+            layer = model.get_layer("preprocessing")
+            mean, std = (np.asarray(w.numpy()).tolist() for w in (layer.mean, layer.std))
+        except ValueError:  # no normalisation inside the model: the dataset's statistics
+            mean, std = (a.tolist() for a in normalization_stats(self.info.normalization))
+        return data.Augmentation(
+            randaugment=(
+                (c.randaugment_ops, c.randaugment_magnitude, c.randaugment_std)
+                if c.randaugment
+                else None
+            ),
+            random_erasing=c.random_erasing,
+            mixup_alpha=c.mixup_alpha,
+            cutmix_alpha=c.cutmix_alpha,
+            num_classes=self.info.num_classes,
+            fill_mean=tuple(mean),
+            fill_std=tuple(std),
+        )
+
+    def _eval_fn(self, crop, tta="none"):
+        return lambda ctx: self._dataset(self.info.eval_split, False, ctx, crop, tta=tta)
 
     def _plan_steps(self):
         c = self.config
@@ -311,15 +371,53 @@ class _Run:
             self.total_steps = max(1, math.ceil(c.epochs * self.steps_per_epoch))
         elif c.schedule == "cifar":
             self.total_steps = cifar_total_steps(c.batch_size)
+        elif c.schedule == "bit":
+            self.total_steps = bit_supports(examples or 0)[-1]
         else:
             self.total_steps = IMAGENET_EPOCHS * self.steps_per_epoch
-        lr = {} if c.learning_rate is None else {"base_learning_rate": c.learning_rate}
-        if c.schedule == "cifar":
-            self.schedule = cifar_schedule(c.batch_size, self.total_steps, **lr)
+        self.schedule = self._schedule(examples)
+
+    def peak_learning_rate(self):
+        """`(peak learning rate at this batch, the rate given, its reference batch)`.
+
+        The defaults: SGD 0.1 at the family's batch (CIFAR 128, ImageNet 256),
+        0.01 at 256 for finetune, BiT's 0.003 at 512; AdamW and LAMB 0.001 at
+        256. SGD scales linearly, AdamW and LAMB by the square root.
+        """
+        c = self.config
+        adaptive = c.optimizer != "sgd"
+        if c.schedule == "bit":
+            lr, reference = BIT_LEARNING_RATE, BIT_REFERENCE_BATCH
+        elif adaptive:
+            lr, reference = 0.001, IMAGENET_REFERENCE_BATCH
         elif c.schedule == "finetune":
-            self.schedule = finetune_schedule(c.batch_size, self.total_steps, **lr)
+            lr, reference = FINETUNE_LEARNING_RATE, FINETUNE_REFERENCE_BATCH
         else:
-            self.schedule = imagenet_schedule(c.batch_size, self.steps_per_epoch, **lr)
+            lr = 0.1
+            reference = CIFAR_REFERENCE_BATCH if c.family == "cifar" else IMAGENET_REFERENCE_BATCH
+        lr = lr if c.learning_rate is None else c.learning_rate
+        reference = reference if c.lr_reference_batch is None else c.lr_reference_batch
+        scaling = "sqrt" if adaptive else "linear"
+        return scaled_learning_rate(lr, c.batch_size, reference, scaling), lr, reference
+
+    def _schedule(self, examples):
+        """The learning-rate schedule of `config.schedule` over `total_steps`."""
+        c = self.config
+        peak = self.peak_learning_rate()[0]
+        if c.schedule in ("cifar", "imagenet"):  # their functions scale from their reference
+            reference = CIFAR_REFERENCE_BATCH if c.schedule == "cifar" else IMAGENET_REFERENCE_BATCH
+            base = peak * reference / c.batch_size
+            if c.schedule == "cifar":
+                return cifar_schedule(c.batch_size, self.total_steps, base_learning_rate=base)
+            return imagenet_schedule(c.batch_size, self.steps_per_epoch, base_learning_rate=base)
+        if c.schedule == "bit":
+            stretch = None if c.train_steps is None and c.epochs is None else self.total_steps
+            return bit_schedule(peak, bit_supports(examples or 0, stretch))
+        if c.warmup_epochs is not None:  # cosine / finetune
+            warmup = round(c.warmup_epochs * self.steps_per_epoch)
+        else:
+            warmup = round(FINETUNE_WARMUP_FRACTION * self.total_steps)
+        return cosine_schedule(peak, self.total_steps, warmup)
 
     def _check_model_dir(self):
         c = self.config
@@ -365,7 +463,9 @@ class _Run:
 
         def optimizer_fn():
             schedule = 0.0 if c.eval_only else self.schedule  # eval_only never applies it
-            optimizer = CoupledSGD(schedule, momentum=c.momentum, l2=c.weight_decay)
+            optimizer = make_optimizer(
+                c.optimizer, schedule, momentum=c.momentum, weight_decay=c.weight_decay
+            )
             if policy == "mixed_float16":
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             return optimizer
@@ -386,6 +486,10 @@ class _Run:
                 verbose=c.verbose if self.chief else 0,
                 on_nonfinite=c.on_nonfinite,
                 log_every=c.log_every,
+                loss=c.loss,
+                label_smoothing=c.label_smoothing,
+                gradient_accumulation_steps=c.gradient_accumulation_steps,
+                ema_decay=0.0 if c.eval_only else c.ema_decay,
             )
         except (
             ValueError,
@@ -411,6 +515,8 @@ class _Run:
             "strategy": c.strategy,
             "replicas": self.strategy.num_replicas_in_sync,
             "global_batch_size": c.batch_size,
+            "peak_learning_rate": None if c.eval_only else self.peak_learning_rate()[0],
+            "recipe": recipes.settings(c),
         }
 
     def _test_metrics(self, results):
@@ -440,7 +546,7 @@ class _Run:
             print(line)
         skipped = _SkippedImages(c.model_dir, self.chief)
         began = time.time()
-        results = {crop: trainer.evaluate(self._eval_fn(crop)) for crop in self.eval_crops}
+        results = {crop: self._evaluate(trainer, crop) for crop in self.eval_crops}
         trainer.close()
         skipped.report()
         metrics = {
@@ -471,6 +577,49 @@ class _Run:
 
     def train(self):
         c = self.config
+        trainer, start = self._start_trainer()
+        # A resumed run restarts the input pipeline: reseed it, so it does not
+        # replay the batches the run began with.
+        seed = None if c.seed is None else c.seed + start
+        augmentation = self._augmentation(trainer.model)
+
+        def train_fn(ctx):
+            return self._dataset("train", True, ctx, seed=seed, augmentation=augmentation)
+
+        skipped = _SkippedImages(c.model_dir, self.chief, resuming=self.resuming)
+        began = time.time()
+        history = self._fit(trainer, train_fn, skipped)
+        train_seconds = time.time() - began
+        results, raw = self._final_evaluation(trainer)
+        trainer.close()
+        skipped.report()
+        metrics = {
+            **self._run_metrics(trainer),
+            "steps": trainer.current_step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epochs": trainer.current_step / self.steps_per_epoch,
+            "resumed_from_step": start,
+            "train_seconds": round(train_seconds, 2),
+            "final_learning_rate": trainer.learning_rate(),
+            "train_loss": history[-1]["loss"] if history else None,
+            "skipped_images": skipped.count,
+            **self._test_metrics(results),
+        }
+        if raw is not None:  # the saved model is the weight average; the raw weights' figures
+            metrics.update(
+                saved_weights="ema",
+                test_top1_ema=metrics["test_top1"],
+                test_top1_raw=raw["top1"],
+                test_top5_raw=raw["top5"],
+                test_loss_raw=raw["loss"],
+            )
+        if self.chief:
+            self._save(trainer, metrics)
+        return dict(metrics, chief=self.chief)
+
+    def _start_trainer(self):
+        """The `Trainer`, restored from the latest checkpoint, and the step it starts at."""
+        c = self.config
         trainer = self._build_trainer(None if self.resuming else c.weights)
         start = trainer.restore()
         if self.resuming and not start:  # every checkpoint was unreadable (and set aside)
@@ -487,57 +636,68 @@ class _Run:
             )
         if self.chief and start:  # printed at any verbosity: a resume should never go unnoticed
             print(f"Resuming from step {start} (learning rate {trainer.learning_rate():.4g}).")
-        # A resumed run restarts the input pipeline: reseed it, so it does not
-        # replay the batches the run began with.
-        seed = None if c.seed is None else c.seed + start
+        return trainer, start
 
-        def train_fn(ctx):
-            return self._dataset("train", True, ctx, seed=seed)
+    def _fit(self, trainer, train_fn, skipped):
+        """`trainer.fit` to `total_steps`; with `linear_probe_epochs`, the classifier alone first."""
+        c = self.config
 
-        skipped = _SkippedImages(c.model_dir, self.chief, resuming=self.resuming)
-        began = time.time()
-        history = trainer.fit(
-            train_fn,
-            total_steps=self.total_steps,
-            steps_per_epoch=self.steps_per_epoch,
-            eval_dataset_fn=self._eval_fn(self.eval_crops[0]),
-            eval_every=c.eval_every,
-            on_epoch_end=lambda row: skipped.report(),
-        )
-        train_seconds = time.time() - began
+        def fit(total_steps):
+            return trainer.fit(
+                train_fn,
+                total_steps=total_steps,
+                steps_per_epoch=self.steps_per_epoch,
+                eval_dataset_fn=self._eval_fn(self.eval_crops[0]),
+                eval_every=c.eval_every,
+                on_epoch_end=lambda row: skipped.report(),
+            )
+
+        probe_steps = min(self.total_steps, round(c.linear_probe_epochs * self.steps_per_epoch))
+        if trainer.current_step < probe_steps:
+            freeze(trainer.model, "backbone")
+            trainer.trainable_variables_changed()
+            fit(probe_steps)
+            for layer in trainer.model.layers:
+                layer.trainable = True
+            trainer.trainable_variables_changed()
+        return fit(self.total_steps)
+
+    def _final_evaluation(self, trainer):
+        """`({crop size: metrics}, raw)`: the saved model's metrics at every eval crop size (with
+        `tta`), and with a weight average the raw weights' at the first crop (else None)."""
+        c, first = self.config, self.eval_crops[0]
+        averaged = trainer.ema is not None
         results = {}
-        last = trainer.last_eval
-        if last is not None and last["step"] == trainer.current_step:
-            results[self.eval_crops[0]] = last  # fit evaluated after its last step
+        last = trainer.last_eval  # the saved model's (the average's, with one)
+        if last is not None and last["step"] == trainer.current_step and c.tta == "none":
+            results[first] = last  # fit evaluated after its last step
         for crop in self.eval_crops:
             if crop not in results:
-                results[crop] = trainer.evaluate(self._eval_fn(crop))
-        trainer.close()
-        skipped.report()
-        metrics = {
-            **self._run_metrics(trainer),
-            "steps": trainer.current_step,
-            "steps_per_epoch": self.steps_per_epoch,
-            "epochs": trainer.current_step / self.steps_per_epoch,
-            "resumed_from_step": start,
-            "train_seconds": round(train_seconds, 2),
-            "final_learning_rate": trainer.learning_rate(),
-            "train_loss": history[-1]["loss"] if history else None,
-            "skipped_images": skipped.count,
-            **self._test_metrics(results),
-        }
-        if self.chief:
-            self._save(trainer.model, metrics)
-        return dict(metrics, chief=self.chief)
+                results[crop] = self._evaluate(trainer, crop, averaged)
+        raw = None
+        if averaged:
+            row = trainer.history[-1] if trainer.history else {}
+            if row.get("step") == trainer.current_step and "val_top1" in row and c.tta == "none":
+                raw = {k: row[f"val_{k}"] for k in ("loss", "top1", "top5")}
+            else:
+                raw = self._evaluate(trainer, first)
+        return results, raw
 
-    def _save(self, trained, metrics):
+    def _evaluate(self, trainer, crop, averaged=False):
+        """`trainer.evaluate` at eval crop size `crop`, with the run's test-time augmentation."""
+        tta = self.config.tta
+        return trainer.evaluate(self._eval_fn(crop, tta), averaged=averaged, views=tta != "none")
+
+    def _save(self, trainer, metrics):
         """Writes model.keras, model.weights.h5, spec.json, labels.txt and metrics.json.
 
-        Each is written whole or not at all; a full disk raises `DiskFullError`
-        saying that a rerun (from the final checkpoint) writes them.
+        The model is the weight average when there is one. Each file is
+        written whole or not at all; a full disk raises `DiskFullError` saying
+        that a rerun (from the final checkpoint) writes them.
         """
         c = self.config
-        model = float32_copy(trained, dynamic_hw=False, classifier_activation="softmax")
+        with trainer.ema.swapped() if trainer.ema is not None else contextlib.nullcontext():
+            model = float32_copy(trainer.model, dynamic_hw=False, classifier_activation="softmax")
         size = sum(int(np.prod(w.shape)) * 4 for w in model.weights)  # float32
         try:
             for name, save in ((run_dir.MODEL, model.save), (run_dir.WEIGHTS, model.save_weights)):

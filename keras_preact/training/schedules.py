@@ -16,6 +16,15 @@ same learning rate as an uninterrupted one.
 * Fine-tuning (not the paper's: for starting from pretrained weights):
   lr 0.01 x B / 256, reached by a linear warm-up from 0 over the first 5% of
   the run (at least one step), then a cosine decay to 0 at the run's end.
+* Cosine (timm's, "ResNet strikes back"): the same shape with any peak and
+  warm-up length (`cosine_schedule`).
+* BiT-HyperRule (Kolesnikov et al. 2020, `bit_hyperrule.py`): lr 0.003 x B /
+  512, a linear warm-up from 0, then divided by 10 at three steps; the run's
+  length and steps by the training set's size (`bit_supports`).
+
+`scaled_learning_rate` scales a peak rate given at a reference batch to the
+run's: linearly for SGD (Goyal et al.), by the square root for the adaptive
+optimizers (timm's `lr_base_scale` default for Adam and LAMB).
 """
 
 from __future__ import annotations
@@ -35,7 +44,16 @@ FINETUNE_REFERENCE_BATCH = 256
 FINETUNE_LEARNING_RATE = 0.01
 FINETUNE_WARMUP_FRACTION = 0.05
 
-SCHEDULES = ("cifar", "imagenet", "finetune")
+SCHEDULES = ("cifar", "imagenet", "finetune", "cosine", "bit")
+
+# BiT-HyperRule: (warm-up end, three decays, run end) in steps, by training-set size.
+BIT_SUPPORTS = (
+    (20_000, (100, 200, 300, 400, 500)),
+    (500_000, (500, 3000, 6000, 9000, 10_000)),
+    (None, (500, 6000, 12_000, 18_000, 20_000)),
+)
+BIT_REFERENCE_BATCH = 512
+BIT_LEARNING_RATE = 0.003
 
 
 def step_schedule(learning_rate, decay_steps, *, warmup_steps=0, warmup_learning_rate=None):
@@ -132,16 +150,89 @@ def finetune_schedule(global_batch_size, total_steps, base_learning_rate=FINETUN
     [0.0, 0.005, 0.01, 0.005, 0.0]
     """
     _check_batch(global_batch_size)
+    lr = base_learning_rate * global_batch_size / FINETUNE_REFERENCE_BATCH
+    return cosine_schedule(lr, total_steps, round(FINETUNE_WARMUP_FRACTION * total_steps))
+
+
+def scaled_learning_rate(learning_rate, global_batch_size, reference_batch, scaling="linear"):
+    """`learning_rate`, given at `reference_batch`, at `global_batch_size` ("linear" or "sqrt").
+
+    >>> scaled_learning_rate(0.1, 512, 256), scaled_learning_rate(8e-3, 512, 2048, "sqrt")
+    (0.2, 0.004)
+    """
+    _check_batch(global_batch_size)
+    ratio = global_batch_size / reference_batch
+    return float(learning_rate) * (ratio if scaling == "linear" else ratio**0.5)
+
+
+def cosine_schedule(peak_learning_rate, total_steps, warmup_steps):
+    """A linear warm-up from 0 to `peak_learning_rate` over `warmup_steps`, then cosine to 0.
+
+    The cosine reaches 0 at step `total_steps` (a stock `CosineDecay` with
+    `warmup_target`); at least one warm-up step and one decay step.
+
+    >>> schedule = cosine_schedule(0.008, total_steps=100, warmup_steps=5)
+    >>> [round(float(schedule(s)), 6) for s in (0, 5, 100)]
+    [0.0, 0.008, 0.0]
+    """
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
-    lr = base_learning_rate * global_batch_size / FINETUNE_REFERENCE_BATCH
-    warmup = min(max(1, round(FINETUNE_WARMUP_FRACTION * total_steps)), max(1, total_steps - 1))
+    warmup = min(max(1, int(warmup_steps)), max(1, total_steps - 1))
     return keras.optimizers.schedules.CosineDecay(
         0.0,
         decay_steps=max(1, total_steps - warmup),
-        warmup_target=float(lr),
+        warmup_target=float(peak_learning_rate),
         warmup_steps=warmup,
     )
+
+
+def bit_supports(num_examples, total_steps=None):
+    """BiT-HyperRule's (warm-up end, decay, decay, decay, end) steps for a training set.
+
+    `total_steps` (a run length of one's own) stretches them proportionally.
+
+    >>> bit_supports(5_000), bit_supports(50_000), bit_supports(50_000, total_steps=1000)
+    ((100, 200, 300, 400, 500), (500, 3000, 6000, 9000, 10000), (50, 300, 600, 900, 1000))
+    """
+    supports = next(s for limit, s in BIT_SUPPORTS if limit is None or num_examples < limit)
+    if total_steps is None:
+        return supports
+    return tuple(max(1, round(s * total_steps / supports[-1])) for s in supports)
+
+
+@keras.saving.register_keras_serializable(package="keras_preact")
+class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """A linear warm-up from 0 to `learning_rate` over `warmup_steps`, then / 10 after each
+    of `decay_steps` (BiT's `get_lr`: step `s` is divided once for every decay step `< s`).
+
+    >>> schedule = WarmupStepDecay(0.003, warmup_steps=100, decay_steps=(200, 300, 400))
+    >>> [round(float(schedule(s)), 7) for s in (0, 50, 100, 200, 201, 401)]
+    [0.0, 0.0015, 0.003, 0.003, 0.0003, 3e-06]
+    """
+
+    def __init__(self, learning_rate, warmup_steps, decay_steps):
+        self.learning_rate = float(learning_rate)
+        self.warmup_steps = int(warmup_steps)
+        self.decay_steps = tuple(int(d) for d in decay_steps)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        decays = sum(keras.ops.cast(step > d, "float32") for d in self.decay_steps)
+        decayed = self.learning_rate * keras.ops.power(0.1, decays)
+        warm = self.learning_rate * step / max(1, self.warmup_steps)
+        return keras.ops.where(step < self.warmup_steps, warm, decayed)
+
+    def get_config(self):
+        return {
+            "learning_rate": self.learning_rate,
+            "warmup_steps": self.warmup_steps,
+            "decay_steps": list(self.decay_steps),
+        }
+
+
+def bit_schedule(peak_learning_rate, supports):
+    """BiT-HyperRule's schedule over `supports` (`bit_supports`), peaking at `peak_learning_rate`."""
+    return WarmupStepDecay(peak_learning_rate, supports[0], supports[1:-1])
 
 
 def _check_batch(global_batch_size):
