@@ -42,8 +42,12 @@ demo: $(STAMP)
 
 # Every benchmark script, each in its own process (about 15 minutes on 2 cores),
 # into BENCHMARKS.md (written atomically; a failed script is marked there and exits 1).
+# timm's transforms are augment_pipeline.py's peer: TIMM_SITE=<site-packages with torch,
+# torchvision and timm> (a venv of their own; never this project's) adds them.
+TIMM_SITE ?=
 bench: $(BENCH_STAMP)
-	$(VENV_BENCH)/bin/python benchmarks/report.py --settings=report --output BENCHMARKS.md
+	$(VENV_BENCH)/bin/python benchmarks/report.py --settings=report --output BENCHMARKS.md \
+		$(if $(TIMM_SITE),--extra=augment_pipeline.py:--peer_path=$(TIMM_SITE))
 
 $(VENV_BENCH)/bin/python:
 	$(PYTHON) -m venv $(VENV_BENCH)

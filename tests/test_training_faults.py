@@ -30,7 +30,7 @@ CIFAR = os.path.join(REPO, "recipes", "cifar.py")
 TINY = dict(dataset="digits", depth=8, width=4, seed=0)
 ANSI_OR_CR = re.compile(r"\x1b\[|\r")
 SIZE = r"[\d.]+ (?:bytes|kB|MB)"
-NONFINITE = r"(?:the loss was (?:nan|inf)|a gradient was not finite \(loss [\d.e+-]+\))"
+NONFINITE = r"(?:the loss was (?:nan|inf)|a gradient was not finite \(at a loss of [\d.e+-]+\))"
 
 
 def _config(model_dir, **changes):

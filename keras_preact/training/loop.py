@@ -807,7 +807,7 @@ class Trainer:
     def _roll_back(self, event):
         """After a non-finite step: back to the last checkpoint (returns its step), or `Diverged`."""
         if np.isfinite(event.loss):
-            what = f"a gradient was not finite (loss {event.loss:.4g})"
+            what = f"a gradient was not finite (at a loss of {event.loss:.4g})"
         else:
             what = f"the loss was {'nan' if np.isnan(event.loss) else 'inf'}"
         latest = tf.train.latest_checkpoint(self.checkpoint_dir) if self.model_dir else None

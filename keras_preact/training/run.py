@@ -251,34 +251,22 @@ class _Run:
     def __init__(self, config):
         try:
             config.validate()
-            self.info = data.dataset_info(config.dataset, config.data_dir)
-            config = recipes.apply_recipe(config, self.info.num_examples.get("train"))
-            config.validate()
             self.resolved = resolve_weights(config)
             if config.family == "imagenet":  # spec.json and config.json name the layout
                 config = dataclasses.replace(config, layout=run_layout(config))
-            self.config = config
             # A named source's protocol (else the paper's): the model carries it.
             self.eval_protocol = (self.resolved and self.resolved.eval_protocol) or EvalProtocol()
             if config.data_dir is not None and not tf.io.gfile.isdir(config.data_dir):
                 raise ValueError(
                     f"data_dir {config.data_dir!r} does not exist (or is not a folder)."
                 )
+            # First TensorFlow work: a multi-worker strategy must exist before any other op.
             self.strategy = make_strategy(config.strategy, config.tpu)
-            replicas = self.strategy.num_replicas_in_sync
-            if config.batch_size % replicas:
-                raise ValueError(
-                    f"batch_size {config.batch_size} (global) is not divisible by the {replicas} "
-                    f"replicas of strategy {config.strategy!r}; use a multiple of {replicas}."
-                )
             self.chief = is_chief(self.strategy)
-            replica_batch = config.batch_size // replicas
-            if replica_batch % config.gradient_accumulation_steps:
-                raise ValueError(
-                    f"Each of the {replicas} replicas gets {replica_batch} images, which "
-                    f"gradient_accumulation_steps {config.gradient_accumulation_steps} cannot "
-                    "split evenly; use a batch_size that divides."
-                )
+            self.info = data.dataset_info(config.dataset, config.data_dir)
+            self.config = config = recipes.apply_recipe(config, self.info.num_examples.get("train"))
+            config.validate()
+            self._check_batch_split()
             self.eval_crops = tuple(config.eval_crop_sizes) or (None,)
             # Build (not read) every pipeline once, so missing data fails here.
             splits = [] if config.eval_only else [("train", True)]
@@ -289,6 +277,22 @@ class _Run:
             self._check_model_dir()
         except ValueError as e:  # includes data.MissingDataError
             raise ConfigError(str(e)) from e
+
+    def _check_batch_split(self):
+        """The global batch splits over the replicas, and each replica's into micro-batches."""
+        c, replicas = self.config, self.strategy.num_replicas_in_sync
+        if c.batch_size % replicas:
+            raise ValueError(
+                f"batch_size {c.batch_size} (global) is not divisible by the {replicas} "
+                f"replicas of strategy {c.strategy!r}; use a multiple of {replicas}."
+            )
+        replica_batch = c.batch_size // replicas
+        if replica_batch % c.gradient_accumulation_steps:
+            raise ValueError(
+                f"Each of the {replicas} replicas gets {replica_batch} images, which "
+                f"gradient_accumulation_steps {c.gradient_accumulation_steps} cannot split "
+                "evenly; use a batch_size that divides."
+            )
 
     # ------------------------------------------------------------------ setup
 
