@@ -382,7 +382,7 @@ class _Run:
         self.schedule = self._schedule(examples)
 
     def peak_learning_rate(self):
-        """`(peak learning rate at this batch, the rate given, its reference batch)`.
+        """The peak learning rate at the run's batch size (`config.learning_rate`, scaled).
 
         The defaults: SGD 0.1 at the family's batch (CIFAR 128, ImageNet 256),
         0.01 at 256 for finetune, BiT's 0.003 at 512; AdamW and LAMB 0.001 at
@@ -402,12 +402,12 @@ class _Run:
         lr = lr if c.learning_rate is None else c.learning_rate
         reference = reference if c.lr_reference_batch is None else c.lr_reference_batch
         scaling = "sqrt" if adaptive else "linear"
-        return scaled_learning_rate(lr, c.batch_size, reference, scaling), lr, reference
+        return scaled_learning_rate(lr, c.batch_size, reference, scaling)
 
     def _schedule(self, examples):
         """The learning-rate schedule of `config.schedule` over `total_steps`."""
         c = self.config
-        peak = self.peak_learning_rate()[0]
+        peak = self.peak_learning_rate()
         if c.schedule in ("cifar", "imagenet"):  # their functions scale from their reference
             reference = CIFAR_REFERENCE_BATCH if c.schedule == "cifar" else IMAGENET_REFERENCE_BATCH
             base = peak * reference / c.batch_size
@@ -519,7 +519,7 @@ class _Run:
             "strategy": c.strategy,
             "replicas": self.strategy.num_replicas_in_sync,
             "global_batch_size": c.batch_size,
-            "peak_learning_rate": None if c.eval_only else self.peak_learning_rate()[0],
+            "peak_learning_rate": None if c.eval_only else self.peak_learning_rate(),
             "recipe": recipes.settings(c),
         }
 
