@@ -6,8 +6,9 @@ graphs of `foreign_nets`, keras.applications' ResNet50V2); a fresh process
 with `KERAS_BACKEND=jax` and every `tensorflow` import blocked
 (`zoo_without_tensorflow.py`) builds the nets, loads every format, saves and
 reloads, loads the files of keras-preact 0.1.0, trains a step, runs
-`preprocess_input` / `decode_predictions`, and finds that data, training and
-export say in one line that they need TensorFlow.
+`preprocess_input` / `decode_predictions`, finds that data, training and
+export say in one line that they need TensorFlow, and runs
+benchmarks/gpu_keras_backends.py --smoke.
 """
 
 from __future__ import annotations
@@ -92,5 +93,5 @@ def test_model_zoo_runs_on_jax_without_tensorflow(tmp_path, randomize_batchnorm)
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert "skipped" not in proc.stdout, proc.stdout
-    assert proc.stdout.count("ok: ") == 8, proc.stdout
+    assert proc.stdout.count("ok: ") == 9, proc.stdout
     assert "all checks passed on jax without TensorFlow" in proc.stdout

@@ -15,8 +15,10 @@ Each check prints `ok: <name>`; a format whose reader is not installed
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import json
 import os
 import sys
@@ -144,6 +146,31 @@ def check_tensorflow_parts_say_so(cases, expected):
     print("ok: data, training and export say in one line that they need TensorFlow")
 
 
+def check_gpu_benchmark_smoke(cases, expected):
+    """benchmarks/gpu_keras_backends.py --smoke prints its section (title, a row per model)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    spec = importlib.util.spec_from_file_location(
+        "gpu_keras_backends", os.path.join(path, "gpu_keras_backends.py")
+    )
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    # keras-preact alone (compiling a ResNet-50 step is most of the time); torch.compile
+    # takes minutes on a CPU, so a hand-run torch check runs uncompiled.
+    argv = ["--smoke", "--models=preact"]
+    if keras.backend.backend() == "torch":
+        argv.append("--no-compile")
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        benchmark.main(argv)
+    lines = out.getvalue().splitlines()
+    title = f"## ResNet-50 v2 on Keras' {keras.backend.backend()} backend"
+    assert lines[0].startswith(title), lines[:1]
+    row = [line for line in lines if line.startswith("| keras-preact `ResNet50V2`")]
+    assert len(row) == 1, lines
+    train, infer = (float(cell) for cell in row[0].split("|")[3:5])
+    assert train > 0 and infer > 0, row
+    print("ok: benchmarks/gpu_keras_backends.py --smoke prints its section")
+
+
 CHECKS = (
     check_tensorflow_parts_say_so,
     check_preprocessing,
@@ -151,6 +178,7 @@ CHECKS = (
     check_save_and_reload,
     check_files_of_version_0_1,
     check_train_step,
+    check_gpu_benchmark_smoke,
 )
 
 
