@@ -669,7 +669,8 @@ def test_the_whole_toolbox_trains_evaluates_and_saves_the_weight_average(tmp_pat
 def test_imagenet_recipe_eval_only_measures_the_weights_as_given(
     tmp_path, photo_folder, monkeypatch, kind
 ):
-    """--eval_only on a 2-class timm checkpoint: a local file, or a named source (mirrored)."""
+    """--eval_only on a 2-class timm checkpoint: a local file, or a named source (mirrored)
+    evaluated with fb.resnet.torch's ten crops (--tta=ten_crop: the mean softmax of the views)."""
     weights = _timm_file(tmp_path / "two_classes.safetensors", classes=2)
     if kind == "source":  # served from a local mirror, with the source's eval protocol
         weights = keras_preact.weights.DEFAULT_SOURCES[18]
@@ -690,6 +691,7 @@ def test_imagenet_recipe_eval_only_measures_the_weights_as_given(
         "--eval_only",
         "--eval_crop_sizes=64,80",
         "--batch_size=4",
+        *(["--tta=ten_crop"] if kind == "source" else []),
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "loaded the backbone" not in proc.stderr  # the 2-class head fits: all of it loads
@@ -710,14 +712,13 @@ def test_imagenet_recipe_eval_only_measures_the_weights_as_given(
     assert (protocol["interpolation"], protocol["crop_fraction"]) == expected
     files, labels = _val_photos(photo_folder)
     options = {k: protocol[k] for k in ("interpolation", "crop_fraction")}
+    views = crops.ten_crop if kind == "source" else crops.eval_crop
     for size in (64, 80):
         batch = np.stack(
-            [
-                crops.eval_crop(crops.decode_image(tf.io.read_file(str(f))), size, **options)
-                for f in files
-            ]
+            [views(crops.decode_image(tf.io.read_file(str(f))), size, **options) for f in files]
         )
-        probs = model.predict(batch, verbose=0)
+        probs = model.predict(batch.reshape([-1, size, size, 3]), verbose=0)
+        probs = probs.reshape([len(files), -1, 2]).mean(axis=1)
         assert metrics[f"test_top1_{size}"] == np.mean(np.argmax(probs, axis=1) == labels)
         nll = -np.mean(np.log(probs[np.arange(len(labels)), labels]))
         assert metrics[f"test_loss_{size}"] == pytest.approx(nll, rel=1e-3)
