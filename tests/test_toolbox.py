@@ -16,6 +16,7 @@ from keras_preact import CIFARResNetV2, training
 from keras_preact.training import flags as training_flags
 from keras_preact.training import recipes, schedules
 from keras_preact.training.config import ConfigError
+from keras_preact.training.optimizer import layer_decay_multipliers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,6 +89,36 @@ def test_lamb_follows_timms_update():
     expected = _lamb_reference(start, grads, lr=0.01, wd=0.1, decayed=[True, False])
     for variable, reference in zip(variables, expected):
         np.testing.assert_allclose(variable.numpy(), reference, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "lamb"])
+def test_layer_decay_scales_each_variables_step_by_its_groups_factor(name):
+    """One step with layer decay 0.5 moves every variable by its group's factor times the step
+    without (decay included): stem 0.5^4, unit k of 3 0.5^(4-k), final norm and head 1."""
+    model = _tiny_net()
+    variables = model.trainable_variables
+    rng = np.random.default_rng(0)
+    grads = [rng.normal(size=v.shape).astype("float32") for v in variables]
+    start = [v.numpy() for v in variables]
+
+    def step(multipliers):
+        optimizer = training.make_optimizer(
+            name, 0.01, weight_decay=0.1, learning_rate_multipliers=multipliers
+        )
+        optimizer.apply(grads, variables)
+        moved = [v.numpy() - s for v, s in zip(variables, start)]
+        for v, s in zip(variables, start):
+            v.assign(s)
+        return moved
+
+    factors = layer_decay_multipliers(model, 0.5)
+    expected = {"stem_conv/kernel": 0.5**4, "stage1_unit1/conv1/kernel": 0.5**3}
+    expected.update({"stage3_unit1/norm1/gamma": 0.5, "post_bn/gamma": 1.0})
+    assert {k: factors[k] for k in expected} == expected and factors["predictions/kernel"] == 1
+    for variable, plain, scaled in zip(variables, step(None), step(factors)):
+        np.testing.assert_allclose(
+            scaled, plain * factors[variable.path], rtol=2e-4, atol=1e-7, err_msg=variable.path
+        )
 
 
 # ---------------------------------------------------------------------- losses

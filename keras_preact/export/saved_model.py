@@ -243,6 +243,17 @@ def classifier_outputs(model, pixels, labels, top_k=5, normalization=None):
     }
 
 
+def _jit_compiled(model):
+    """`model`'s inference call as one XLA-compiled function, called as the model is."""
+    compiled = tf.function(lambda x: model(x, training=False), jit_compile=True)
+
+    def run(x, training=False):
+        del training  # always inference
+        return compiled(x)
+
+    return run
+
+
 def build_archive(
     model,
     labels,
@@ -252,6 +263,7 @@ def build_archive(
     normalization=None,
     pixel_size=None,
     interpolation="bilinear",
+    jit_compile=False,
 ):
     """A `keras.export.ExportArchive` with the three serving signatures.
 
@@ -266,6 +278,11 @@ def build_archive(
         normalization: only for models without their own preprocessing layer.
         pixel_size: fixed `(H, W)` for the pixel signatures when the model needs
             one; None for any H/W.
+        jit_compile: run the model in the signatures as one XLA cluster
+            (`tf.function(jit_compile=True)`; the decoding, top-k and labels
+            stay outside it, as XLA has no string ops). The server then needs
+            XLA's CPU/GPU JIT and compiles once per input shape. Off by default:
+            `benchmarks/serving_latency.py` measures what it gives.
     """
     if len(labels) != model.outputs[0].shape[-1]:
         raise ValueError(
@@ -274,13 +291,14 @@ def build_archive(
     height, width = pixel_size if pixel_size is not None else (None, None)
     archive = keras.export.ExportArchive()
     archive.track(model)
+    run = _jit_compiled(model) if jit_compile else model
 
     def serve_bytes(image_bytes):
         pixels = decode_and_crop(image_bytes, crop_size, resize_size, interpolation)
-        return classifier_outputs(model, pixels, labels, top_k, normalization)
+        return classifier_outputs(run, pixels, labels, top_k, normalization)
 
     def serve_pixels(pixels):
-        return classifier_outputs(model, pixels, labels, top_k, normalization)
+        return classifier_outputs(run, pixels, labels, top_k, normalization)
 
     archive.add_endpoint(
         SIGNATURE_BYTES,

@@ -361,6 +361,13 @@ class TrainConfig:
         "Weight decay: coupled L2 added to every gradient with sgd; decoupled, kernels only, "
         "with adamw and lamb.",
     )
+    layer_decay: float | None = option(
+        None,
+        SCHEDULE,
+        "Layer-wise learning-rate decay (BEiT's, timm's --layer-decay): the classifier trains at "
+        "the rate, the last unit at this times it, each earlier unit (then the stem) one more "
+        "factor lower; e.g. 0.7.",
+    )
     gradient_accumulation_steps: int = option(
         1,
         SCHEDULE,
@@ -579,6 +586,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}.")
         if not 0 <= self.randaugment_magnitude <= 10 or self.randaugment_std < 0:
             raise ValueError("Need 0 <= randaugment_magnitude <= 10 and randaugment_std >= 0.")
         if self.batch_size % self.gradient_accumulation_steps:

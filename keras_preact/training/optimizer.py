@@ -16,12 +16,36 @@ optimizer implements the Torch update exactly.
 
 from __future__ import annotations
 
+import re
+
 import keras
 from keras import ops
 
 
+class _PerVariableRates:
+    """Scales each variable's learning rate by `learning_rate_multipliers[variable.path]`.
+
+    Set `learning_rate_multipliers` (`{path: factor}`, e.g. `layer_decay_multipliers`)
+    before the optimizer is built; variables it does not name keep factor 1.
+    """
+
+    learning_rate_multipliers = None
+
+    def build(self, var_list):
+        if not self.built:
+            factors = self.learning_rate_multipliers or {}
+            self._rate_factors = [float(factors.get(v.path, 1.0)) for v in var_list]
+        super().build(var_list)
+
+    def _rate(self, learning_rate, variable):
+        """`learning_rate` (cast to the variable's dtype) times the variable's factor."""
+        learning_rate = ops.cast(learning_rate, variable.dtype)
+        factor = self._rate_factors[self._get_variable_index(variable)]
+        return learning_rate if factor == 1.0 else learning_rate * factor
+
+
 @keras.saving.register_keras_serializable(package="keras_preact")
-class CoupledSGD(keras.optimizers.SGD):
+class CoupledSGD(_PerVariableRates, keras.optimizers.SGD):
     """SGD with momentum where L2 weight decay is added to the gradient before momentum.
 
     Args:
@@ -58,7 +82,7 @@ class CoupledSGD(keras.optimizers.SGD):
         self.l2 = float(l2)
 
     def update_step(self, gradient, variable, learning_rate):
-        learning_rate = ops.cast(learning_rate, variable.dtype)
+        learning_rate = self._rate(learning_rate, variable)
         gradient = ops.cast(gradient, variable.dtype)
         if self.l2:
             gradient = ops.add(gradient, ops.multiply(ops.cast(self.l2, variable.dtype), variable))
@@ -102,7 +126,7 @@ class _DecayKernelsOnly:
 
 
 @keras.saving.register_keras_serializable(package="keras_preact")
-class AdamW(_DecayKernelsOnly, keras.optimizers.AdamW):
+class AdamW(_PerVariableRates, _DecayKernelsOnly, keras.optimizers.AdamW):
     """`keras.optimizers.AdamW` that decays kernels only (not norm parameters or biases).
 
     The decay is decoupled, `w -= learning_rate * weight_decay * w` before the
@@ -117,9 +141,19 @@ class AdamW(_DecayKernelsOnly, keras.optimizers.AdamW):
     (0.95, 1.0)
     """
 
+    def _apply_weight_decay(self, variables):
+        """Nothing here: `update_step` decays, at the variable's own learning rate."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        learning_rate = self._rate(learning_rate, variable)
+        if self.weight_decay and self._use_weight_decay(variable):
+            decay = ops.cast(self.weight_decay, variable.dtype)
+            self.assign_sub(variable, ops.multiply(variable, decay * learning_rate))
+        super().update_step(gradient, variable, learning_rate)
+
 
 @keras.saving.register_keras_serializable(package="keras_preact")
-class Lamb(_DecayKernelsOnly, keras.optimizers.Lamb):
+class Lamb(_PerVariableRates, _DecayKernelsOnly, keras.optimizers.Lamb):
     """LAMB as timm's `Lamb` and the LAMB paper: weight decay inside the trust ratio.
 
     For a decayed variable (a kernel), with Adam's bias-corrected moments
@@ -173,7 +207,7 @@ class Lamb(_DecayKernelsOnly, keras.optimizers.Lamb):
         """Nothing here: `update_step` decays inside the trust ratio."""
 
     def update_step(self, gradient, variable, learning_rate):
-        lr = ops.cast(learning_rate, variable.dtype)
+        lr = self._rate(learning_rate, variable)
         gradient = ops.cast(gradient, variable.dtype)
         step = ops.cast(self.iterations + 1, variable.dtype)
         m = self._momentums[self._get_variable_index(variable)]
@@ -196,19 +230,57 @@ class Lamb(_DecayKernelsOnly, keras.optimizers.Lamb):
         self.assign_sub(variable, ops.multiply(update, lr))
 
 
-def make_optimizer(name, learning_rate, *, momentum=0.9, weight_decay=0.0):
+def make_optimizer(
+    name, learning_rate, *, momentum=0.9, weight_decay=0.0, learning_rate_multipliers=None
+):
     """The recipes' optimizer `name` ("sgd", "adamw" or "lamb") at `learning_rate`.
 
     "sgd" is `CoupledSGD` (the paper's: L2 added to every gradient);
     "adamw" and "lamb" decay decoupled, kernels only (`AdamW`, `Lamb`).
+    `learning_rate_multipliers` (`{variable path: factor}`) scales each
+    variable's rate, decay included (`layer_decay_multipliers`).
 
     >>> type(make_optimizer("lamb", 0.008, weight_decay=0.02)).__name__
     'Lamb'
     """
     if name == "sgd":
-        return CoupledSGD(learning_rate, momentum=momentum, l2=weight_decay)
-    if name == "adamw":
-        return AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
-    if name == "lamb":
-        return Lamb(learning_rate=learning_rate, weight_decay=weight_decay)
-    raise ValueError(f"Unknown optimizer {name!r}. Allowed values: {', '.join(OPTIMIZERS)}.")
+        optimizer = CoupledSGD(learning_rate, momentum=momentum, l2=weight_decay)
+    elif name == "adamw":
+        optimizer = AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
+    elif name == "lamb":
+        optimizer = Lamb(learning_rate=learning_rate, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"Unknown optimizer {name!r}. Allowed values: {', '.join(OPTIMIZERS)}.")
+    optimizer.learning_rate_multipliers = learning_rate_multipliers
+    return optimizer
+
+
+_UNIT = re.compile(r"stage\d+_unit\d+$")
+
+
+def layer_decay_multipliers(model, decay):
+    """Layer-wise learning-rate decay (BEiT's, as timm's `param_groups_layer_decay`).
+
+    The groups, in order: the stem (every layer before the first residual
+    unit), each unit, then the final norm and the classifier. Group `i` of
+    `n` trains at `decay ** (n - 1 - i)` times the rate: the classifier at 1.
+
+    >>> import keras_preact
+    >>> factors = layer_decay_multipliers(keras_preact.ResNet20V2(), 0.5)  # 9 units
+    >>> factors["stem_conv/kernel"], factors["stage3_unit3/conv2/kernel"], factors["predictions/bias"]
+    (0.0009765625, 0.5, 1.0)
+    """
+    is_unit = [bool(_UNIT.match(layer.name)) for layer in model.layers]
+    if not any(is_unit):
+        raise ValueError(
+            "layer_decay needs a keras_preact ResNetV2 (residual units named stageS_unitU)."
+        )
+    last_unit = max(i for i, unit in enumerate(is_unit) if unit)
+    head = sum(is_unit) + 1
+    factors, group = {}, 0
+    for i, (layer, unit) in enumerate(zip(model.layers, is_unit)):
+        group += unit
+        index = head if i > last_unit else group
+        for weight in layer.weights:
+            factors[weight.path] = float(decay) ** (head - index)
+    return factors

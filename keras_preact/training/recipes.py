@@ -72,6 +72,7 @@ SETTINGS = (
     "train_steps",
     "batch_size",
     "gradient_accumulation_steps",
+    "layer_decay",
     "loss",
     "label_smoothing",
     "mixup_alpha",

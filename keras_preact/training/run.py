@@ -69,7 +69,7 @@ from keras_preact.preprocessing import normalization_stats
 from keras_preact.training import recipes
 from keras_preact.training.config import ConfigError, TrainConfig
 from keras_preact.training.loop import Trainer
-from keras_preact.training.optimizer import make_optimizer
+from keras_preact.training.optimizer import layer_decay_multipliers, make_optimizer
 from keras_preact.training.schedules import (
     BIT_LEARNING_RATE,
     BIT_REFERENCE_BATCH,
@@ -456,6 +456,8 @@ class _Run:
         c = self.config
         policy = mixed_precision_policy(self.strategy) if c.mixed_precision else None
 
+        built = {}  # the model, for the optimizer's layer-wise rates (Trainer builds it first)
+
         def model_fn():
             if c.seed is not None:
                 keras.utils.set_random_seed(c.seed)
@@ -463,12 +465,18 @@ class _Run:
                 c, self.info, weights=weights, remat=c.remat, eval_protocol=self.eval_protocol
             )
             freeze(model, c.freeze)
+            built["model"] = model
             return synchronize_batchnorm(model) if c.sync_batchnorm else model
 
         def optimizer_fn():
             schedule = 0.0 if c.eval_only else self.schedule  # eval_only never applies it
             optimizer = make_optimizer(
-                c.optimizer, schedule, momentum=c.momentum, weight_decay=c.weight_decay
+                c.optimizer,
+                schedule,
+                momentum=c.momentum,
+                weight_decay=c.weight_decay,
+                learning_rate_multipliers=c.layer_decay
+                and layer_decay_multipliers(built["model"], c.layer_decay),
             )
             if policy == "mixed_float16":
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
