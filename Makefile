@@ -40,7 +40,7 @@ demo: $(STAMP)
 	$(BIN)/python recipes/cifar.py --dataset=digits --model_dir=demo_run --depth=20 --epochs=15 \
 		--seed=0 --export_dir=demo_run/exported
 
-# Every benchmark script, each in its own process (about 15 minutes on 2 cores),
+# Every benchmark script, each in its own process (about 25 minutes on 2 cores),
 # into BENCHMARKS.md (written atomically; a failed script is marked there and exits 1).
 # timm's transforms are augment_pipeline.py's peer: TIMM_SITE=<site-packages with torch,
 # torchvision and timm> (a venv of their own; never this project's) adds them.

@@ -14,9 +14,19 @@ so each model's multiply-adds per image are counted from its traced graph
 compared as well. A ratio is ours / peer in the same round (> 1: faster);
 the table gives the median over rounds.
 
+With `--batch_grid` (default 1, 16, 64), the default layout and the peer are
+also measured at each of those batch sizes in float32 and, where the CPU has
+bfloat16 instructions (`avx512_bf16` or `amx_bf16` in /proc/cpuinfo),
+mixed_bfloat16, in the same interleaved rounds; the machine's float32 and
+bfloat16 matrix-multiply rate (a `--gemm_size` square `tf.linalg.matmul`,
+best of `--gemm_runs`) is measured in the same process, and every figure of
+the grid is also given as a fraction of the GEMM rate of its precision
+(FLOPs = 2 x multiply-adds; training = 3 x the forward pass).
+
 Prints a Markdown section for BENCHMARKS.md (see benchmarks/report.py):
 
-    python benchmarks/model_throughput.py --batch_size=16 --steps=3 --rounds=2
+    python benchmarks/model_throughput.py --batch_size=16 --steps=3 --rounds=2 \\
+        --batch_grid=1,16,64 --grid_images=32
 """
 
 from __future__ import annotations
@@ -43,6 +53,10 @@ CONFIGS = {
     "float32+xla": ("float32", True),
     "mixed_bfloat16": ("mixed_bfloat16", False),
 }
+# The batch grid's configurations, each with the dtype of its GEMM and its target fraction of it.
+GRID_CONFIGS = {"float32": (tf.float32, 0.70), "mixed_bfloat16": (tf.bfloat16, 0.60)}
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+FLOPS_PER_MAC = {"train": 6, "infer": 2}  # 2 FLOPs a multiply-add; backward = 2 x forward
 
 flags.DEFINE_string("model", "ResNet50V2", "keras-preact builder; the peer is keras.applications'")
 flags.DEFINE_integer("batch_size", 16, "images per step")
@@ -55,6 +69,19 @@ flags.DEFINE_list(
     list(CONFIGS),
     f"configurations to measure, each for the peer and every layout: {', '.join(CONFIGS)}",
 )
+flags.DEFINE_list(
+    "batch_grid",
+    ["1", "16", "64"],
+    "batch sizes at which the default layout and the peer are also measured, in float32 and "
+    "(on a CPU with bfloat16 instructions) mixed_bfloat16, with the GEMM rate; empty: none",
+)
+flags.DEFINE_integer(
+    "grid_images",
+    32,
+    "timed images per round at a grid batch size other than --batch_size (at least one step)",
+)
+flags.DEFINE_integer("gemm_size", 4096, "n of the n x n x n matmul that measures the GEMM rate")
+flags.DEFINE_integer("gemm_runs", 3, "timed matmuls per dtype; the best counts")
 FLAGS = flags.FLAGS
 
 DEFAULT_LAYOUT = "paper"
@@ -66,78 +93,142 @@ def log(message):
     print(message, file=sys.stderr, flush=True)
 
 
-class Contender:
-    """A model with its compiled training and inference steps on fixed inputs."""
+def bf16_cpu_flags():
+    """The bfloat16 instruction flags /proc/cpuinfo lists (empty where it lists none or is absent)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            words = set(f.read().split())
+    except OSError:
+        return []
+    return [flag for flag in BF16_CPU_FLAGS if flag in words]
 
-    def __init__(self, name, model, images, labels, jit_compile, input_shape):
+
+def gemm_rate(dtype, n, runs):
+    """GFLOP/s of an `n x n` by `n x n` `tf.linalg.matmul` in `dtype`, best of `runs` (2 n^3 FLOPs)."""
+    rng = np.random.default_rng(0)
+    a, b = (tf.cast(rng.standard_normal((n, n)).astype("float32"), dtype) for _ in range(2))
+    matmul = tf.function(lambda x, y: tf.reduce_sum(tf.linalg.matmul(x, y)[:1, :1]))
+    matmul(a, b).numpy()  # tracing and warm-up
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def make_steps(model, images, labels, optimizer, jit_compile):
+    """`(train_step, infer_step)`, `tf.function`s on fixed inputs."""
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+
+    @tf.function(jit_compile=jit_compile)
+    def train_step():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(labels, model(images, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+    @tf.function(jit_compile=jit_compile)
+    def infer_step():
+        return model(images, training=False)
+
+    return train_step, infer_step
+
+
+class Contender:
+    """A model with compiled training and inference steps on fixed inputs, one pair per batch size.
+
+    `inputs` maps each batch size to `(images, labels)`; `rates[kind, batch]` collects
+    images/s per round.
+    """
+
+    def __init__(self, name, model, inputs, jit_compile, input_shape):
         self.name = name
         self.multiply_adds = cost.multiply_adds(model, input_shape)
         optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
-        loss_fn = keras.losses.SparseCategoricalCrossentropy()
-
-        @tf.function(jit_compile=jit_compile)
-        def train_step():
-            with tf.GradientTape() as tape:
-                loss = loss_fn(labels, model(images, training=True))
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply(grads, model.trainable_variables)
-            return loss
-
-        @tf.function(jit_compile=jit_compile)
-        def infer_step():
-            return model(images, training=False)
-
-        self.steps = {"train": train_step, "infer": infer_step}
-        self.rates = {"train": [], "infer": []}  # images/s per round
+        optimizer.build(model.trainable_variables)
+        self.steps, self.rates = {}, {}
         start = time.perf_counter()
-        for step in self.steps.values():
-            step().numpy()  # tracing (and XLA compilation)
-        log(f"  {name}: traced in {time.perf_counter() - start:.0f} s")
+        for batch, (images, labels) in inputs.items():
+            train_step, infer_step = make_steps(model, images, labels, optimizer, jit_compile)
+            for kind, step in (("train", train_step), ("infer", infer_step)):
+                step().numpy()  # tracing (and XLA compilation), and a warm-up step
+                self.steps[kind, batch] = step
+                self.rates[kind, batch] = []
+        batches = ", ".join(str(b) for b in inputs)
+        log(f"  {name} (batch {batches}): traced in {time.perf_counter() - start:.0f} s")
 
-    def measure(self, steps, batch):
-        for kind, step in self.steps.items():
+    def measure(self, steps_at):
+        """One round: `steps_at[batch]` timed steps of every step function."""
+        for (kind, batch), step in self.steps.items():
+            steps = steps_at[batch]
             start = time.perf_counter()
             for _ in range(steps):
                 out = step()
             out.numpy()
-            self.rates[kind].append(batch * steps / (time.perf_counter() - start))
+            self.rates[kind, batch].append(batch * steps / (time.perf_counter() - start))
 
 
 def _median_ratio(ours, peer):
     return float(np.median([a / b for a, b in zip(ours, peer)]))
 
 
-def build_contenders(images, labels, shape):
-    """The peer and each layout in each of `--configs`, traced, in measurement order."""
+def make_inputs(batches, shape):
+    """`{batch: (images, labels)}` for keras-preact (raw pixels) and for the peer (its scaling)."""
+    rng = np.random.default_rng(0)
+    ours, peer = {}, {}
+    for batch in batches:
+        images = tf.constant(rng.uniform(0, 255, (batch, *shape)).astype("float32"))
+        labels = tf.constant(rng.integers(0, 1000, batch))
+        ours[batch] = images, labels
+        peer[batch] = keras.applications.resnet_v2.preprocess_input(images), labels
+    return ours, peer
+
+
+def build_contenders(shape, grid_configs):
+    """The peer and each layout in each of `--configs`, traced, in measurement order.
+
+    In `grid_configs`, the peer and the default layout also get the `--batch_grid` sizes.
+    """
     f = FLAGS
+    grid = [int(b) for b in f.batch_grid]
+    all_batches = sorted({f.batch_size, *grid})
+    ours_inputs, peer_inputs = make_inputs(all_batches, shape)
     peer_builder = getattr(keras.applications, f.model)
     contenders = []
     log(f"Building and tracing {f.model} contenders at {f.image_size}, batch {f.batch_size} ...")
-    peer_inputs = keras.applications.resnet_v2.preprocess_input(images)
     for config in f.configs:
         policy, jit_compile = CONFIGS[config]
         suffix = "" if config == "float32" else f" [{config}]"
+        batches = all_batches if config in grid_configs else [f.batch_size]
         keras.mixed_precision.set_global_policy(policy)
         try:
             peer_model = peer_builder(weights=None, input_shape=shape)
             name = f"keras.applications.{f.model}{suffix}"
-            contenders.append(Contender(name, peer_model, peer_inputs, labels, jit_compile, shape))
+            inputs = {b: peer_inputs[b] for b in batches}
+            contenders.append(Contender(name, peer_model, inputs, jit_compile, shape))
             for layout in f.layouts:
                 model = getattr(keras_preact, f.model)(layout=layout)
                 name = f"keras_preact.{f.model}(layout={layout!r}){suffix}"
-                contenders.append(Contender(name, model, images, labels, jit_compile, shape))
+                mine = batches if layout == DEFAULT_LAYOUT else [f.batch_size]
+                inputs = {b: ours_inputs[b] for b in mine}
+                contenders.append(Contender(name, model, inputs, jit_compile, shape))
         finally:
             keras.mixed_precision.set_global_policy("float32")
     return contenders
 
 
-def main(argv):
-    del argv
+def steps_per_batch(batches):
+    """Timed steps per round at each batch size: `--steps` at `--batch_size`, else about
+    `--grid_images` images (at least one step)."""
     f = FLAGS
-    rng = np.random.default_rng(0)
-    shape = (f.image_size, f.image_size, 3)
-    images = tf.constant(rng.uniform(0, 255, (f.batch_size, *shape)).astype("float32"))
-    labels = tf.constant(rng.integers(0, 1000, f.batch_size))
+    return {b: f.steps if b == f.batch_size else max(1, round(f.grid_images / b)) for b in batches}
+
+
+def check_flags():
+    """Raises `app.UsageError` for `--configs` or `--batch_grid` it cannot measure."""
+    f = FLAGS
     unknown = sorted(set(f.configs) - set(CONFIGS))
     if unknown or not f.configs or f.configs[0] != "float32":
         raise app.UsageError(
@@ -145,15 +236,104 @@ def main(argv):
             f"ratios), then any of {', '.join(CONFIGS)}"
             + (f"; unknown: {unknown}" if unknown else "")
         )
-    contenders = build_contenders(images, labels, shape)
-    for r in range(f.rounds):
-        for contender in contenders:
-            contender.measure(f.steps, f.batch_size)
-        log(f"  round {r + 1} of {f.rounds} done")
+    if not all(b.isdigit() and int(b) > 0 for b in f.batch_grid):
+        raise app.UsageError(f"--batch_grid={','.join(f.batch_grid)}: give positive integers")
+    if f.batch_grid and DEFAULT_LAYOUT not in f.layouts:
+        raise app.UsageError(f"--batch_grid measures layout {DEFAULT_LAYOUT}: add it to --layouts")
 
-    peer = contenders[0]
+
+def main_summary(contenders):
+    """`{(name, kind): (images/s ratio, MAC/s ratio)}` and `(name, "same-config")` at
+    `--batch_size`, against the peer in float32 (the first contender)."""
+    batch = FLAGS.batch_size
+    peer = config_peer = contenders[0]
+    summary = {}
+    for c in contenders:
+        if c.name.startswith("keras.applications."):
+            config_peer = c
+        work = c.multiply_adds / peer.multiply_adds
+        for kind in ("train", "infer"):
+            ratio = _median_ratio(c.rates[kind, batch], peer.rates[kind, batch])
+            summary[c.name, kind] = ratio, ratio * work
+        same = _median_ratio(c.rates["train", batch], config_peer.rates["train", batch])
+        summary[c.name, "same-config"] = same
+    return summary
+
+
+def print_main_table(contenders, summary):
+    f = FLAGS
+    print(
+        "| model | G MACs | train img/s | train ratio | train MAC/s ratio "
+        "| train same-config ratio | infer img/s | infer ratio | infer MAC/s ratio |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for c in contenders:
+        cells = [c.name, f"{c.multiply_adds / 1e9:.3f}"]
+        for kind in ("train", "infer"):
+            ratio, mac_ratio = summary[c.name, kind]
+            rate = np.median(c.rates[kind, f.batch_size])
+            cells += [f"{rate:.2f}", f"{ratio:.2f}x", f"{mac_ratio:.2f}x"]
+            if kind == "train":
+                cells.append(f"{summary[c.name, 'same-config']:.2f}x")
+        print("| " + " | ".join(cells) + " |")
+    print()
+
+
+def grid_pairs(contenders, grid_configs):
+    """`{config: (peer, ours)}`: the contenders of the batch grid."""
+    f = FLAGS
+    pairs = {}
+    for config in grid_configs:
+        suffix = "" if config == "float32" else f" [{config}]"
+        named = {c.name: c for c in contenders}
+        pairs[config] = (
+            named[f"keras.applications.{f.model}{suffix}"],
+            named[f"keras_preact.{f.model}(layout={DEFAULT_LAYOUT!r}){suffix}"],
+        )
+    return pairs
+
+
+def grid_cells(contenders, grid_configs, gemm):
+    """`{(config, kind, batch): (peer img/s, ours img/s, MAC/s ratio, peer/GEMM, ours/GEMM)}`."""
+    cells = {}
+    for config, (peer, ours) in grid_pairs(contenders, grid_configs).items():
+        for kind, batch in ours.steps:
+            rates = [np.median(c.rates[kind, batch]) for c in (peer, ours)]
+            ratio = _median_ratio(ours.rates[kind, batch], peer.rates[kind, batch])
+            fractions = [
+                rate * c.multiply_adds * FLOPS_PER_MAC[kind] / (gemm[config] * 1e9)
+                for rate, c in zip(rates, (peer, ours))
+            ]
+            mac_ratio = ratio * ours.multiply_adds / peer.multiply_adds
+            cells[config, kind, batch] = (*rates, mac_ratio, *fractions)
+    return cells
+
+
+def print_intro(grid_configs, bf16_flags):
+    f = FLAGS
     command = " ".join(["python", "benchmarks/model_throughput.py"] + sys.argv[1:])
     print(f"## Model throughput: keras-preact {f.model} vs keras.applications\n")
+    if not f.batch_grid:
+        grid = "No batch grid (`--batch_grid` empty). "
+    elif "mixed_bfloat16" in grid_configs:
+        grid = (
+            "The second table is the batch grid: the default layout and the peer at batch "
+            f"{', '.join(f.batch_grid)} in float32 and mixed_bfloat16 (this CPU has "
+            f"{' and '.join(bf16_flags)}), each figure also as a fraction of the machine's GEMM "
+            "rate in its precision. "
+        )
+    else:
+        why = (
+            "this CPU has no bfloat16 instructions (neither avx512_bf16 nor amx_bf16 in "
+            "/proc/cpuinfo), so mixed_bfloat16 is left out of it"
+            if not bf16_flags
+            else "mixed_bfloat16 is not in --configs"
+        )
+        grid = (
+            "The second table is the batch grid: the default layout and the peer at batch "
+            f"{', '.join(f.batch_grid)} in float32 only ({why}), each figure also as a "
+            "fraction of the machine's float32 GEMM rate. "
+        )
     print(
         f"Batch {f.batch_size} at {f.image_size}x{f.image_size}, "
         f"{f.steps} timed steps per round after a warm-up, {f.rounds} interleaved rounds; "
@@ -163,30 +343,46 @@ def main(argv):
         "XLA, per round, median over rounds; *same-config ratio* is against the peer in the "
         "same configuration. *G MACs* are the multiply-adds per image counted from each "
         "model's graph, and *MAC/s ratio* compares achieved multiply-adds per second. "
+        f"{grid}Targets: the default layout ({DEFAULT_LAYOUT}) at least as many multiply-adds "
+        "per second as the peer (it does more work per image, so that is the fair measure: "
+        f"{MAC_RATE_TARGET:.2f}x MAC/s = the MAC ratio in images/s); the grid's default "
+        "layout at least "
+        + " and ".join(f"{t:.2f} of {c} GEMM" for c, (_, t) in GRID_CONFIGS.items())
+        + " (what a convolutional net on oneDNN could reach: most of its work is GEMM-like). "
         f"Command: `{command}`\n"
     )
+
+
+def print_grid(cells, gemm, steps_at):
+    f = FLAGS
     print(
-        "| model | G MACs | train img/s | train ratio | train MAC/s ratio "
-        "| train same-config ratio | infer img/s | infer ratio | infer MAC/s ratio |"
+        "Batch grid, default layout vs peer: timed steps per round "
+        + ", ".join(f"{steps_at[int(b)]} at batch {b}" for b in f.batch_grid)
+        + f", {f.rounds} rounds, interleaved with the rest. GEMM: the best of {f.gemm_runs} "
+        f"`tf.linalg.matmul` of two {f.gemm_size}x{f.gemm_size} matrices in a `tf.function`, "
+        "before and after the rounds; "
+        + "; ".join(f"{GRID_CONFIGS[c][0].name} {rate:.0f} GFLOP/s" for c, rate in gemm.items())
+        + ". *of GEMM*: the model's FLOP/s (2 per multiply-add, 3 forward passes' worth for a "
+        "training step) over the GEMM rate of its precision.\n"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    summary = {}
-    config_peer = peer
-    for c in contenders:
-        if c.name.startswith("keras.applications."):
-            config_peer = c
-        work = c.multiply_adds / peer.multiply_adds
-        cells = [c.name, f"{c.multiply_adds / 1e9:.3f}"]
-        for kind in ("train", "infer"):
-            ratio = _median_ratio(c.rates[kind], peer.rates[kind])
-            summary[c.name, kind] = ratio, ratio * work
-            cells += [f"{np.median(c.rates[kind]):.2f}", f"{ratio:.2f}x", f"{ratio * work:.2f}x"]
-            if kind == "train":
-                same = _median_ratio(c.rates[kind], config_peer.rates[kind])
-                summary[c.name, "same-config"] = same
-                cells.append(f"{same:.2f}x")
-        print("| " + " | ".join(cells) + " |")
+    print(
+        "| precision | step | batch | peer img/s | ours img/s | MAC/s ratio | peer of GEMM "
+        "| ours of GEMM |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    order = sorted(cells, key=lambda key: (key[0], key[1] != "train", key[2]))
+    for config, kind, batch in order:
+        peer, ours, ratio, peer_f, ours_f = cells[config, kind, batch]
+        step = "training" if kind == "train" else "inference"
+        print(
+            f"| {config} | {step} | {batch} | {peer:.2f} | {ours:.2f} | {ratio:.2f}x "
+            f"| {peer_f:.2f} | {ours_f:.2f} |"
+        )
     print()
+
+
+def print_targets(contenders, summary, cells):
+    f = FLAGS
     default = f"keras_preact.{f.model}(layout={DEFAULT_LAYOUT!r})"
     for kind, label in (("train", "training"), ("infer", "inference")):
         if (default, kind) in summary:
@@ -213,6 +409,80 @@ def main(argv):
                 value >= BEST_TARGET,
             )
         )
+    for line in grid_target_lines(cells):
+        print(line)
+
+
+def grid_target_lines(cells):
+    """Per precision and step: the MAC/s ratio and the fraction of GEMM at every grid batch."""
+    lines = []
+    for config in GRID_CONFIGS:
+        for kind, label in (("train", "training"), ("infer", "inference")):
+            batches = sorted(b for c, k, b in cells if (c, k) == (config, kind))
+            if not batches:
+                continue
+            at = f"at batch {', '.join(map(str, batches))}"
+            ratios = [cells[config, kind, b][2] for b in batches]
+            fractions = [cells[config, kind, b][4] for b in batches]
+            lines.append(
+                target_line(
+                    f"grid, default layout ({DEFAULT_LAYOUT}) / peer, {config} {label} "
+                    f"multiply-adds per second {at}",
+                    ", ".join(f"{r:.2f}x" for r in ratios),
+                    f">= {MAC_RATE_TARGET:.2f}x at each",
+                    min(ratios) >= MAC_RATE_TARGET,
+                )
+            )
+            target = GRID_CONFIGS[config][1]
+            lines.append(
+                target_line(
+                    f"grid, default layout ({DEFAULT_LAYOUT}) {config} {label} FLOP/s as a "
+                    f"fraction of {config} GEMM {at}",
+                    ", ".join(f"{x:.2f}" for x in fractions),
+                    f">= {target:.2f} at each",
+                    min(fractions) >= target,
+                )
+            )
+    return lines
+
+
+def main(argv):
+    del argv
+    f = FLAGS
+    check_flags()
+    shape = (f.image_size, f.image_size, 3)
+    bf16_flags = bf16_cpu_flags()
+    grid_configs = []
+    if f.batch_grid:
+        grid_configs = [c for c in GRID_CONFIGS if c in f.configs]
+        if not bf16_flags and "mixed_bfloat16" in grid_configs:
+            grid_configs.remove("mixed_bfloat16")
+    gemm = measure_gemm(grid_configs)
+    contenders = build_contenders(shape, grid_configs)
+    steps_at = steps_per_batch({b for c in contenders for _, b in c.steps})
+    for r in range(f.rounds):
+        for contender in contenders:
+            contender.measure(steps_at)
+        log(f"  round {r + 1} of {f.rounds} done")
+    gemm = {c: max(rate, measure_gemm([c])[c]) for c, rate in gemm.items()}
+    summary = main_summary(contenders)
+    cells = grid_cells(contenders, grid_configs, gemm)
+    print_intro(grid_configs, bf16_flags)
+    print_main_table(contenders, summary)
+    if grid_configs:
+        print_grid(cells, gemm, steps_at)
+    print_targets(contenders, summary, cells)
+
+
+def measure_gemm(configs):
+    """`{config: GFLOP/s}` of the GEMM in each configuration's compute dtype."""
+    f = FLAGS
+    gemm = {}
+    for config in configs:
+        dtype = GRID_CONFIGS[config][0]
+        gemm[config] = gemm_rate(dtype, f.gemm_size, f.gemm_runs)
+        log(f"GEMM {dtype.name} {f.gemm_size}^3: {gemm[config]:.0f} GFLOP/s")
+    return gemm
 
 
 if __name__ == "__main__":

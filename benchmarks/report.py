@@ -4,7 +4,7 @@ Each script in `BENCHMARKS` runs in its own process (peak-memory figures and
 the TFLite interpreter need one), with the Python this script runs with, from
 the repository root, with the flags of the chosen `--settings`:
 
-* `report`: the full run of `make bench` (about 15 minutes on a 2-core machine);
+* `report`: the full run of `make bench` (about 22 minutes on a 2-core machine);
 * `smoke`: tiny runs that check every script works (tests/test_benchmarks.py);
   their figures mean nothing.
 
@@ -54,7 +54,9 @@ BENCHMARKS = [
         "model_throughput.py",
         {
             # ResNet-50 at 224, batch 16: the peer, paper and keras layouts, each in float32,
-            # float32 with XLA and mixed_bfloat16, 2 rounds of 3 steps.
+            # float32 with XLA and mixed_bfloat16, 2 rounds of 3 steps; then the batch grid
+            # (the peer and the paper layout at batch 1, 16 and 64, float32 and, on a bf16
+            # CPU, mixed_bfloat16) in the same rounds, and the GEMM rates: about 10 minutes.
             "report": [],
             "smoke": [
                 "--image_size=32",
@@ -63,6 +65,7 @@ BENCHMARKS = [
                 "--rounds=1",
                 "--layouts=paper",
                 "--configs=float32",
+                "--batch_grid=",
             ],
         },
     ),
@@ -119,6 +122,22 @@ BENCHMARKS = [
                 "--rounds=1",
                 "--calibration_images=4",
                 "--variants=float32,int8",
+            ],
+        },
+    ),
+    (
+        "serving_latency.py",
+        {
+            # ResNet-50 at 224, batch 1 and 16: the SavedModel (plain and jit_compile=True),
+            # ONNX Runtime and TFLite float32, 5 rounds: about 2 minutes.
+            "report": [],
+            "smoke": [
+                "--model=ResNet20V2",
+                "--crop_size=32",
+                "--batches=1,2",
+                "--runs=2",
+                "--batch_runs=1",
+                "--rounds=1",
             ],
         },
     ),

