@@ -556,9 +556,10 @@ class _ResidualUnit(keras.layers.Layer):
         if self._project and self.avg_down:
             x = self._average_down(x)  # the 'd' nets: average-pool, then the 1x1 conv
         elif self.strides > 1:
-            # What a strided 1x1 conv sees: every strides-th pixel, as a 1x1 max-pool of that
-            # stride (keras.applications' op; 4-6% faster on CPU than the strided slice).
-            x = ops.max_pool(x, 1, self.strides, padding="valid")
+            # What a strided 1x1 conv or 1x1 max-pool (keras.applications) sees. (A 1x1
+            # max-pool is 4-6% faster in TensorFlow on a CPU, but TFLite keeps it as an op of
+            # its own, where it folds the slice into the projection's convolution.)
+            x = x[:, :: self.strides, :: self.strides, :]
         if not self._project:
             return x, x
         shortcut = self.downsample(x)
