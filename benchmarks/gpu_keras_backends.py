@@ -209,22 +209,18 @@ class KerasRunner:
         self.infer(steps)
 
     def train(self, steps):
-        data = (self.x, self.y, None)
-        if backend() == "torch":
-            return _timed_loop(lambda: self.model.train_function([data]), steps)
-        variables = self._jax_variables(training=True)
-        state = tuple([v.value for v in group] for group in variables)
-        seconds, state = _timed_jax_loop(self.model.train_function, state, data, steps)
-        _assign(variables, state)
-        return seconds
+        return self._timed(self.model.train_function, (self.x, self.y, None), steps, True)
 
     def infer(self, steps):
-        data = (self.x,)
+        return self._timed(self.model.predict_function, (self.x,), steps, False)
+
+    def _timed(self, function, data, steps, training):
+        """Seconds of `steps` calls of the compiled step `function` on `data`."""
         if backend() == "torch":
-            return _timed_loop(lambda: self.model.predict_function([data]), steps)
-        variables = self._jax_variables(training=False)
+            return _timed_loop(lambda: function([data]), steps)
+        variables = self._jax_variables(training=training)
         state = tuple([v.value for v in group] for group in variables)
-        seconds, state = _timed_jax_loop(self.model.predict_function, state, data, steps)
+        seconds, state = _timed_jax_loop(function, state, data, steps)
         _assign(variables, state)
         return seconds
 

@@ -33,7 +33,6 @@ Run from the repository root:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import tempfile
@@ -45,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
-from contract import target_line  # noqa: E402
+from contract import log, measure_bn_statistics, stdout_to_stderr, target_line  # noqa: E402
 
 flags.DEFINE_string("model", "ResNet50V2", "keras-preact builder name")
 flags.DEFINE_integer("crop_size", 224, "input size (the eval crop)")
@@ -63,44 +62,6 @@ ONNX = "ONNX Runtime"
 TFLITE = "TFLite float32"
 TARGET_VS_ONNX = 1.0  # the SavedModel's batch-1 latency / ONNX Runtime's
 _FLAG_ORDER = "model crop_size batches threads runs batch_runs rounds seed".split()
-_START = time.perf_counter()
-
-
-def _log(message):
-    print(f"[{time.perf_counter() - _START:5.1f} s] {message}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr():
-    """Everything written to stdout meanwhile (Python or native) goes to stderr."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    python_stdout, sys.stdout = sys.stdout, sys.stderr
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-        sys.stdout = python_stdout
-
-
-def _measure_bn_statistics(model, images):
-    """Every BatchNormalization's moving statistics set to those of `images` (one pass)."""
-    import keras
-
-    norms = [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
-    momenta = [layer.momentum for layer in norms]
-    for layer in norms:
-        layer.momentum = 0.0
-    model(images, training=True)
-    for layer, momentum in zip(norms, momenta):
-        layer.momentum = momentum
 
 
 def _saved_model(model, directory, jit_compile):
@@ -179,17 +140,17 @@ def _contenders(model, batches, tmp):
     from keras_preact.export import onnx_export
 
     contenders, runtimes = {}, {}
-    _log("writing and loading the SavedModels")
+    log("writing and loading the SavedModels")
     contenders[SAVED_MODEL] = _saved_model(model, os.path.join(tmp, "plain"), False)
     contenders[SAVED_MODEL_XLA] = _saved_model(model, os.path.join(tmp, "xla"), True)
     runtimes[SAVED_MODEL] = runtimes[SAVED_MODEL_XLA] = f"TensorFlow {tf.__version__}"
     if onnx_export.available():
-        _log("exporting ONNX")
+        log("exporting ONNX")
         contenders[ONNX], version = _onnx_runtime(model, os.path.join(tmp, "model.onnx"))
         runtimes[ONNX] = f"onnxruntime {version}"
     else:
-        _log("tf2onnx or onnxruntime does not import: no ONNX Runtime figures")
-    _log("converting TFLite float32")
+        log("tf2onnx or onnxruntime does not import: no ONNX Runtime figures")
+    log("converting TFLite float32")
     contenders[TFLITE] = _tflite(model, batches)
     runtimes[TFLITE] = "ai_edge_litert, XNNPACK"
     return contenders, runtimes
@@ -206,12 +167,12 @@ def measure():
     try:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
     except RuntimeError:  # TensorFlow already started: it keeps its default (all cores)
-        _log("TensorFlow already initialised: its intra-op threads are left at the default")
+        log("TensorFlow already initialised: its intra-op threads are left at the default")
     keras.utils.set_random_seed(FLAGS.seed)
     crops = verify_lib.eval_crops(verify_lib.sample_images(), FLAGS.crop_size)
-    _log(f"{FLAGS.model} at {FLAGS.crop_size}: building, BN statistics from the sample photos")
+    log(f"{FLAGS.model} at {FLAGS.crop_size}: building, BN statistics from the sample photos")
     model = getattr(keras_preact, FLAGS.model)(input_shape=(None, None, 3))
-    _measure_bn_statistics(model, crops)
+    measure_bn_statistics(model, crops)
     reference = verify_lib.keras_probabilities(model, crops)
     with tempfile.TemporaryDirectory() as tmp:
         contenders, runtimes = _contenders(model, batches, tmp)
@@ -227,7 +188,7 @@ def measure():
                     ms = _median_ms(call, _batch_of(crops, batch), runs)
                     best[name, batch] = min(best.get((name, batch), float("inf")), ms)
             summary = ", ".join(f"{n} b{b} {ms:.1f}" for (n, b), ms in best.items())
-            _log(f"round {round_index + 1}/{FLAGS.rounds}, best medians so far (ms): {summary}")
+            log(f"round {round_index + 1}/{FLAGS.rounds}, best medians so far (ms): {summary}")
     return _report(best, checks, runtimes, batches)
 
 
@@ -301,7 +262,7 @@ def main(argv):
     from keras_preact import console
 
     console.quiet_python_logs()  # TensorFlow's INFO lines while it writes SavedModels
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         section = measure()
     print(section)
 

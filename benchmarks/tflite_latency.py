@@ -32,7 +32,6 @@ Run from the repository root:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import tempfile
@@ -44,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
-from contract import target_line  # noqa: E402
+from contract import log, measure_bn_statistics, stdout_to_stderr, target_line  # noqa: E402
 
 flags.DEFINE_string("model", "ResNet50V2", "keras-preact builder name")
 flags.DEFINE_integer("crop_size", 224, "input size (the eval crop)")
@@ -64,29 +63,6 @@ TARGET_VS_FLOAT32 = 1.0
 _FLAG_ORDER = (
     "model crop_size weights threads runs rounds calibration_images variants seed"
 ).split()
-
-
-_START = time.perf_counter()
-
-
-def _log(message):
-    print(f"[{time.perf_counter() - _START:5.1f} s] {message}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr():
-    """Everything written to stdout meanwhile (Python or native) goes to stderr."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    python_stdout, sys.stdout = sys.stdout, sys.stderr
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-        sys.stdout = python_stdout
 
 
 def _random_crops(photos, crop_size, count, rng):
@@ -122,17 +98,7 @@ def _make_trained_like(model, crops, photo_count):
     """
     import keras
 
-    norms = [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
-    momenta = [layer.momentum for layer in norms]
-    for layer in norms:
-        layer.momentum = 0.0
-    model(crops, training=True)
-    for layer, momentum in zip(norms, momenta):
-        layer.momentum = momentum
+    measure_bn_statistics(model, crops)
     head = model.get_layer("predictions")
     features = keras.Model(model.inputs, head.input)(crops).numpy().astype(np.float64)
     mean = features.mean(0)
@@ -198,14 +164,14 @@ def measure():
     try:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
     except RuntimeError:  # TensorFlow already started: it keeps its default (all cores)
-        _log("TensorFlow already initialised: its intra-op threads are left at the default")
+        log("TensorFlow already initialised: its intra-op threads are left at the default")
     rng = np.random.default_rng(FLAGS.seed)
     keras.utils.set_random_seed(FLAGS.seed)
     started = time.perf_counter()
     photos = verify_lib.sample_images()
     crops = verify_lib.eval_crops(photos, FLAGS.crop_size)
     calibration = _random_crops(photos, FLAGS.crop_size, FLAGS.calibration_images, rng)
-    _log(f"{FLAGS.model} at {FLAGS.crop_size}: building ({FLAGS.weights or 'trained-like init'})")
+    log(f"{FLAGS.model} at {FLAGS.crop_size}: building ({FLAGS.weights or 'trained-like init'})")
     model = getattr(keras_preact, FLAGS.model)(
         weights=FLAGS.weights or None, input_shape=(None, None, 3)
     )
@@ -215,11 +181,11 @@ def measure():
     reference = verify_lib.keras_probabilities(model, crops)
 
     with tempfile.TemporaryDirectory() as tmp:
-        _log("writing and loading the SavedModel")
+        log("writing and loading the SavedModel")
         saved_model_call, saved_model_size = _saved_model(
             model, os.path.join(tmp, "saved_model"), FLAGS.crop_size
         )
-        _log(f"converting {', '.join(FLAGS.variants)} (int8: {len(calibration)} calibration crops)")
+        log(f"converting {', '.join(FLAGS.variants)} (int8: {len(calibration)} calibration crops)")
         representative = tflite_lib.representative_images(
             calibration, FLAGS.crop_size, limit=FLAGS.calibration_images
         )
@@ -235,7 +201,7 @@ def measure():
         off_delegate = {
             f"TFLite {v}": runner.ops_outside_delegate() for v, runner in runners.items()
         }
-        _log("top-1 agreement with Keras")
+        log("top-1 agreement with Keras")
         checks = {
             name: verify_lib.compare(reference, np.stack([call(c) for c in crops]))
             for name, call in contenders.items()
@@ -247,8 +213,8 @@ def measure():
             }
             best = {name: min(best[name], ms) for name, ms in medians.items()}
             summary = ", ".join(f"{name} {ms:.1f}" for name, ms in medians.items())
-            _log(f"round {round_index + 1}/{FLAGS.rounds} medians (ms): {summary}")
-    _log(f"measured in {time.perf_counter() - started:.0f} s")
+            log(f"round {round_index + 1}/{FLAGS.rounds} medians (ms): {summary}")
+    log(f"measured in {time.perf_counter() - started:.0f} s")
     return _report(best, sizes, checks, off_delegate, len(calibration))
 
 
@@ -324,7 +290,7 @@ def main(argv):
     from keras_preact import console
 
     console.quiet_python_logs()  # TensorFlow's INFO lines while it writes SavedModels
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         section = measure()
     print(section)
 
