@@ -532,3 +532,28 @@ def test_fused_batchnorm_trains_like_keras_batchnorm(policy, rng):
 
     config = keras.saving.serialize_keras_object(fused)
     assert type(keras.saving.deserialize_keras_object(config)) is FusedBatchNormalization
+
+
+@pytest.mark.parametrize("projection", [None, False])
+def test_strided_shortcuts_subsample_by_max_pool_or_slice_to_the_same_values(projection):
+    """TensorFlow graphs subsample a strided shortcut with a 1x1 max-pool (faster); inside
+    `subsample_by_slicing` (TFLite's conversion source) with a strided slice: same outputs."""
+    from keras_preact.layers import subsample_by_slicing
+
+    keras.utils.set_random_seed(0)
+    unit = PreActBlock(16 if projection is None else 8, strides=2, projection=projection)
+    x = np.random.default_rng(0).normal(size=(2, 9, 9, 8)).astype("float32")
+
+    def traced_ops():
+        function = tf.function(lambda t: unit(t, training=False))
+        graph = function.get_concrete_function(tf.TensorSpec(x.shape)).graph
+        ops = {op.type for op in graph.get_operations()}
+        return ops, function(x).numpy()
+
+    pooled_ops, pooled = traced_ops()
+    with subsample_by_slicing(unit):
+        sliced_ops, sliced = traced_ops()
+    assert "MaxPool" in pooled_ops and "StridedSlice" not in pooled_ops
+    assert "StridedSlice" in sliced_ops and "MaxPool" not in sliced_ops
+    np.testing.assert_array_equal(pooled, sliced)
+    assert not unit._subsample_by_slicing  # back to the max-pool after the block

@@ -49,7 +49,7 @@ from keras import ops
 from keras_preact import console
 from keras_preact.data.crops import eval_crop
 from keras_preact.export import verify as verify_lib
-from keras_preact.layers import SymmetricMaxPooling2D
+from keras_preact.layers import SymmetricMaxPooling2D, subsample_by_slicing
 from keras_preact.preprocessing import normalization_stats
 
 VARIANTS = ("float32", "float16", "dynamic_int8", "int8")
@@ -73,10 +73,11 @@ def _write_source(model, directory, crop_size, normalization=None):
             x = (x - mean) / std
         return {"probabilities": tf.cast(model(x, training=False), tf.float32)}
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_default", serve, input_signature=[spec])
-    archive.write_out(directory, verbose=False)
+    with subsample_by_slicing(model):  # folded into the projection convs by the converter
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serving_default", serve, input_signature=[spec])
+        archive.write_out(directory, verbose=False)
 
 
 class _EdgePaddedMaxPooling2D(SymmetricMaxPooling2D):
