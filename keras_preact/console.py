@@ -161,3 +161,14 @@ def _parse(usage, verbose, argv):
         sys.exit(0)
     argv = [verbose if arg == "-v" else arg for arg in argv]
     return app.parse_flags_with_usage(argv)
+
+
+def command_help(doc, module_name):
+    """`--help` of a command module: its docstring, then the flags it defines.
+
+    absl files the flags of a module run as `__main__` under its path.
+    """
+    from absl import flags
+
+    module = sys.argv[0] if module_name == "__main__" else module_name
+    return f"{doc}\nFlags:\n{flags.FLAGS.module_help(module)}"

@@ -10,7 +10,6 @@ import os
 import pty
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_training_distributed import _free_ports
 
 from keras_preact import CIFARResNetV2, data, files, run_dir, training
 from keras_preact.training import checkpoint_files
@@ -446,16 +446,6 @@ WORKER = textwrap.dedent(
         json.dump(results, f)
     """
 )
-
-
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @pytest.mark.slow

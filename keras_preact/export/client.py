@@ -438,11 +438,7 @@ def _define_flags():
 
 def usage():
     """`--help`: what the command does, then its flags."""
-    from absl import flags
-
-    # absl files the flags of a module run as __main__ under its path.
-    module = sys.argv[0] if __name__ == "__main__" else __name__
-    return f"{__doc__}\nFlags:\n{flags.FLAGS.module_help(module)}"
+    return console.command_help(__doc__, __name__)
 
 
 def run():
