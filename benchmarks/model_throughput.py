@@ -21,7 +21,11 @@ mixed_bfloat16, in the same interleaved rounds; the machine's float32 and
 bfloat16 matrix-multiply rate (a `--gemm_size` square `tf.linalg.matmul`,
 best of `--gemm_runs`) is measured in the same process, and every figure of
 the grid is also given as a fraction of the GEMM rate of its precision
-(FLOPs = 2 x multiply-adds; training = 3 x the forward pass).
+(FLOPs = 2 x multiply-adds; training = 3 x the forward pass). With
+`--profile` (the default), one step of the default layout in each grid cell
+then runs under the TensorFlow profiler, and a third table says where its op
+time goes (convolutions, their gradients, batch norm, ReLU, pooling, casts,
+the rest), and how fast the convolutions themselves run against GEMM.
 
 Prints a Markdown section for BENCHMARKS.md (see benchmarks/report.py):
 
@@ -31,8 +35,12 @@ Prints a Markdown section for BENCHMARKS.md (see benchmarks/report.py):
 
 from __future__ import annotations
 
+import collections
 import os
+import re
+import shutil
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -82,6 +90,9 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("gemm_size", 4096, "n of the n x n x n matmul that measures the GEMM rate")
 flags.DEFINE_integer("gemm_runs", 3, "timed matmuls per dtype; the best counts")
+flags.DEFINE_bool(
+    "profile", True, "profile one step of the default layout per grid cell: where the time goes"
+)
 FLAGS = flags.FLAGS
 
 DEFAULT_LAYOUT = "paper"
@@ -446,6 +457,112 @@ def grid_target_lines(cells):
     return lines
 
 
+# What a TensorFlow op type does (its oneDNN `_MklNative` / `_Mkl` prefix dropped), for the
+# profile table, in the table's order; anything else is "other".
+OP_CLASSES = (
+    ("conv", r"(PadWith)?(Fused)?Conv2D$|DepthwiseConv2dNative$"),
+    ("conv grad, input", r"Conv2DBackpropInput"),
+    ("conv grad, filter", r"Conv2DBackpropFilter"),
+    ("batch norm", r"BatchNorm"),
+    ("ReLU", r"^Relu"),
+    ("pooling", r"Pool"),
+    ("casts", r"^Cast$"),
+)
+CONV_CLASSES = ("conv", "conv grad, input", "conv grad, filter")
+
+
+def op_class(op_type):
+    """The `OP_CLASSES` name of a TensorFlow op type, e.g. `_MklNativeFusedConv2D` -> "conv"."""
+    op_type = re.sub(r"^_(MklNative|Mkl)?", "", op_type)
+    for name, pattern in OP_CLASSES:
+        if re.search(pattern, op_type):
+            return name
+    return "other"
+
+
+def op_time_shares(step):
+    """`{op class: share}` of the op time of one call of `step` under the TensorFlow profiler,
+    or None where the profiler's trace format cannot be read.
+
+    The ops are the events named `name:OpType` on the executor's threads
+    (`tf_Compute`); ops that run at once (inter-op parallelism) each count in
+    full, so the shares are of the summed op time.
+    """
+    try:
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    except ImportError:
+        return None
+    logdir = tempfile.mkdtemp(prefix="model_throughput_profile_")
+    try:
+        tf.profiler.experimental.start(logdir)
+        try:
+            step().numpy()
+        finally:
+            tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        for root, _, files in os.walk(logdir):
+            for name in files:
+                if name.endswith(".xplane.pb"):
+                    with open(os.path.join(root, name), "rb") as trace:
+                        space.MergeFromString(trace.read())
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+    times = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            for event in line.events:
+                match = re.fullmatch(r"[^:]+:(\w+)", plane.event_metadata[event.metadata_id].name)
+                if match:
+                    times[op_class(match.group(1))] += event.duration_ps
+    total = sum(times.values())
+    return {name: t / total for name, t in times.items()} if total else None
+
+
+def profile_grid(contenders, grid_configs):
+    """`{(config, kind, batch): op_time_shares}` of the default layout's grid steps."""
+    shares = {}
+    for config, (_, ours) in grid_pairs(contenders, grid_configs).items():
+        for (kind, batch), step in ours.steps.items():
+            shares[config, kind, batch] = op_time_shares(step)
+            if shares[config, kind, batch] is None:
+                return {}
+    log("  profiled the grid steps")
+    return shares
+
+
+def print_profile(shares, cells):
+    if not shares:
+        print(
+            "No profile: the TensorFlow profiler's trace format "
+            "(`tensorflow.tsl.profiler.protobuf`) is not importable here.\n"
+        )
+        return
+    names = [name for name, _ in OP_CLASSES] + ["other"]
+    print(
+        "Where the time goes: one step of the default layout per grid cell under the "
+        "TensorFlow profiler (`tf.profiler.experimental`), each op's time summed by what it "
+        "does (op types with oneDNN's `_MklNative` prefix dropped; *conv* includes the "
+        "convolutions oneDNN fused with a batch norm, ReLU or padding; *other*: adds, "
+        "multiplies, pads, slices, the dense layer, variable updates, ...), as shares of the "
+        "summed op time. *convs of GEMM* is the step's fraction of GEMM over the "
+        "convolutions' share: the rate the convolutions ran at, an upper bound for the whole "
+        "step if everything else took no time.\n"
+    )
+    print("| precision | step | batch | of GEMM | " + " | ".join(names) + " | convs of GEMM |")
+    print("|---|---|---:|---:|" + "---:|" * (len(names) + 1))
+    for key in sorted(shares, key=lambda k: (k[0], k[1] != "train", k[2])):
+        config, kind, batch = key
+        share = shares[key]
+        fraction = cells[key][4]
+        convs = sum(share.get(name, 0.0) for name in CONV_CLASSES)
+        row = " | ".join(f"{share.get(name, 0.0):.0%}" for name in names)
+        step = "training" if kind == "train" else "inference"
+        print(f"| {config} | {step} | {batch} | {fraction:.2f} | {row} | {fraction / convs:.2f} |")
+    print()
+
+
 def main(argv):
     del argv
     f = FLAGS
@@ -465,12 +582,15 @@ def main(argv):
             contender.measure(steps_at)
         log(f"  round {r + 1} of {f.rounds} done")
     gemm = {c: max(rate, measure_gemm([c])[c]) for c, rate in gemm.items()}
+    shares = profile_grid(contenders, grid_configs) if f.profile and grid_configs else None
     summary = main_summary(contenders)
     cells = grid_cells(contenders, grid_configs, gemm)
     print_intro(grid_configs, bf16_flags)
     print_main_table(contenders, summary)
     if grid_configs:
         print_grid(cells, gemm, steps_at)
+    if shares is not None:
+        print_profile(shares, cells)
     print_targets(contenders, summary, cells)
 
 
