@@ -176,7 +176,8 @@ def ours(root):
 
 def command():
     args = " ".join(f"--{name}={FLAGS[name].value}" for name in FLAG_NAMES)
-    peer = f" --peer_path={','.join(FLAGS.peer_path)}" if FLAGS.peer_path else ""
+    # The peer's site-packages are a path of this machine: named, not shown.
+    peer = " --peer_path=<site-packages with torch, torchvision, timm>" if FLAGS.peer_path else ""
     return f"python benchmarks/augment_pipeline.py {args}{peer}"
 
 

@@ -370,8 +370,21 @@ def _child_env():
 
 
 def _display_path(path):
+    """`path` relative to the repository; "python" for an interpreter outside it."""
     relative = os.path.relpath(path, ROOT)
-    return path if relative.startswith("..") else relative
+    return "python" if relative.startswith("..") else relative
+
+
+def _display_arg(arg):
+    """`arg` with the paths of this machine outside the repository (`--peer_path=/...`)
+    replaced by `<local path>`: the report speaks of the project only."""
+    name, equals, value = arg.partition("=")
+    paths = value.split(",")
+    if equals and any(
+        os.path.isabs(p) and os.path.relpath(p, ROOT).startswith("..") for p in paths
+    ):
+        return f"{name}=<local path>"
+    return arg
 
 
 def _tail(text, lines):
@@ -381,7 +394,8 @@ def _tail(text, lines):
 def run_script(name, args, timeout):
     """Runs benchmarks/<name> with `args`; returns its `Result` (stderr passed on as it comes)."""
     argv = [sys.executable, os.path.join("benchmarks", name), *args]
-    result = Result(name, shlex.join([_display_path(sys.executable), *argv[1:]]))
+    shown = [_display_path(sys.executable), *map(_display_arg, argv[1:])]
+    result = Result(name, shlex.join(shown))
     if not os.path.isfile(os.path.join(ROOT, "benchmarks", name)):
         result.error = f"benchmarks/{name} does not exist"
         return result
