@@ -52,6 +52,19 @@ def measure_bn_statistics(model, images):
         layer.momentum = momentum
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def bf16_cpu_flags():
+    """The bfloat16 instruction flags /proc/cpuinfo lists (empty where it lists none or is absent)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            words = set(f.read().split())
+    except OSError:
+        return []
+    return [flag for flag in BF16_CPU_FLAGS if flag in words]
+
+
 def target_line(what, measured, target, met):
     """`- <what>: <measured> (target <target>): met` (or `NOT met`); `measured` has no colon."""
     return f"- {what}: {measured} (target {target}): {'met' if met else 'NOT met'}"

@@ -50,7 +50,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
-from contract import target_line  # noqa: E402
+from contract import bf16_cpu_flags, target_line  # noqa: E402
 
 import keras_preact  # noqa: E402
 from keras_preact.analysis import cost  # noqa: E402
@@ -63,7 +63,6 @@ CONFIGS = {
 }
 # The batch grid's configurations, each with the dtype of its GEMM and its target fraction of it.
 GRID_CONFIGS = {"float32": (tf.float32, 0.70), "mixed_bfloat16": (tf.bfloat16, 0.60)}
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 FLOPS_PER_MAC = {"train": 6, "infer": 2}  # 2 FLOPs a multiply-add; backward = 2 x forward
 
 flags.DEFINE_string("model", "ResNet50V2", "keras-preact builder; the peer is keras.applications'")
@@ -102,16 +101,6 @@ BEST_TARGET = 1.25  # best configuration / peer (float32, no XLA), training imag
 
 def log(message):
     print(message, file=sys.stderr, flush=True)
-
-
-def bf16_cpu_flags():
-    """The bfloat16 instruction flags /proc/cpuinfo lists (empty where it lists none or is absent)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            words = set(f.read().split())
-    except OSError:
-        return []
-    return [flag for flag in BF16_CPU_FLAGS if flag in words]
 
 
 def gemm_rate(dtype, n, runs):

@@ -6,9 +6,11 @@ process, the contenders alternating for `--rounds` rounds:
 * the SavedModel's `pixels` signature (`keras_preact.export.saved_model`),
   loaded with `tf.saved_model.load` and called in-process, as TF Serving runs
   it (TensorFlow with `--threads` intra-op threads);
-* the same SavedModel written with `jit_compile=True` (the model in the
-  signature is one XLA cluster): an export option, off by default, measured
-  here to say whether it should be on;
+* the same SavedModel written with each of the export's speed options, off
+  by default, measured here to say what each gives: `jit_compile=True` (the
+  model in the signature is one XLA cluster), `frozen_weights=True` (the
+  weights as graph constants) and, where the CPU has bfloat16 instructions
+  (`avx512_bf16` or `amx_bf16`), `precision="bfloat16"`;
 * ONNX Runtime (`CPUExecutionProvider`, `--threads` intra-op threads, its
   default graph optimisations) on the project's ONNX export
   (`keras_preact.export.onnx_export`), when tf2onnx and onnxruntime import;
@@ -44,7 +46,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
-from contract import log, measure_bn_statistics, stdout_to_stderr, target_line  # noqa: E402
+from contract import (  # noqa: E402
+    bf16_cpu_flags,
+    log,
+    measure_bn_statistics,
+    stdout_to_stderr,
+    target_line,
+)
 
 flags.DEFINE_string("model", "ResNet50V2", "keras-preact builder name")
 flags.DEFINE_integer("crop_size", 224, "input size (the eval crop)")
@@ -57,19 +65,26 @@ flags.DEFINE_integer("seed", 0, "seed of the weights and of the inputs")
 FLAGS = flags.FLAGS
 
 SAVED_MODEL = "SavedModel `pixels`"
-SAVED_MODEL_XLA = "SavedModel `pixels`, jit_compile=True"
+# The export's options, each a SavedModel contender: {name: build_archive arguments}.
+SAVED_MODEL_OPTIONS = {
+    SAVED_MODEL: {},
+    "SavedModel `pixels`, jit_compile=True": {"jit_compile": True},
+    "SavedModel `pixels`, frozen_weights=True": {"frozen_weights": True},
+    "SavedModel `pixels`, precision=bfloat16": {"precision": "bfloat16"},
+}
 ONNX = "ONNX Runtime"
 TFLITE = "TFLite float32"
 TARGET_VS_ONNX = 1.0  # the SavedModel's batch-1 latency / ONNX Runtime's
 _FLAG_ORDER = "model crop_size batches threads runs batch_runs rounds seed".split()
 
 
-def _saved_model(model, directory, jit_compile):
-    """The project's SavedModel of `model`, loaded back: a call on a batch of pixels."""
+def _saved_model(model, directory, options):
+    """The project's SavedModel of `model` written with `build_archive(**options)`, loaded
+    back: a call on a batch of pixels."""
     from keras_preact.export import saved_model as saved_model_lib
 
     labels = [f"class_{i}" for i in range(model.outputs[0].shape[-1])]
-    archive = saved_model_lib.build_archive(model, labels, FLAGS.crop_size, jit_compile=jit_compile)
+    archive = saved_model_lib.build_archive(model, labels, FLAGS.crop_size, **options)
     saved_model_lib.write_saved_model(archive, directory, labels)
     signature = tf.saved_model.load(directory).signatures[saved_model_lib.SIGNATURE_PIXELS]
 
@@ -141,9 +156,12 @@ def _contenders(model, batches, tmp):
 
     contenders, runtimes = {}, {}
     log("writing and loading the SavedModels")
-    contenders[SAVED_MODEL] = _saved_model(model, os.path.join(tmp, "plain"), False)
-    contenders[SAVED_MODEL_XLA] = _saved_model(model, os.path.join(tmp, "xla"), True)
-    runtimes[SAVED_MODEL] = runtimes[SAVED_MODEL_XLA] = f"TensorFlow {tf.__version__}"
+    for index, (name, options) in enumerate(SAVED_MODEL_OPTIONS.items()):
+        if options.get("precision") == "bfloat16" and not bf16_cpu_flags():
+            log("no bfloat16 instructions (avx512_bf16, amx_bf16): no bfloat16 SavedModel")
+            continue
+        contenders[name] = _saved_model(model, os.path.join(tmp, f"saved_model_{index}"), options)
+        runtimes[name] = f"TensorFlow {tf.__version__}"
     if onnx_export.available():
         log("exporting ONNX")
         contenders[ONNX], version = _onnx_runtime(model, os.path.join(tmp, "model.onnx"))
@@ -192,6 +210,13 @@ def measure():
     return _report(best, checks, runtimes, batches)
 
 
+def _bf16_words():
+    flags_found = bf16_cpu_flags()
+    if flags_found:
+        return f"this CPU has {' and '.join(flags_found)}"
+    return "left out: this CPU has no bfloat16 instructions"
+
+
 def _command_line():
     parts = ["python benchmarks/serving_latency.py"]
     for name in _FLAG_ORDER:
@@ -212,8 +237,10 @@ def _report(best, checks, runtimes, batches):
         "BN statistics measured on the sample photos' eval crops. One process, float32 pixels "
         "in memory, each call one batch: the project's SavedModel through its `pixels` "
         "signature (`tf.saved_model.load`, in-process, as TF Serving runs it; TensorFlow with "
-        f"{FLAGS.threads} intra-op threads), the same written with `build_archive(..., "
-        "jit_compile=True)` (an export option, off by default), ONNX Runtime "
+        f"{FLAGS.threads} intra-op threads), the same written with each of `build_archive`'s "
+        "speed options, off by default (`jit_compile=True`: the model one XLA cluster; "
+        '`frozen_weights=True`: the weights as graph constants; `precision="bfloat16"`, '
+        f"frozen too, {_bf16_words()}), ONNX Runtime "
         f"(`CPUExecutionProvider`, {FLAGS.threads} intra-op threads, default graph "
         "optimisations) on the project's ONNX export, and TFLite float32 (`ai_edge_litert`, "
         f"{FLAGS.threads} threads, XNNPACK). The contenders alternate for {FLAGS.rounds} rounds "
@@ -241,7 +268,7 @@ def _report(best, checks, runtimes, batches):
     if peer is None:
         lines.append("No ONNX Runtime (tf2onnx or onnxruntime does not import): no target.")
         return "\n".join(lines)
-    for name in (SAVED_MODEL, SAVED_MODEL_XLA):
+    for name in (n for n in SAVED_MODEL_OPTIONS if n in runtimes):
         ratio = best[name, first] / peer
         lines.append(
             target_line(

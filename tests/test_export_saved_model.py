@@ -26,8 +26,10 @@ from export_helpers import (
 
 from keras_preact.data.crops import decode_image, eval_crop
 from keras_preact.export import saved_model as saved_model_lib
+from keras_preact.export import verify as verify_lib
 from keras_preact.export.pipeline import export_all
 from keras_preact.export.verify import sample_images
+from keras_preact.models.float32 import float32_copy
 
 # ----------------------------------------------------------------------------- SavedModel
 
@@ -207,27 +209,84 @@ def test_in_graph_crop_is_eval_crop(photos):
     np.testing.assert_array_equal(decode_image(png).numpy(), expected)
 
 
-def test_jit_compiled_signatures_match_the_plain_ones(trained, photos, tmp_path):
-    """`build_archive(jit_compile=True)`: the model runs as one XLA cluster in every signature
-    (decoding, top-k and labels outside it) and serves what the plain export serves."""
+def _randomized_statistics(model, seed=0):
+    """A float32 copy of `model` whose BN moving statistics are random (so a variant
+    that drops or misreads them serves something else)."""
+    copy = float32_copy(model)
+    rng = np.random.default_rng(seed)
+    for layer in copy.layers:
+        for weight in layer.weights:
+            if "moving_mean" in weight.path:
+                weight.assign(rng.normal(0.0, 0.2, weight.shape))
+            elif "moving_variance" in weight.path:
+                weight.assign(rng.uniform(0.5, 2.0, weight.shape))
+    return copy
+
+
+def test_serving_variants_match_the_plain_signatures(trained, photos, tmp_path):
+    """`build_archive`'s speed options serve what the plain export serves, in every signature:
+    `jit_compile` (one XLA cluster) and `frozen_weights` (weights as constants, no variables)
+    to float32 rounding; `precision="bfloat16"` within its tolerance, and not bit-equal
+    (it does compute in bfloat16)."""
     _, model, crops = trained
+    model = _randomized_statistics(model)
     labels = [f"c{i}" for i in range(model.outputs[0].shape[-1])]
-    served = {}
-    for jit_compile in (False, True):
-        archive = saved_model_lib.build_archive(model, labels, 224, jit_compile=jit_compile)
-        directory = str(tmp_path / f"jit_{jit_compile}")
+    images = tf.constant([d for _, d in photos[:2]])
+    variants = {
+        "plain": {},
+        "jit": {"jit_compile": True},
+        "frozen": {"frozen_weights": True},
+        "bfloat16": {"precision": "bfloat16"},
+    }
+    served, variables = {}, {}
+    for name, options in variants.items():
+        archive = saved_model_lib.build_archive(model, labels, 224, **options)
+        directory = str(tmp_path / name)
         saved_model_lib.write_saved_model(archive, directory, labels)
-        signatures = tf.saved_model.load(directory).signatures
-        served[jit_compile] = (
+        loaded = tf.saved_model.load(directory)
+        variables[name] = len(loaded.variables)
+        signatures = loaded.signatures
+        served[name] = (
             signatures["pixels"](pixels=tf.constant(crops[:3])),
             signatures["pixels_uint8"](pixels=tf.constant(crops[:2].astype(np.uint8))),
-            signatures["serving_default"](image_bytes=tf.constant([d for _, d in photos[:2]])),
+            signatures["serving_default"](image_bytes=images),
         )
-    for plain, compiled in zip(served[False], served[True]):
-        np.testing.assert_allclose(compiled["probabilities"], plain["probabilities"], atol=1e-6)
-        np.testing.assert_array_equal(compiled["classes"], plain["classes"])
-        np.testing.assert_array_equal(compiled["labels"], plain["labels"])
-    np.testing.assert_allclose(served[True][0]["probabilities"], model(crops[:3]), atol=1e-5)
+    assert variables["plain"] > 0 and variables["frozen"] == variables["bfloat16"] == 0
+    for name, atol in (("jit", 1e-6), ("frozen", 1e-6)):
+        for plain, variant in zip(served["plain"], served[name]):
+            np.testing.assert_allclose(variant["probabilities"], plain["probabilities"], atol=atol)
+            np.testing.assert_array_equal(variant["classes"][:, 0], plain["classes"][:, 0])
+            np.testing.assert_array_equal(variant["labels"][:, 0], plain["labels"][:, 0])
+    np.testing.assert_allclose(served["frozen"][0]["probabilities"], model(crops[:3]), atol=1e-5)
+    for plain, half in zip(served["plain"], served["bfloat16"]):
+        delta = np.abs(half["probabilities"].numpy() - plain["probabilities"].numpy()).max()
+        assert 0.0 < delta <= verify_lib.BFLOAT16_TOLERANCE
+    with pytest.raises(ValueError, match="precision must be one of"):
+        saved_model_lib.build_archive(model, labels, 224, precision="float16")
+    with pytest.raises(ValueError, match="Choose jit_compile or frozen_weights"):
+        saved_model_lib.build_archive(model, labels, 224, jit_compile=True, frozen_weights=True)
+
+
+def test_bfloat16_export_is_verified_to_its_tolerance(trained, photos, tmp_path):
+    """`export_all(saved_model_precision="bfloat16")`: verified in a fresh process against the
+    float32 Keras model to `BFLOAT16_TOLERANCE`, and the report says what was exported."""
+    path, _, _ = trained
+    result = export_all(
+        str(path),
+        str(tmp_path),
+        model_name="half",
+        images=photos[:4],
+        tflite=(),
+        saved_model_cli=False,
+        saved_model_precision="bfloat16",
+    )
+    report = result.saved_model_report
+    assert report["passed"] and report["tolerance"] == verify_lib.BFLOAT16_TOLERANCE
+    assert report["precision"] == "bfloat16" and report["frozen_weights"]
+    fresh = report["fresh_process"]["checks"]["serving_default"]
+    assert 0.0 < fresh["max_abs_diff"] <= verify_lib.BFLOAT16_TOLERANCE
+    with pytest.raises(ValueError, match="Unknown saved_model_precision 'half'"):
+        export_all(str(path), str(tmp_path), saved_model_precision="half")
 
 
 # ------------------------------------------------------------------- versions and atomicity

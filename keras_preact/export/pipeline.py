@@ -82,9 +82,16 @@ class ExportOptions:
     num_threads: int = 1
     saved_model: bool = True
     float32_tolerance: float = tflite_lib.FLOAT32_TOLERANCE
+    saved_model_precision: str = "float32"
+    frozen_weights: bool = False
 
     def __post_init__(self):
         """Validates names and formats before anything is loaded or written."""
+        if self.saved_model_precision not in saved_model_lib.PRECISIONS:
+            raise ValueError(
+                f"Unknown saved_model_precision {self.saved_model_precision!r}. Allowed values: "
+                f"{saved_model_lib.PRECISIONS}."
+            )
         if not _NAME.match(self.model_name) or self.model_name in _RESERVED:
             raise ValueError(
                 f"Invalid model_name {self.model_name!r}: use letters, digits, '_', '.', '-' "
@@ -182,6 +189,8 @@ def export_all(
     num_threads=1,
     saved_model=True,
     float32_tolerance=tflite_lib.FLOAT32_TOLERANCE,
+    saved_model_precision="float32",
+    frozen_weights=False,
 ):
     """Exports a trained classifier; returns an `ExportResult` with paths and reports.
 
@@ -215,6 +224,12 @@ def export_all(
         num_threads: TFLite interpreter threads for the latency figure.
         saved_model: write the SavedModel (False: only TFLite / ONNX).
         float32_tolerance: max |delta| allowed for TFLite float32 (and ONNX).
+        saved_model_precision: "float32", or "bfloat16" for CPUs with bfloat16
+            instructions (AVX512-BF16, AMX): the SavedModel computes in
+            bfloat16, with its weights frozen (verified to
+            `verify.BFLOAT16_TOLERANCE`). See `saved_model.build_archive`.
+        frozen_weights: the SavedModel's weights as graph constants, not
+            variables: half the size; for serving only.
     """
     options = ExportOptions(
         model,
@@ -238,6 +253,8 @@ def export_all(
         num_threads=num_threads,
         saved_model=saved_model,
         float32_tolerance=float32_tolerance,
+        saved_model_precision=saved_model_precision,
+        frozen_weights=frozen_weights,
     )
     published = (
         "Nothing was published (its temporary folders were removed): free space and export again."
@@ -331,7 +348,10 @@ def _write_saved_model(o, plan, result, base, images):
         plan.normalization,
         plan.pixel_size,
         plan.interpolation,
+        frozen_weights=o.frozen_weights,
+        precision=o.saved_model_precision,
     )
+    bfloat16 = o.saved_model_precision == "bfloat16"
     with _staging(base, result.version) as tmp:
         saved_model_lib.write_saved_model(
             archive,
@@ -351,7 +371,12 @@ def _write_saved_model(o, plan, result, base, images):
                 plan.normalization,
                 saved_model_cli=o.saved_model_cli,
                 interpolation=plan.interpolation,
+                tolerance=(
+                    verify_lib.BFLOAT16_TOLERANCE if bfloat16 else verify_lib.SAVED_MODEL_TOLERANCE
+                ),
             )
+            report["precision"] = o.saved_model_precision
+            report["frozen_weights"] = o.frozen_weights or bfloat16
             report["artifact"] = os.path.abspath(result.saved_model_dir)
             report["model"] = model_lib.describe(plan.model)
             report["labels_source"] = plan.labels_source
