@@ -256,17 +256,25 @@ def export_all(
         saved_model_precision=saved_model_precision,
         frozen_weights=frozen_weights,
     )
+    return _export_outside_strategy(options)
+
+
+def _export_outside_strategy(o):
+    """`_export(o)`, outside the caller's tf.distribute strategy; a full disk raises
+    `DiskFullError` saying that nothing was published."""
     published = (
         "Nothing was published (its temporary folders were removed): free space and export again."
     )
     with files.disk_full_as_error(
-        os.path.join(output_dir, model_name), what=f"the export of {model_name}", then=published
+        os.path.join(o.output_dir, o.model_name),
+        what=f"the export of {o.model_name}",
+        then=published,
     ):
         if tf.distribute.has_strategy():
             # Strategy scopes are per thread: export in a fresh thread, outside the caller's scope.
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                return pool.submit(_export, options).result()
-        return _export(options)
+                return pool.submit(_export, o).result()
+        return _export(o)
 
 
 def _export(o):
