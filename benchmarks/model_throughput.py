@@ -537,7 +537,8 @@ def print_profile(shares, cells):
         "multiplies, pads, slices, the dense layer, variable updates, ...), as shares of the "
         "summed op time. *convs of GEMM* is the step's fraction of GEMM over the "
         "convolutions' share: the rate the convolutions ran at, an upper bound for the whole "
-        "step if everything else took no time.\n"
+        "step if everything else took no time (above 1 where oneDNN's convolutions outrun the "
+        "`tf.linalg.matmul` that measures GEMM).\n"
     )
     print("| precision | step | batch | of GEMM | " + " | ".join(names) + " | convs of GEMM |")
     print("|---|---|---:|---:|" + "---:|" * (len(names) + 1))
