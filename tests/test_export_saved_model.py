@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -265,6 +266,10 @@ def test_serving_variants_match_the_plain_signatures(trained, photos, tmp_path):
         saved_model_lib.build_archive(model, labels, 224, precision="float16")
     with pytest.raises(ValueError, match="Choose jit_compile or frozen_weights"):
         saved_model_lib.build_archive(model, labels, 224, jit_compile=True, frozen_weights=True)
+    small = sum(int(np.prod(w.shape)) * 4 for w in model.weights) - 1
+    with mock.patch.object(saved_model_lib, "MAX_FROZEN_BYTES", small):
+        with pytest.raises(ValueError, match="GiB this export freezes into a graph"):
+            saved_model_lib.build_archive(model, labels, 224, frozen_weights=True)
 
 
 def test_bfloat16_export_is_verified_to_its_tolerance(trained, photos, tmp_path):

@@ -36,12 +36,14 @@ Example (`keras_preact.export.export_all` does this, verified, for a trained mod
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
 import uuid
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -276,12 +278,12 @@ def _frozen(model):
         convert_variables_to_constants_v2,
     )
 
-    size = sum(w.numpy().nbytes for w in model.weights)
+    size = sum(math.prod(w.shape) * np.dtype(w.dtype).itemsize for w in model.weights)
     if size > MAX_FROZEN_BYTES:
         raise ValueError(
-            f"frozen_weights: {model.name!r} has {size / 2**30:.1f} GiB of weights, more than "
-            f"the {MAX_FROZEN_BYTES / 2**30:.0f} GiB a frozen graph can hold; export it "
-            "with frozen_weights=False (the weights as variables)."
+            f"frozen weights: {model.name!r} has {size / 2**30:.2f} GiB of weights, more than "
+            f"the {MAX_FROZEN_BYTES / 2**30:g} GiB this export freezes into a graph (one "
+            "protocol buffer, 2 GiB at most); export it in float32 without frozen_weights."
         )
     spec = tf.TensorSpec(model.inputs[0].shape, tf.float32)
     function = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32))
