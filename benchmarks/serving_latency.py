@@ -54,6 +54,15 @@ from contract import (  # noqa: E402
     target_line,
 )
 
+# The export's options, each a SavedModel contender: {--saved_models key: (name, build_archive
+# arguments)}.
+SAVED_MODEL_OPTIONS = {
+    "plain": ("SavedModel `pixels`", {}),
+    "jit": ("SavedModel `pixels`, jit_compile=True", {"jit_compile": True}),
+    "frozen": ("SavedModel `pixels`, frozen_weights=True", {"frozen_weights": True}),
+    "bfloat16": ("SavedModel `pixels`, precision=bfloat16", {"precision": "bfloat16"}),
+}
+
 flags.DEFINE_string("model", "ResNet50V2", "keras-preact builder name")
 flags.DEFINE_integer("crop_size", 224, "input size (the eval crop)")
 flags.DEFINE_list("batches", ["1", "16"], "batch sizes; the target is at the first")
@@ -62,20 +71,18 @@ flags.DEFINE_integer("runs", 10, "timed calls per contender per round at batch 1
 flags.DEFINE_integer("batch_runs", 2, "timed calls per contender per round at larger batches")
 flags.DEFINE_integer("rounds", 5, "alternating rounds")
 flags.DEFINE_integer("seed", 0, "seed of the weights and of the inputs")
+flags.DEFINE_list(
+    "saved_models",
+    list(SAVED_MODEL_OPTIONS),
+    f"the SavedModels to measure, of {', '.join(SAVED_MODEL_OPTIONS)} (bfloat16: on CPUs with "
+    "bfloat16 instructions only)",
+)
 FLAGS = flags.FLAGS
 
-SAVED_MODEL = "SavedModel `pixels`"
-# The export's options, each a SavedModel contender: {name: build_archive arguments}.
-SAVED_MODEL_OPTIONS = {
-    SAVED_MODEL: {},
-    "SavedModel `pixels`, jit_compile=True": {"jit_compile": True},
-    "SavedModel `pixels`, frozen_weights=True": {"frozen_weights": True},
-    "SavedModel `pixels`, precision=bfloat16": {"precision": "bfloat16"},
-}
 ONNX = "ONNX Runtime"
 TFLITE = "TFLite float32"
 TARGET_VS_ONNX = 1.0  # the SavedModel's batch-1 latency / ONNX Runtime's
-_FLAG_ORDER = "model crop_size batches threads runs batch_runs rounds seed".split()
+_FLAG_ORDER = "model crop_size batches threads runs batch_runs rounds seed saved_models".split()
 
 
 def _saved_model(model, directory, options):
@@ -156,11 +163,12 @@ def _contenders(model, batches, tmp):
 
     contenders, runtimes = {}, {}
     log("writing and loading the SavedModels")
-    for index, (name, options) in enumerate(SAVED_MODEL_OPTIONS.items()):
-        if options.get("precision") == "bfloat16" and not bf16_cpu_flags():
+    for key in FLAGS.saved_models:
+        name, options = SAVED_MODEL_OPTIONS[key]
+        if key == "bfloat16" and not bf16_cpu_flags():
             log("no bfloat16 instructions (avx512_bf16, amx_bf16): no bfloat16 SavedModel")
             continue
-        contenders[name] = _saved_model(model, os.path.join(tmp, f"saved_model_{index}"), options)
+        contenders[name] = _saved_model(model, os.path.join(tmp, f"saved_model_{key}"), options)
         runtimes[name] = f"TensorFlow {tf.__version__}"
     if onnx_export.available():
         log("exporting ONNX")
@@ -268,7 +276,7 @@ def _report(best, checks, runtimes, batches):
     if peer is None:
         lines.append("No ONNX Runtime (tf2onnx or onnxruntime does not import): no target.")
         return "\n".join(lines)
-    for name in (n for n in SAVED_MODEL_OPTIONS if n in runtimes):
+    for name in (name for name, _ in SAVED_MODEL_OPTIONS.values() if name in runtimes):
         ratio = best[name, first] / peer
         lines.append(
             target_line(
@@ -286,6 +294,11 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not all(b.isdigit() and int(b) > 0 for b in FLAGS.batches):
         raise app.UsageError(f"--batches={','.join(FLAGS.batches)}: give positive integers")
+    unknown = [key for key in FLAGS.saved_models if key not in SAVED_MODEL_OPTIONS]
+    if unknown:
+        raise app.UsageError(
+            f"--saved_models: unknown {', '.join(unknown)} (known: {', '.join(SAVED_MODEL_OPTIONS)})"
+        )
     from keras_preact import console
 
     console.quiet_python_logs()  # TensorFlow's INFO lines while it writes SavedModels
