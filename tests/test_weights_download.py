@@ -5,22 +5,40 @@ import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
+import safetensors.numpy
 
 from keras_preact.weights import WeightsDownloadError, download
 from keras_preact.weights.registry import WeightsSource
 
 PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
+# A real safetensors file, and what a server may send instead with status 200 and no
+# Content-Length (so only the content can tell): it cut short, or a login page.
+SAFETENSORS = safetensors.numpy.save({"w": np.arange(2000, dtype=np.float32).reshape(40, 50)})
+UNANNOUNCED = {
+    "whole.bin": SAFETENSORS,
+    "cut.bin": SAFETENSORS[:5000],
+    "page.bin": b"<!DOCTYPE html>\n<html><body>Sign in to continue</body></html>\n",
+}
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """/ok: the payload; /short: announces it all, sends 1,000 bytes; anything else: 404."""
+    """/ok: the payload; /short: announces it all, sends 1,000 bytes; `UNANNOUNCED`: their
+    bytes without a Content-Length, the connection closed at the end; anything else: 404."""
 
     def log_message(self, *args):
         pass
 
     def do_GET(self):
         name = self.path.rsplit("/", 1)[-1]
+        if name in UNANNOUNCED:
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(UNANNOUNCED[name])
+            self.close_connection = True
+            return
         if name not in ("ok.bin", "short.bin"):
             self.send_error(404)
             return
@@ -86,3 +104,22 @@ def test_a_whole_download_is_checked_against_its_hash_then_cached(server):
     with pytest.raises(WeightsDownloadError, match=r"failed its hash check: .* \(its sha256 is "):
         download.fetch(wrong)
     assert os.listdir(os.path.dirname(path)) == []
+
+
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("cut", r"it has 5,000 bytes where its header describes 8,\d{3}"),
+        ("page", r"it is an HTML or XML page, not a checkpoint"),
+    ],
+)
+def test_a_download_without_a_hash_is_cached_only_whole(server, name, why):
+    """No pinned hash (timm's and fb's files): the content must be a whole file of its format."""
+    path = download.fetch(_source("whole"))
+    with open(path, "rb") as f:
+        assert f.read() == SAFETENSORS
+    with pytest.raises(
+        WeightsDownloadError, match=rf"did not download as a whole safetensors file: .*\({why}"
+    ):
+        download.fetch(_source(name))
+    assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]

@@ -3,9 +3,10 @@
 Files are downloaded (urllib, a timeout on every socket operation) into Keras'
 cache (`$KERAS_HOME/keras_preact/downloads`, `~/.keras` by default) under a
 temporary name that is renamed into place only after the download finished,
-every announced byte arrived and its hash (where the publisher pins one)
-matched: an interrupted, short or corrupt download never leaves a file that a
-later call would load. A failure names the HTTP status ("HTTP 404 Not
+every announced byte arrived and its hash matched, or, where the publisher
+pins none, its content reads as a whole file of its format (not an HTML page,
+not cut short): an interrupted, short or corrupt download never leaves a file
+that a later call would load. A failure names the HTTP status ("HTTP 404 Not
 Found"), or why there was none (a refused connection, a timeout). The converted variables are
 cached beside them (`.../keras_preact/converted/<source>.h5`, written the same
 way) and later calls load that without touching the original.
@@ -21,10 +22,13 @@ import contextlib
 import hashlib
 import http
 import http.client
+import json
 import os
+import struct
 import sys
 import urllib.error
 import urllib.request
+import zipfile
 
 import h5py
 import numpy as np
@@ -71,7 +75,7 @@ def _describe_failure(error):
     """Why a download failed, in words: the HTTP status ("404 Not Found"), else the reason."""
     if isinstance(error, urllib.error.HTTPError):
         return f"HTTP {error.code} {error.reason or _phrase(error.code)}".strip()
-    if isinstance(error, _Incomplete):
+    if isinstance(error, (_Incomplete, _NotWhole)):
         return str(error)
     if isinstance(error, urllib.error.URLError):
         reason = error.reason
@@ -151,6 +155,8 @@ def fetch(source, notop=False):
         digest = _download(url, partial, file_hash, source.hash_algorithm)
         if file_hash and digest != file_hash.lower():
             raise _HashMismatch(f"its {source.hash_algorithm} is {digest}, not {file_hash}")
+        if not file_hash and (why := _not_whole(partial, source.format)):
+            raise _NotWhole(why)
     except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.remove(partial)
@@ -161,8 +167,12 @@ def fetch(source, notop=False):
                 f"{disk_full_message(final, source.size_mb * 1e6 or None)} Nothing was cached.",
                 final,
             ) from None
-        hash_failed = isinstance(error, _HashMismatch)
-        what = "failed its hash check" if hash_failed else "could not be downloaded"
+        if isinstance(error, _HashMismatch):
+            what = "failed its hash check"
+        elif isinstance(error, _NotWhole):
+            what = f"did not download as a whole {source.format} file"
+        else:
+            what = "could not be downloaded"
         raise WeightsDownloadError(
             f"The weights {source.name!r} {what}: {url} ({_describe_failure(error)}). Nothing "
             f"was cached at {final}. Offline or behind a firewall? Download the file elsewhere "
@@ -175,6 +185,42 @@ def fetch(source, notop=False):
 
 class _HashMismatch(ValueError):
     """The downloaded file is not the one the publisher pinned."""
+
+
+class _NotWhole(ValueError):
+    """A download without a pinned hash is not a whole checkpoint of its format."""
+
+
+def _not_whole(path, fmt):
+    """Why the file at `path` is not a whole checkpoint of format `fmt`, or None.
+
+    Without a pinned hash this is what keeps a wrong or cut-short download out
+    of the cache: an HTML page (a login, error or redirect page served with
+    status 200), a safetensors file shorter than its header says, an HDF5 file
+    or zip archive (a PyTorch state dict) that does not open. A torch7 file has
+    no length to check; its conversion reads it whole.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(1024)
+        if head.lstrip()[:1] == b"<":
+            return "it is an HTML or XML page, not a checkpoint (a login, error or redirect page?)"
+        try:
+            if fmt == "safetensors":
+                (header_size,) = struct.unpack("<Q", head[:8])
+                f.seek(8)
+                header = json.loads(f.read(min(header_size, size)))
+                tensors = [t for key, t in header.items() if key != "__metadata__"]
+                expected = 8 + header_size + max((t["data_offsets"][1] for t in tensors), default=0)
+                if size != expected:
+                    return f"it has {size:,} bytes where its header describes {expected:,}"
+            elif head.startswith(b"\x89HDF"):
+                h5py.File(path, "r").close()
+            elif head.startswith(b"PK"):
+                zipfile.ZipFile(path).close()
+        except (ValueError, OSError, KeyError, TypeError, struct.error, zipfile.BadZipFile) as e:
+            return f"it does not read as one ({type(e).__name__}: {e})"
+    return None
 
 
 def converted_path(source, notop=False):
