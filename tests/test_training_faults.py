@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from unittest import mock
 
 import keras
 import numpy as np
@@ -212,6 +213,40 @@ def test_unreadable_checkpoints_are_set_aside_down_to_a_readable_one_or_none(
         for got, expected in zip(again.model.get_weights(), initial):
             np.testing.assert_array_equal(got, expected)
     assert len(os.listdir(checkpoints / checkpoint_files.UNREADABLE)) >= 2
+
+
+@pytest.mark.parametrize(
+    "error, where",
+    [
+        (tf.errors.UnavailableError(None, None, "gs:// is unavailable"), "restore"),
+        (tf.errors.PermissionDeniedError(None, None, "storage.objects.get denied"), "check"),
+        (MemoryError("out of memory"), "check"),
+    ],
+)
+def test_a_storage_error_on_resume_is_raised_and_sets_nothing_aside(tmp_path, error, where):
+    """Whole checkpoints that fail to read for the storage's or the machine's sake (injected:
+    there is no gs:// here) stay where they are; the error is the run's."""
+    model_dir = tmp_path / "run"
+    trainer = _digits_trainer(model_dir, "stop")
+    trainer.fit(_poisoned_digits(100), total_steps=10, steps_per_epoch=10)  # ckpt-5, ckpt-10
+    checkpoints = model_dir / "checkpoints"
+    before = sorted(os.listdir(checkpoints))
+    again = _digits_trainer(model_dir, "stop")
+
+    def fail(*args, **kwargs):
+        raise error
+
+    with mock.patch.object(again._checkpoint, "restore", side_effect=fail):
+        if where == "check":  # the first read fails for an unknown reason, the check on storage
+            with mock.patch.object(checkpoint_files.tf.train, "load_checkpoint", side_effect=fail):
+                with pytest.raises(type(error)):
+                    again.restore()
+        else:
+            with pytest.raises(type(error)):
+                again.restore()
+    assert sorted(os.listdir(checkpoints)) == before
+    assert tf.train.latest_checkpoint(checkpoints).endswith("ckpt-10")
+    assert _digits_trainer(model_dir, "stop").restore() == 10
 
 
 # ---------------------------------------------------------------- full disks

@@ -7,7 +7,9 @@ disk can leave a checkpoint whose files are cut short (the newest, usually)
 or a save's temporary files; these helpers let `Trainer` go on from there:
 
 * `unreadable_reason(prefix)`: why a checkpoint cannot be read back (every
-  tensor is read), or None when it can.
+  tensor is read), or None when it can; an error of the storage or the
+  machine (`TRANSIENT_ERRORS`) is raised instead, so that a whole checkpoint
+  is never set aside for it.
 * `set_aside(prefix, folder)`: moves a checkpoint's files into
   `<checkpoints>/unreadable/` (never deleted: a person may want them) and
   `keep_only(folder, prefixes)` rewrites the state file without it.
@@ -48,12 +50,32 @@ def checkpoints_newest_first(folder):
     return sorted(numbered, key=checkpoint_step, reverse=True)
 
 
+# Errors of reading a checkpoint that say nothing about its files: the storage or the
+# machine failed this time (gs:// unavailable or refusing, out of memory, cancelled).
+# They are raised as they are, never taken for an unreadable checkpoint.
+TRANSIENT_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.PermissionDeniedError,
+    tf.errors.UnauthenticatedError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.ResourceExhaustedError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+    MemoryError,
+)
+
+
 def unreadable_reason(prefix):
-    """Why the checkpoint at `prefix` cannot be read (one line), or None if all of it reads back."""
+    """Why the checkpoint at `prefix` cannot be read (one line), or None if all of it reads back.
+
+    A `TRANSIENT_ERRORS` error is raised, not given as a reason.
+    """
     try:
         reader = tf.train.load_checkpoint(prefix)
         for name in reader.get_variable_to_dtype_map():
             reader.get_tensor(name)
+    except TRANSIENT_ERRORS:
+        raise
     except Exception as error:  # IndexError, DataLossError, NotFoundError, ...: any failure
         text = getattr(error, "message", None) or str(error) or type(error).__name__
         return text.strip().splitlines()[0]

@@ -557,7 +557,9 @@ class Trainer:
         Unreadable checkpoints (cut short by a crash or a full disk) are set
         aside in `checkpoints/unreadable/` by the chief, and one line on stderr
         names them and the checkpoint resumed from. A readable checkpoint of
-        another model or optimizer raises ValueError.
+        another model or optimizer raises ValueError; an error of the storage
+        or the machine (`checkpoint_files.TRANSIENT_ERRORS`, e.g. gs://
+        unavailable) is raised as it is, and nothing is set aside.
         """
         if not self.model_dir:
             return 0
@@ -565,6 +567,8 @@ class Trainer:
         for prefix in checkpoint_files.checkpoints_newest_first(self.checkpoint_dir):
             try:
                 self._checkpoint.restore(prefix).assert_existing_objects_matched()
+            except checkpoint_files.TRANSIENT_ERRORS:
+                raise  # the storage or the machine, not the checkpoint: nothing is set aside
             except Exception as e:  # unreadable (any error type), or another model's
                 reason = checkpoint_files.unreadable_reason(prefix)
                 if reason is None:
