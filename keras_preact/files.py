@@ -139,7 +139,8 @@ def disk_full_message(path, needed=None, what=None):
 def disk_full_as_error(path, needed=None, what=None, then=""):
     """Inside the block, an error that says the disk is full becomes a `DiskFullError` on `path`.
 
-    `then` is appended to its message (what was kept, how to go on).
+    `then` is appended to its message (what was kept, how to go on); a callable
+    is called for it when the disk fills (what was kept by then).
     """
     try:
         yield
@@ -149,6 +150,7 @@ def disk_full_as_error(path, needed=None, what=None, then=""):
         if not is_disk_full(error):
             raise
         message = disk_full_message(path, needed, what)
+        then = then() if callable(then) else then
         raise DiskFullError(f"{message} {then}".strip(), path) from None
 
 

@@ -332,6 +332,40 @@ def test_a_model_file_that_does_not_fit_is_not_written(small_disk):
     assert sorted(os.listdir(small_disk)) == ["filler", run_dir.MODEL]
 
 
+def _tree_bytes(root):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_an_export_that_fills_the_disk_says_what_was_published(small_disk, tmp_path):
+    """The SavedModel fits, the TFLite file does not: the error names the published version."""
+    from export_helpers import tiny_model
+
+    from keras_preact.export.pipeline import export_all
+
+    model = tiny_model()  # 1,000 classes: a TFLite file of about 340 kB
+    options = dict(model_name="tiny", tflite=("float32",), verify=False)
+    probe = export_all(model, str(tmp_path / "probe"), **options)
+    saved_model_bytes = _tree_bytes(probe.saved_model_dir)
+    tflite_bytes = os.path.getsize(probe.tflite["float32"])
+    assert tflite_bytes > 200_000  # more than the slack below
+    _fill(small_disk, leave=saved_model_bytes + 100_000)
+    out = small_disk / "out"
+    with pytest.raises(files.DiskFullError) as caught:
+        export_all(model, str(out), **options)
+    version = out / "tiny" / "1"
+    assert re.fullmatch(
+        rf"The disk is full \(No space left on device\): .*Published before it filled: "
+        rf"{re.escape(str(version))}\. The rest was not \(its temporary folders were removed\): "
+        r"free space and export again\.",
+        str(caught.value),
+    ), str(caught.value)
+    served = tf.saved_model.load(str(version)).signatures["pixels"]  # whole, and in place
+    probabilities = served(pixels=tf.zeros([1, 32, 32, 3]))["probabilities"]
+    np.testing.assert_allclose(probabilities, model(np.zeros([1, 32, 32, 3])), atol=1e-6)
+    assert not os.path.exists(out / "tflite" / "tiny" / "1")
+    assert [n for n in os.listdir(out / "tflite" / "tiny") if n.startswith(".")] == []
+
+
 # ------------------------------------------------------------- what is printed
 
 

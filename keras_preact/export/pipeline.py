@@ -259,17 +259,27 @@ def export_all(
     return _export_outside_strategy(options)
 
 
-def _export_outside_strategy(o):
-    """`_export(o)`, outside the caller's tf.distribute strategy; a full disk raises
-    `DiskFullError` saying that nothing was published."""
-    published = (
-        "Nothing was published (its temporary folders were removed): free space and export again."
-    )
-    with files.disk_full_as_error(
+def _after_full_disk(published):
+    """What a full disk's `DiskFullError` adds: which artifacts were published before it."""
+    rest = "(its temporary folders were removed): free space and export again."
+    if not published:
+        return f"Nothing was published {rest}"
+    return f"Published before it filled: {', '.join(published)}. The rest was not {rest}"
+
+
+def _export_guard(o, published=()):
+    """A full disk in the block raises `DiskFullError` naming what was `published` by then."""
+    return files.disk_full_as_error(
         os.path.join(o.output_dir, o.model_name),
         what=f"the export of {o.model_name}",
-        then=published,
-    ):
+        then=lambda: _after_full_disk(published),
+    )
+
+
+def _export_outside_strategy(o):
+    """`_export(o)`, outside the caller's tf.distribute strategy; a full disk raises
+    `DiskFullError` saying what was published."""
+    with _export_guard(o):
         if tf.distribute.has_strategy():
             # Strategy scopes are per thread: export in a fresh thread, outside the caller's scope.
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -309,12 +319,16 @@ def _export(o):
         checked_on=_describe_images(o.images, images),
     )
     checked = (images, crops, reference)
-    if o.saved_model:
-        _write_saved_model(o, plan, result, bases["saved_model"], images)
-    if o.tflite:
-        _write_tflite(o, plan, result, bases["tflite"], checked)
-    if o.onnx:
-        _write_onnx(o, plan, result, bases["onnx"], checked)
+    published = []  # each artifact's folder, once it is in place
+    with _export_guard(o, published):
+        if o.saved_model:
+            _write_saved_model(o, plan, result, bases["saved_model"], images)
+            published.append(result.saved_model_dir)
+        if o.tflite:
+            _write_tflite(o, plan, result, bases["tflite"], checked)
+            published.append(result.tflite_dir)
+        if o.onnx:
+            _write_onnx(o, plan, result, bases["onnx"], checked)
     return result
 
 
