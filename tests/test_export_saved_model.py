@@ -288,6 +288,7 @@ def test_bfloat16_export_is_verified_to_its_tolerance(trained, photos, tmp_path)
     report = result.saved_model_report
     assert report["passed"] and report["tolerance"] == verify_lib.BFLOAT16_TOLERANCE
     assert report["precision"] == "bfloat16" and report["frozen_weights"]
+    assert f"SavedModel (bfloat16)   {result.saved_model_dir}" in result.summary()
     fresh = report["fresh_process"]["checks"]["serving_default"]
     assert 0.0 < fresh["max_abs_diff"] <= verify_lib.BFLOAT16_TOLERANCE
     with pytest.raises(ValueError, match="Unknown saved_model_precision 'half'"):

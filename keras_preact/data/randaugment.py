@@ -225,9 +225,9 @@ def _shift_rows(image, offsets, fill):
     """PIL's transform (1, b, c, 0, 1, 0): row y samples u = x + offsets[y], a 1-D resampling.
 
     Each row gathers its pixels at the whole part of the shift (edge pixels
-    repeated) and blends neighbours by the fractional part: the same values as
-    `_affine`, 4x faster than `ImageProjectiveTransformV3`, which computes
-    every output value's coordinates in 2-D.
+    repeated) and blends neighbours by the fractional part: `_affine`'s values
+    (to float32 rounding), 4x faster than `ImageProjectiveTransformV3`, which
+    computes every output value's coordinates in 2-D.
     """
     shape = tf.shape(image)
     height, width = shape[0], shape[1]

@@ -143,8 +143,10 @@ class ExportResult:
         sm = self.saved_model_report
         if sm:
             fresh = sm["fresh_process"]["checks"]["serving_default"]
+            precision = sm.get("precision", "float32")
+            name = "SavedModel" if precision == "float32" else f"SavedModel ({precision})"
             rows.append(
-                f"SavedModel   {self.saved_model_dir}  max|d|={fresh['max_abs_diff']:.2e} "
+                f"{name}   {self.saved_model_dir}  max|d|={fresh['max_abs_diff']:.2e} "
                 f"top1={fresh['top1_agreement']:.3f}  {sm['size_bytes'] / 1e6:.2f} MB  "
                 f"batch-1 {sm['latency_batch1']['median_ms']:.1f} ms"
             )
