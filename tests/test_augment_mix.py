@@ -221,6 +221,16 @@ def test_rand_augment_op_matches_pil(name):
             np.testing.assert_array_equal(ours, expected, err_msg=f"{name} {level} {sign}")
 
 
+def test_geometric_ops_take_a_fill_of_whole_numbers_in_a_graph():
+    """timm's `_FILL` is (128, 128, 128): ints, traced in a tf.function as tf.data traces."""
+    ops = [op for _, op in ra.OPS if op in ra._GEOMETRIC]
+    run = tf.function(lambda image: [op(image, 10.0, 1.0, fill=(0, 128, 255)) for op in ops])
+    for out in run(tf.fill([6, 8, 3], 7.0)):
+        assert out.dtype == tf.float32
+        corner = out.numpy()[0, 0] if out.numpy()[0, 0, 1] == 128 else out.numpy()[-1, -1]
+        assert corner.tolist() == [0.0, 128.0, 255.0]
+
+
 def test_rand_augment_is_seeded_and_applies_each_op_half_the_time():
     image = tf.constant(_photo(5, (16, 16, 3)), tf.float32)
     augment = tf.function(lambda seed: rand_augment(image, seed, 2, 9, 0.5))

@@ -30,7 +30,7 @@ from keras_preact.export import saved_model as saved_model_lib
 from keras_preact.export import verify as verify_lib
 from keras_preact.export.pipeline import export_all
 from keras_preact.export.verify import sample_images
-from keras_preact.models.float32 import float32_copy
+from keras_preact.models.float32 import float32_copy, policy_copy
 
 # ----------------------------------------------------------------------------- SavedModel
 
@@ -266,10 +266,30 @@ def test_serving_variants_match_the_plain_signatures(trained, photos, tmp_path):
         saved_model_lib.build_archive(model, labels, 224, precision="float16")
     with pytest.raises(ValueError, match="Choose jit_compile or frozen_weights"):
         saved_model_lib.build_archive(model, labels, 224, jit_compile=True, frozen_weights=True)
+    with pytest.raises(ValueError, match="Choose jit_compile or frozen_weights"):
+        saved_model_lib.build_archive(
+            model, labels, 224, precision="bfloat16", jit_compile=True, frozen_weights=True
+        )
     small = sum(int(np.prod(w.shape)) * 4 for w in model.weights) - 1
     with mock.patch.object(saved_model_lib, "MAX_FROZEN_BYTES", small):
         with pytest.raises(ValueError, match="GiB this export freezes into a graph"):
             saved_model_lib.build_archive(model, labels, 224, frozen_weights=True)
+
+
+def test_bfloat16_copy_of_a_plain_functional_model_keeps_a_float32_classifier():
+    """A model that is not a keras-preact class (a .keras file of a plain functional model) is
+    cloned layer by layer: its convolutions compute in bfloat16, its classifier in float32."""
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(3, activation="softmax", name="predictions")(x)
+    copy = policy_copy(keras.Model(inputs, outputs), "mixed_bfloat16")
+    policies = {layer.name: layer.dtype_policy.name for layer in copy.layers[1:]}
+    assert policies.pop("predictions") == "float32"
+    assert set(policies.values()) == {"mixed_bfloat16"}
+    assert copy(np.zeros([1, 8, 8, 3], np.float32)).dtype == "float32"
 
 
 def test_bfloat16_export_is_verified_to_its_tolerance(trained, photos, tmp_path):

@@ -236,9 +236,15 @@ def test_a_storage_error_on_resume_is_raised_and_sets_nothing_aside(tmp_path, er
     def fail(*args, **kwargs):
         raise error
 
+    def translated(*args, **kwargs):  # what TensorFlow's checkpoint reader makes of any error
+        raise tf.errors.DataLossError(None, None, "Unable to open table file")
+
     with mock.patch.object(again._checkpoint, "restore", side_effect=fail):
-        if where == "check":  # the first read fails for an unknown reason, the check on storage
-            with mock.patch.object(checkpoint_files.tf.train, "load_checkpoint", side_effect=fail):
+        if where == "check":  # the readers report data loss; the files' own reads, the error
+            with (
+                mock.patch.object(checkpoint_files.tf.train, "load_checkpoint", translated),
+                mock.patch.object(checkpoint_files.tf.io.gfile, "GFile", side_effect=fail),
+            ):
                 with pytest.raises(type(error)):
                     again.restore()
         else:
@@ -364,6 +370,21 @@ def test_an_export_that_fills_the_disk_says_what_was_published(small_disk, tmp_p
     np.testing.assert_allclose(probabilities, model(np.zeros([1, 32, 32, 3])), atol=1e-6)
     assert not os.path.exists(out / "tflite" / "tiny" / "1")
     assert [n for n in os.listdir(out / "tflite" / "tiny") if n.startswith(".")] == []
+
+
+def test_a_full_disk_reported_by_a_writer_also_names_what_was_published(tmp_path):
+    """A writer that raises its own `DiskFullError` (a report, the ONNX file) gets the list too."""
+    from keras_preact.export import pipeline
+
+    options = pipeline.ExportOptions(model=None, output_dir=str(tmp_path), model_name="m")
+    with pytest.raises(files.DiskFullError) as caught:
+        with pipeline._export_guard(options, ["exported/m/1"]):
+            raise files.DiskFullError("The disk is full: model.onnx did not fit.", "model.onnx")
+    assert str(caught.value) == (
+        "The disk is full: model.onnx did not fit. Published before it filled: exported/m/1. "
+        "The rest was not (its temporary folders were removed): free space and export again."
+    )
+    assert caught.value.filename == "model.onnx"
 
 
 # ------------------------------------------------------------- what is printed

@@ -123,3 +123,23 @@ def test_a_download_without_a_hash_is_cached_only_whole(server, name, why):
     ):
         download.fetch(_source(name))
     assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]
+
+
+def test_content_checks_take_every_whole_format_and_refuse_pages(tmp_path):
+    """`_not_whole` on files written in each format: a safetensors header whose length's low
+    byte is "<" (0x3C) is whole; a page is refused as any format."""
+    header = b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'
+    padded = tmp_path / "lt.safetensors"  # header of 316 bytes = 0x013C: starts with "<"
+    padded.write_bytes((316).to_bytes(8, "little") + header.ljust(316) + bytes(8))
+    assert download._not_whole(str(padded), "safetensors") is None
+    assert safetensors.numpy.load_file(str(padded))["w"].shape == (2,)
+    torch7 = tmp_path / "net.t7"
+    torch7.write_bytes((4).to_bytes(4, "little") + bytes(60))  # TYPE_TORCH, then the object
+    assert download._not_whole(str(torch7), "torch7") is None
+    page = tmp_path / "page"
+    page.write_bytes(b"\xef\xbb\xbf<html><body>Sign in</body></html>")
+    for fmt in ("safetensors", "keras_h5", "torch", "torch7", "keras"):
+        assert "an HTML or XML page" in download._not_whole(str(page), fmt), fmt
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert download._not_whole(str(empty), "torch7") == "it does not start as a torch7 file does"

@@ -188,7 +188,9 @@ def sharpness(image, level, sign):
 
 def _with_fill(inside, image, fill):
     """`image` where `inside` ([h, w] bool), the 3 values of `fill` elsewhere."""
-    return _select(_like(inside[..., None], image), image, _like(tf.constant(fill), image))
+    return _select(
+        _like(inside[..., None], image), image, _like(tf.constant(fill, image.dtype), image)
+    )
 
 
 def _inside(u, v, width, height):

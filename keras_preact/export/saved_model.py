@@ -343,7 +343,7 @@ def build_archive(
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
     if precision == "bfloat16":
         model = policy_copy(model, "mixed_bfloat16")
-        frozen_weights = not jit_compile
+        frozen_weights = frozen_weights or not jit_compile
     if jit_compile and frozen_weights:
         raise ValueError("Choose jit_compile or frozen_weights: XLA compiles the variables' graph.")
     height, width = pixel_size if pixel_size is not None else (None, None)

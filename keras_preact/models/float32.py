@@ -99,7 +99,9 @@ def _cloned(model, policy, dynamic_hw, classifier_activation):
     def layer_under_policy(layer):
         config = layer.get_config()
         if "dtype" in config:
-            config["dtype"] = policy
+            # The classifier stays float32 under a mixed policy, as the builders make it.
+            keep_float32 = layer.name == "predictions" and policy.startswith("mixed")
+            config["dtype"] = "float32" if keep_float32 else policy
         if config.get("remat"):
             config["remat"] = False  # a training-memory setting; the copy is for inference
         if layer.name == "predictions" and classifier_activation is not _KEEP:

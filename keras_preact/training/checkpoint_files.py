@@ -77,9 +77,25 @@ def unreadable_reason(prefix):
     except TRANSIENT_ERRORS:
         raise
     except Exception as error:  # IndexError, DataLossError, NotFoundError, ...: any failure
+        # The checkpoint reader turns every storage error into DataLoss or Unknown; reading
+        # the files through tf.io.gfile raises the storage's own error, if it has one.
+        _raise_transient(prefix)
         text = getattr(error, "message", None) or str(error) or type(error).__name__
         return text.strip().splitlines()[0]
     return None
+
+
+def _raise_transient(prefix):
+    """Reads the first byte of each of the checkpoint's files; raises a `TRANSIENT_ERRORS`
+    error if one comes (any other error is the checkpoint's, left to the reader's reason)."""
+    try:
+        for path in tf.io.gfile.glob(f"{prefix}.*"):
+            with tf.io.gfile.GFile(path, "rb") as f:
+                f.read(1)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception:  # a missing or broken file: the reader's reason says so
+        pass
 
 
 def set_aside(prefix, folder):
