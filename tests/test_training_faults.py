@@ -338,20 +338,17 @@ def test_a_model_file_that_does_not_fit_is_not_written(small_disk):
     assert sorted(os.listdir(small_disk)) == ["filler", run_dir.MODEL]
 
 
-def _tree_bytes(root):
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
-
-
 def test_an_export_that_fills_the_disk_says_what_was_published(small_disk, tmp_path):
     """The SavedModel fits, the TFLite file does not: the error names the published version."""
     from export_helpers import tiny_model
 
     from keras_preact.export.pipeline import export_all
+    from keras_preact.export.verify import directory_size
 
     model = tiny_model()  # 1,000 classes: a TFLite file of about 340 kB
     options = dict(model_name="tiny", tflite=("float32",), verify=False)
     probe = export_all(model, str(tmp_path / "probe"), **options)
-    saved_model_bytes = _tree_bytes(probe.saved_model_dir)
+    saved_model_bytes = directory_size(probe.saved_model_dir)
     tflite_bytes = os.path.getsize(probe.tflite["float32"])
     assert tflite_bytes > 200_000  # more than the slack below
     _fill(small_disk, leave=saved_model_bytes + 100_000)

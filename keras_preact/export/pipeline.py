@@ -270,15 +270,18 @@ def _after_full_disk(published):
     return f"Published before it filled: {', '.join(published)}. The rest was not {rest}"
 
 
+def _disk_full_as_error(o, then):
+    """`files.disk_full_as_error` for the export of `o`'s model."""
+    return files.disk_full_as_error(
+        os.path.join(o.output_dir, o.model_name), what=f"the export of {o.model_name}", then=then
+    )
+
+
 @contextlib.contextmanager
 def _export_guard(o, published):
     """A full disk in the block raises `DiskFullError` naming what was `published` by then,
     also where a writer already raised one (a verification report, the ONNX file)."""
-    with files.disk_full_as_error(
-        os.path.join(o.output_dir, o.model_name),
-        what=f"the export of {o.model_name}",
-        then=lambda: _after_full_disk(published),
-    ):
+    with _disk_full_as_error(o, then=lambda: _after_full_disk(published)):
         try:
             yield
         except files.DiskFullError as error:
@@ -289,11 +292,7 @@ def _export_guard(o, published):
 def _export_outside_strategy(o):
     """`_export(o)`, outside the caller's tf.distribute strategy; a full disk before anything
     is written raises `DiskFullError` saying that nothing was published."""
-    with files.disk_full_as_error(
-        os.path.join(o.output_dir, o.model_name),
-        what=f"the export of {o.model_name}",
-        then=_after_full_disk(()),
-    ):
+    with _disk_full_as_error(o, then=_after_full_disk(())):
         if tf.distribute.has_strategy():
             # Strategy scopes are per thread: export in a fresh thread, outside the caller's scope.
             with concurrent.futures.ThreadPoolExecutor(1) as pool:

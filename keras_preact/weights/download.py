@@ -34,9 +34,9 @@ import h5py
 import numpy as np
 
 from keras_preact.files import DiskFullError, atomic_path, disk_full_message, is_disk_full
+from keras_preact.weights import convert
 
 MIRROR_ENV = "KERAS_PREACT_WEIGHTS_MIRROR"
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 TIMEOUT_S = 20  # per socket operation: an unreachable host fails in seconds, never hangs
 _FORMAT_VERSION = 1  # of the converted-cache files
 
@@ -196,41 +196,41 @@ def _not_whole(path, fmt):
     """Why the file at `path` is not a whole checkpoint of format `fmt`, or None.
 
     Without a pinned hash this is what keeps a wrong or cut-short download out
-    of the cache: a file that does not start as its format does (an HTML page
-    served with status 200, say), a safetensors file shorter than its header
-    says, an HDF5 file or zip archive (a PyTorch state dict, a .keras file)
-    that does not open. A torch7 file or a legacy PyTorch pickle has no length
-    to check; its conversion reads it whole.
+    of the cache: a file whose content is not of its format
+    (`convert.detect_format`, which also opens HDF5 files and zip archives),
+    such as an HTML page served with status 200, or a safetensors file
+    shorter than its header says. A torch7 file or a legacy PyTorch pickle
+    has no length to check; its conversion reads it whole.
     """
+    try:
+        found = convert.detect_format(path)
+    except ValueError:  # no format's signature
+        found, why = None, f"it does not start as a {fmt} file does"
+    except (OSError, zipfile.BadZipFile) as error:  # an HDF5 file or zip archive that won't open
+        found, why = None, f"it does not read as one ({type(error).__name__}: {error})"
+    if found == fmt:
+        return _safetensors_short(path) if fmt == "safetensors" else None
+    with open(path, "rb") as f:
+        if f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"<":
+            return "it is an HTML or XML page, not a checkpoint (a login, error or redirect page?)"
+    return why if found is None else f"it is a {found} file, not a {fmt} one"
+
+
+def _safetensors_short(path):
+    """How a safetensors file falls short of its header (unreadable, or fewer bytes than it
+    describes), or None."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
-        head = f.read(1024)
-        try:
-            if fmt == "safetensors":
-                (header_size,) = struct.unpack("<Q", head[:8])
-                f.seek(8)
-                header = json.loads(f.read(min(header_size, size)))
-                tensors = [t for key, t in header.items() if key != "__metadata__"]
-                expected = 8 + header_size + max((t["data_offsets"][1] for t in tensors), default=0)
-                if size != expected:
-                    return f"it has {size:,} bytes where its header describes {expected:,}"
-                return None
-            if head.startswith(_HDF5_SIGNATURE) and fmt in ("keras_h5", "keras"):
-                h5py.File(path, "r").close()
-                return None
-            if head.startswith(b"PK\x03\x04") and fmt in ("torch", "keras"):
-                zipfile.ZipFile(path).close()
-                return None
-        except (ValueError, OSError, KeyError, TypeError, struct.error, zipfile.BadZipFile) as e:
-            if head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] != b"<":
-                return f"it does not read as one ({type(e).__name__}: {e})"
-        else:
-            torch7 = len(head) >= 4 and struct.unpack("<i", head[:4])[0] in (3, 4)
-            if (fmt == "torch7" and torch7) or (fmt == "torch" and head[:1] == b"\x80"):
-                return None
-    if head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"<":
-        return "it is an HTML or XML page, not a checkpoint (a login, error or redirect page?)"
-    return f"it does not start as a {fmt} file does"
+        (header_size,) = struct.unpack("<Q", f.read(8))
+        text = f.read(header_size)
+    try:
+        tensors = [t for key, t in json.loads(text).items() if key != "__metadata__"]
+        expected = 8 + header_size + max((t["data_offsets"][1] for t in tensors), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+        return f"its header does not read as one ({type(error).__name__}: {error})"
+    if size != expected:
+        return f"it has {size:,} bytes where its header describes {expected:,}"
+    return None
 
 
 def converted_path(source, notop=False):
