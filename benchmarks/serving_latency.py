@@ -11,6 +11,11 @@ process, the contenders alternating for `--rounds` rounds:
   model in the signature is one XLA cluster), `frozen_weights=True` (the
   weights as graph constants) and, where the CPU has bfloat16 instructions
   (`avx512_bf16` or `amx_bf16`), `precision="bfloat16"`;
+* the plain SavedModel served by a second process that TensorFlow starts with
+  `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1` (a setting of the serving process, not of
+  the export: oneDNN then keeps each weight in its own layout between calls,
+  which is safe where nothing trains); it times its own calls while this
+  process waits;
 * ONNX Runtime (`CPUExecutionProvider`, `--threads` intra-op threads, its
   default graph optimisations) on the project's ONNX export
   (`keras_preact.export.onnx_export`), when tf2onnx and onnxruntime import;
@@ -35,7 +40,9 @@ Run from the repository root:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,7 +68,11 @@ SAVED_MODEL_OPTIONS = {
     "jit": ("SavedModel `pixels`, jit_compile=True", {"jit_compile": True}),
     "frozen": ("SavedModel `pixels`, frozen_weights=True", {"frozen_weights": True}),
     "bfloat16": ("SavedModel `pixels`, precision=bfloat16", {"precision": "bfloat16"}),
+    "onednn_frozen": ("SavedModel `pixels`, TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1", {}),
 }
+# The contenders served by a process of their own, with these environment variables (read
+# once, when TensorFlow starts).
+SERVING_ENVIRONMENTS = {"onednn_frozen": {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"}}
 
 flags.DEFINE_string("model", "ResNet50V2", "keras-preact builder name")
 flags.DEFINE_integer("crop_size", 224, "input size (the eval crop)")
@@ -77,6 +88,12 @@ flags.DEFINE_list(
     f"the SavedModels to measure, of {', '.join(SAVED_MODEL_OPTIONS)} (bfloat16: on CPUs with "
     "bfloat16 instructions only)",
 )
+flags.DEFINE_string(
+    "serve",
+    None,
+    "internal: serve this SavedModel's `pixels` signature to the benchmark's "
+    "requests on stdin (the process a contender of SERVING_ENVIRONMENTS runs in)",
+)
 FLAGS = flags.FLAGS
 
 ONNX = "ONNX Runtime"
@@ -85,20 +102,91 @@ TARGET_VS_ONNX = 1.0  # the SavedModel's batch-1 latency / ONNX Runtime's
 _FLAG_ORDER = "model crop_size batches threads runs batch_runs rounds seed saved_models".split()
 
 
-def _saved_model(model, directory, options):
-    """The project's SavedModel of `model` written with `build_archive(**options)`, loaded
-    back: a call on a batch of pixels."""
+def _write_saved_model(model, directory, options):
+    """Writes the project's SavedModel of `model` with `build_archive(**options)` to
+    `directory`."""
     from keras_preact.export import saved_model as saved_model_lib
 
     labels = [f"class_{i}" for i in range(model.outputs[0].shape[-1])]
     archive = saved_model_lib.build_archive(model, labels, FLAGS.crop_size, **options)
     saved_model_lib.write_saved_model(archive, directory, labels)
+
+
+def _pixels_call(directory):
+    """The `pixels` signature of the SavedModel in `directory`, loaded: a call on a batch of
+    pixels that returns the probabilities."""
+    from keras_preact.export import saved_model as saved_model_lib
+
     signature = tf.saved_model.load(directory).signatures[saved_model_lib.SIGNATURE_PIXELS]
 
     def call(images):
         return signature(pixels=tf.constant(images))["probabilities"].numpy()
 
     return call
+
+
+class _ServingProcess:
+    """The `pixels` signature of a SavedModel served by a process of its own, started with
+    the environment variables `env` added: a call on a batch of pixels, passed as .npy files
+    in `tmp`, that also times its own calls (`median_ms`) while this process waits."""
+
+    def __init__(self, directory, env, tmp):
+        self._tmp = tmp
+        command = [sys.executable, os.path.abspath(__file__), f"--serve={directory}"]
+        command.append(f"--threads={FLAGS.threads}")
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+        )
+
+    def _ask(self, *words):
+        self._process.stdin.write(" ".join(words) + "\n")
+        self._process.stdin.flush()
+        reply = self._process.stdout.readline()
+        if not reply:
+            code = self._process.wait()
+            raise RuntimeError(
+                f"the serving process ended with exit code {code} (its log is above)"
+            )
+        return reply.strip()
+
+    def _input(self, images):
+        path = os.path.join(self._tmp, "serving_input.npy")
+        np.save(path, images)
+        return path
+
+    def __call__(self, images):
+        path = os.path.join(self._tmp, "serving_output.npy")
+        self._ask("call", self._input(images), path)
+        return np.load(path)
+
+    def median_ms(self, images, runs):
+        return float(self._ask("time", self._input(images), str(runs)))
+
+    def close(self):
+        self._process.stdin.close()
+        self._process.wait()
+
+
+def _serve(directory):
+    """The serving process of `_ServingProcess`: answers one request per line of stdin,
+    `call IN OUT` (the probabilities of the pixels in IN.npy, written to OUT.npy) or `time IN
+    RUNS` (the median ms of RUNS calls on them), with one line on stdout."""
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything TensorFlow prints goes to stderr, not into the replies
+    tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+    call = _pixels_call(directory)
+    for line in sys.stdin:
+        request, path, argument = line.split()
+        images = np.load(path)
+        if request == "call":
+            np.save(argument, call(images))
+            print("done", file=replies, flush=True)
+        else:
+            print(repr(_median_ms(call, images, int(argument))), file=replies, flush=True)
 
 
 def _onnx_runtime(model, path):
@@ -143,6 +231,10 @@ def _tflite(model, batches):
 
 
 def _median_ms(call, images, runs):
+    """The median ms of `runs` calls on `images`, after one warm-up (a contender served by a
+    process of its own times them there)."""
+    if isinstance(call, _ServingProcess):
+        return call.median_ms(images, runs)
     call(images)  # warm-up
     times = []
     for _ in range(runs):
@@ -157,8 +249,9 @@ def _batch_of(crops, batch):
     return np.ascontiguousarray(crops[np.arange(batch) % len(crops)])
 
 
-def _contenders(model, batches, tmp):
-    """`({name: call}, {name: runtime in words})`, in measurement order."""
+def _contenders(model, batches, tmp, stack):
+    """`({name: call}, {name: runtime in words})`, in measurement order; the serving
+    processes end with `stack` (a `contextlib.ExitStack`)."""
     from keras_preact.export import onnx_export
 
     contenders, runtimes = {}, {}
@@ -168,8 +261,15 @@ def _contenders(model, batches, tmp):
         if key == "bfloat16" and not bf16_cpu_flags():
             log("no bfloat16 instructions (avx512_bf16, amx_bf16): no bfloat16 SavedModel")
             continue
-        contenders[name] = _saved_model(model, os.path.join(tmp, f"saved_model_{key}"), options)
+        directory = os.path.join(tmp, f"saved_model_{key}")
+        _write_saved_model(model, directory, options)
         runtimes[name] = f"TensorFlow {tf.__version__}"
+        if key in SERVING_ENVIRONMENTS:
+            contenders[name] = _ServingProcess(directory, SERVING_ENVIRONMENTS[key], tmp)
+            stack.callback(contenders[name].close)
+            runtimes[name] += ", own process"
+        else:
+            contenders[name] = _pixels_call(directory)
     if onnx_export.available():
         log("exporting ONNX")
         contenders[ONNX], version = _onnx_runtime(model, os.path.join(tmp, "model.onnx"))
@@ -200,8 +300,8 @@ def measure():
     model = getattr(keras_preact, FLAGS.model)(input_shape=(None, None, 3))
     measure_bn_statistics(model, crops)
     reference = verify_lib.keras_probabilities(model, crops)
-    with tempfile.TemporaryDirectory() as tmp:
-        contenders, runtimes = _contenders(model, batches, tmp)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        contenders, runtimes = _contenders(model, batches, tmp, stack)
         checks = {
             name: verify_lib.compare(reference, np.concatenate([call(c[None]) for c in crops]))
             for name, call in contenders.items()
@@ -248,7 +348,10 @@ def _report(best, checks, runtimes, batches):
         f"{FLAGS.threads} intra-op threads), the same written with each of `build_archive`'s "
         "speed options, off by default (`jit_compile=True`: the model one XLA cluster; "
         '`frozen_weights=True`: the weights as graph constants; `precision="bfloat16"`, '
-        f"frozen too, {_bf16_words()}), ONNX Runtime "
+        f"frozen too, {_bf16_words()}), the plain one served by a second process started "
+        "with `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1` (a setting of the serving process: oneDNN "
+        "keeps each weight in its own layout between calls; that process times its own "
+        "calls while this one waits), ONNX Runtime "
         f"(`CPUExecutionProvider`, {FLAGS.threads} intra-op threads, default graph "
         "optimisations) on the project's ONNX export, and TFLite float32 (`ai_edge_litert`, "
         f"{FLAGS.threads} threads, XNNPACK). The contenders alternate for {FLAGS.rounds} rounds "
@@ -292,6 +395,8 @@ def _report(best, checks, runtimes, batches):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.serve:
+        return _serve(FLAGS.serve)
     if not all(b.isdigit() and int(b) > 0 for b in FLAGS.batches):
         raise app.UsageError(f"--batches={','.join(FLAGS.batches)}: give positive integers")
     unknown = [key for key in FLAGS.saved_models if key not in SAVED_MODEL_OPTIONS]

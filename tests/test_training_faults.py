@@ -157,6 +157,40 @@ def test_rollback_gives_up_after_three_in_a_row(tmp_path, capsys):
     assert _assert_finite_checkpoints(tmp_path / "run") == [1, 2]
 
 
+class _OverflowAt(keras.optimizers.schedules.LearningRateSchedule):
+    """0.05, but inf at step `step` (from 1): there, finite gradients make non-finite weights."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def __call__(self, iteration):
+        return keras.ops.where(iteration + 1 == self.step, float("inf"), 0.05)
+
+
+def test_weights_that_overflow_with_a_finite_loss_stop_or_roll_back_at_the_checkpoint(
+    tmp_path, capsys
+):
+    images, labels = data.digits_arrays("train")
+    dataset = tf.data.Dataset.from_tensor_slices((images[:320], labels[:320].astype("int32")))
+    for mode in ("stop", "rollback"):
+        trainer = _digits_trainer(tmp_path / mode, mode, learning_rate=_OverflowAt(10))
+        with pytest.raises(Diverged) as caught:
+            trainer.fit(lambda ctx: dataset.batch(32).repeat(), total_steps=12, steps_per_epoch=6)
+        # Step 10's loss and gradients were finite; its update was not: no ckpt-10.
+        assert caught.value.step == 10, str(caught.value)
+        assert "the weights were not finite at a checkpoint" in str(caught.value)
+        assert _assert_finite_checkpoints(tmp_path / mode) == [5]
+    # Rolled back to ckpt-5 (the schedule overflows at step 10 every time), then gave up.
+    assert f"after {MAX_ROLLBACKS} rollbacks in a row" in str(caught.value)
+    err = capsys.readouterr().err
+    rollbacks = re.findall(
+        r"At step 10 the weights were not finite at a checkpoint at learning rate inf: rolled "
+        r"back to step 5 \(ckpt-5\)",
+        err,
+    )
+    assert len(rollbacks) == MAX_ROLLBACKS, err
+
+
 # ----------------------------------------------------- checkpoints cut short
 
 

@@ -33,7 +33,9 @@ Faults that would lose work are met the same way on every worker:
   and what to do; with `"rollback"` every worker goes back to the last
   checkpoint and goes on with the batches after the ones it had reached (the
   offending ones are skipped), at most `MAX_ROLLBACKS` times in a row. No
-  checkpoint is written from non-finite weights (checked before each save).
+  checkpoint is written from non-finite weights (checked before each save):
+  weights that became non-finite while the loss and gradients stayed finite
+  (an update that overflowed) stop or roll back the same way there.
 * **An unreadable checkpoint** (cut short by a crash or a full disk):
   `restore` sets it aside in `checkpoints/unreadable/` (renamed, not deleted),
   resumes from the newest readable one and says both in one line.
@@ -83,6 +85,7 @@ from keras_preact.training.strategy import is_chief, task_info
 NONFINITE_ACTIONS = ("stop", "rollback")
 LOSSES = ("cross_entropy", "bce")
 MAX_ROLLBACKS = 3  # rollbacks in a row (no new checkpoint between them) before a run stops
+WEIGHTS_NOT_FINITE = "the weights were not finite at a checkpoint"  # checked before each save
 
 HISTORY_FIELDS = (
     "epoch",
@@ -135,11 +138,12 @@ class Diverged(RuntimeError):
 
 
 class _NonFinite(Exception):
-    """Inside `fit`: the step `step` gave a non-finite loss or gradient."""
+    """Inside `fit`: the step `step` gave a non-finite loss or gradient, or (`what`, from a
+    checkpoint) left non-finite weights."""
 
-    def __init__(self, step, loss, learning_rate):
+    def __init__(self, step, loss, learning_rate, what=None):
         super().__init__(step)
-        self.step, self.loss, self.learning_rate = step, loss, learning_rate
+        self.step, self.loss, self.learning_rate, self.what = step, loss, learning_rate, what
 
 
 class StopSignals:
@@ -626,7 +630,7 @@ class Trainer:
         if step == self._saved_step:  # saved (or restored) at this step already
             return os.path.join(self.checkpoint_dir, f"ckpt-{step}")
         if not bool(self._finite_state()):
-            raise Diverged(self._diverged_message(step, "the weights were not finite", None), step)
+            raise Diverged(self._diverged_message(step, WEIGHTS_NOT_FINITE, None), step)
         error, path = None, None
         try:
             path = self._manager.save(checkpoint_number=step)
@@ -721,9 +725,12 @@ class Trainer:
     def _fit(self, train_dataset_fn, epochs, stop, on_epoch_end):
         step = self.current_step
         iterator = iter(self.strategy.distribute_datasets_from_function(train_dataset_fn))
-        while step < epochs.total_steps:
-            epoch = epochs.at(step)[0]
+        while True:
             try:
+                if step >= epochs.total_steps:  # the last checkpoint, after the last eval
+                    self._checkpoint_in_fit(step, self.learning_rate())
+                    return self.history
+                epoch = epochs.at(step)[0]
                 row = self._train_epoch(iterator, epochs, step, stop)
             except _NonFinite as event:
                 step = self._roll_back(event)  # or raises Diverged
@@ -735,8 +742,15 @@ class Trainer:
             self._write_history()
             if on_epoch_end is not None:
                 on_epoch_end(row)
+
+    def _checkpoint_in_fit(self, step, learning_rate):
+        """`save_checkpoint` inside `fit`. With `on_nonfinite="rollback"`, weights that became
+        non-finite while the loss and gradients stayed finite (an update that overflowed) roll
+        back like a non-finite loss (`_NonFinite`), where `save_checkpoint` raises `Diverged`."""
+        rollback = self.on_nonfinite == "rollback" and self._manager is not None
+        if rollback and step != self._saved_step and not bool(self._finite_state()):
+            raise _NonFinite(step, None, learning_rate, what=WEIGHTS_NOT_FINITE)
         self.save_checkpoint()
-        return self.history
 
     def _train_epoch(self, iterator, epochs, step, stop):
         """Trains from `step` to the end of its epoch (checkpoints, logs, progress); its row.
@@ -761,7 +775,7 @@ class Trainer:
                 if progress is not None:
                     progress.update(step, totals, lr)
                 if step % self.checkpoint_every == 0 and step < epochs.total_steps:
-                    self.save_checkpoint()
+                    self._checkpoint_in_fit(step, lr)
                 if out[3] > 0 and step < epochs.total_steps:  # a stop signal, here or elsewhere
                     self._stop(step, stop.received, progress)
         except BaseException:
@@ -810,7 +824,9 @@ class Trainer:
 
     def _roll_back(self, event):
         """After a non-finite step: back to the last checkpoint (returns its step), or `Diverged`."""
-        if np.isfinite(event.loss):
+        if event.what:
+            what = event.what
+        elif np.isfinite(event.loss):
             what = f"a gradient was not finite (at a loss of {event.loss:.4g})"
         else:
             what = f"the loss was {'nan' if np.isnan(event.loss) else 'inf'}"
