@@ -50,15 +50,20 @@ SCRIPT = textwrap.dedent(
         ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
         return ds.batch(ctx.get_per_replica_batch_size(GLOBAL_BATCH))
 
-    def train(strategy, model_dir, sync, steps_per_loop=1, steps_per_epoch=1):
+    def sgd():
+        return training.CoupledSGD(training.step_schedule(0.1, [4], warmup_steps=1), l2=1e-4)
+
+    def lamb():  # a global norm that every step's gradient exceeds: each step is clipped
+        return training.Lamb(0.01, weight_decay=0.01, global_clipnorm=0.05)
+
+    def train(strategy, model_dir, sync, steps_per_loop=1, steps_per_epoch=1, optimizer=sgd):
         def build():
             keras.utils.set_random_seed(1)
             model = CIFARResNetV2(8, width=4, input_shape=(16, 16, 3), classifier_activation=None)
             return training.synchronize_batchnorm(model) if sync else model
 
-        schedule = training.step_schedule(0.1, [4], warmup_steps=1)
         trainer = training.Trainer(
-            strategy, build, lambda: training.CoupledSGD(schedule, l2=1e-4),
+            strategy, build, optimizer,
             global_batch_size=GLOBAL_BATCH, model_dir=model_dir, checkpoint_every=3,
             steps_per_loop=steps_per_loop, verbose=0,
         )
@@ -78,13 +83,16 @@ SCRIPT = textwrap.dedent(
 
     if mode == "local":
         results = {{}}
-        _, results["one_device"] = train(training.make_strategy("one_device"), out + "_one", True)
+        one_device = training.make_strategy("one_device")
+        _, results["one_device"] = train(one_device, out + "_one", True)
+        _, results["one_device_lamb"] = train(one_device, None, True, optimizer=lamb)
         # One MirroredStrategy for both runs: two instances in one process reuse
         # collective keys, which TensorFlow rejects.
         mirrored = training.make_strategy("mirrored")
         # 4 steps per tf.function call, cut at epoch ends (2 steps) and checkpoints (3).
         _, results["mirrored"] = train(mirrored, out + "_mir", True, 4, 2)
         _, results["per_replica_bn"] = train(mirrored, None, False)
+        _, results["mirrored_lamb"] = train(mirrored, None, True, optimizer=lamb)
         errors = []
         try:
             training.Trainer(training.make_strategy("mirrored"), None, None, global_batch_size=15)
@@ -169,6 +177,12 @@ def test_mirrored_on_two_devices_matches_one_device(local_runs):
     assert runs["mirrored_eval"][3] == runs["one_device_eval"][3] == 37
     np.testing.assert_allclose(runs["mirrored_eval"], runs["one_device_eval"], rtol=1e-5)
     assert runs["mirrored_iterations"] == runs["one_device_iterations"] == STEPS
+    # LAMB clips the global batch's gradient to a norm of 0.05 at every step, on 1 device or 2.
+    # (Keras alone clips each replica's half: the weights then differ by up to 0.04; Adam's
+    # normalisation turns summation-order rounding into up to 2e-4 here.)
+    np.testing.assert_allclose(
+        runs["mirrored_lamb_weights"], runs["one_device_lamb_weights"], atol=1e-3
+    )
     # Control: per-replica BatchNorm (the default, as in the paper's multi-GPU
     # code) normalises each half-batch on its own, so the curve moves away.
     assert np.abs(runs["per_replica_bn_losses"][1:] - one[1:]).max() > 1e-4

@@ -44,8 +44,42 @@ class _PerVariableRates:
         return learning_rate if factor == 1.0 else learning_rate * factor
 
 
+def _replicas_in_sync():
+    """How many replicas compute this step's gradients (1 outside a TensorFlow strategy)."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+class _ClipSummedGradients:
+    """Clips (`global_clipnorm`, `clipnorm`, `clipvalue`) the gradient of the global batch.
+
+    Keras clips in `apply`, before its TensorFlow optimizer sums the replicas'
+    gradients (`_all_reduce_sum_gradients`): under a multi-replica strategy it
+    clips each replica's share instead, which makes a global norm of 1.0 one of
+    up to 1.0 per replica. Here, with more than one replica, the clipping waits
+    for the sum, so that a run clips the same on 1 device or 8.
+    """
+
+    def _clip_gradients(self, grads):
+        if _replicas_in_sync() > 1:
+            return grads  # clipped once summed over the replicas, below
+        return super()._clip_gradients(grads)
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        summed = super()._all_reduce_sum_gradients(grads_and_vars)
+        if _replicas_in_sync() == 1:
+            return summed
+        present = [i for i, (grad, _) in enumerate(summed) if grad is not None]
+        clipped = dict(zip(present, super()._clip_gradients([summed[i][0] for i in present])))
+        return [(clipped.get(i), var) for i, (_, var) in enumerate(summed)]
+
+
 @keras.saving.register_keras_serializable(package="keras_preact")
-class CoupledSGD(_PerVariableRates, keras.optimizers.SGD):
+class CoupledSGD(_ClipSummedGradients, _PerVariableRates, keras.optimizers.SGD):
     """SGD with momentum where L2 weight decay is added to the gradient before momentum.
 
     Args:
@@ -126,7 +160,7 @@ class _DecayKernelsOnly:
 
 
 @keras.saving.register_keras_serializable(package="keras_preact")
-class AdamW(_PerVariableRates, _DecayKernelsOnly, keras.optimizers.AdamW):
+class AdamW(_ClipSummedGradients, _PerVariableRates, _DecayKernelsOnly, keras.optimizers.AdamW):
     """`keras.optimizers.AdamW` that decays kernels only (not norm parameters or biases).
 
     The decay is decoupled, `w -= learning_rate * weight_decay * w` before the
@@ -153,7 +187,7 @@ class AdamW(_PerVariableRates, _DecayKernelsOnly, keras.optimizers.AdamW):
 
 
 @keras.saving.register_keras_serializable(package="keras_preact")
-class Lamb(_PerVariableRates, _DecayKernelsOnly, keras.optimizers.Lamb):
+class Lamb(_ClipSummedGradients, _PerVariableRates, _DecayKernelsOnly, keras.optimizers.Lamb):
     """LAMB as timm's `Lamb` and the LAMB paper: weight decay inside the trust ratio.
 
     For a decayed variable (a kernel), with Adam's bias-corrected moments
@@ -168,8 +202,8 @@ class Lamb(_PerVariableRates, _DecayKernelsOnly, keras.optimizers.Lamb):
 
     `keras.optimizers.Lamb` does not serve: it decays outside the trust ratio
     (like AdamW) and applies the ratio to every variable, norms and biases
-    included. Under a multi-replica strategy Keras clips each replica's share
-    of the gradient before the all-reduce, not the sum.
+    included. Under a multi-replica strategy it clips each replica's share of
+    the gradient; this one clips their sum (`_ClipSummedGradients`).
 
     The trust ratio makes a kernel's step `learning_rate * ||w||` long:
 
