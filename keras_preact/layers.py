@@ -488,6 +488,8 @@ class _ResidualUnit(keras.layers.Layer):
         # runs the unit again to rebuild its activations. The random masks are drawn
         # once, above, so both runs see the same ones; the second run normalises with
         # the batch statistics without moving the BN statistics a second time.
+        if keras.backend.backend() != "tensorflow":
+            return self._rematerialized_elsewhere(inputs, masks)
         runs = []
 
         def forward(x, *masks):
@@ -496,6 +498,25 @@ class _ResidualUnit(keras.layers.Layer):
             return self._forward(x, masks, training=True, update_statistics=update_statistics)
 
         return rematerialize(forward)(inputs, *masks)
+
+    def _rematerialized_elsewhere(self, inputs, masks):
+        """Rematerialisation on JAX and PyTorch (`keras.remat`), whose rematerialised function
+        may not assign variables: JAX traces it (an assignment there leaks a tracer) and
+        PyTorch runs it twice. It returns its BNs' batch statistics instead, and the moving
+        statistics move here, once."""
+        names = []
+
+        def forward(x, *masks):
+            moments = []
+            outputs = self._forward(x, masks, training=True, moments=moments)
+            if not names:  # the same norms, in the same order, at every trace or run
+                names.extend(name for name, _, _ in moments)
+            return (outputs, *[v for _, mean, variance in moments for v in (mean, variance)])
+
+        outputs, *moments = rematerialize(forward)(inputs, *masks)
+        for index, name in enumerate(names):
+            getattr(self, name).move_statistics(moments[2 * index], moments[2 * index + 1])
+        return outputs
 
     def _random_masks(self, inputs, training):
         """The unit's random factors for this call: (drop-path mask, shortcut-dropout mask)."""
@@ -515,12 +536,21 @@ class _ResidualUnit(keras.layers.Layer):
             masks.append(self.shortcut_dropout(ones, training=True))
         return tuple(masks)
 
-    def _forward(self, inputs, masks, training, update_statistics=True):
-        """The unit: x -> shortcut(x) + F(x), with BN and ReLU where `unit_variant` puts them."""
+    def _forward(self, inputs, masks, training, update_statistics=True, moments=None):
+        """The unit: x -> shortcut(x) + F(x), with BN and ReLU where `unit_variant` puts them.
+
+        With `update_statistics=False` its batch norms leave their moving statistics
+        alone; given a list `moments`, they do too, and append `(name, batch mean, batch
+        variance)` to it instead."""
 
         def norm(name, x):  # the norm called `name`; a remat recomputation keeps BN statistics
             layer = getattr(self, name)
-            if update_statistics or not (training and layer.trainable and self.norm == "batch"):
+            moves = training and layer.trainable and self.norm == "batch"
+            if moves and moments is not None:
+                outputs, mean, variance = layer.batch_statistics(x)
+                moments.append((name, mean, variance))
+                return outputs
+            if update_statistics or not moves:
                 return layer(x, training=training)
             return layer.normalize_with_batch_statistics(x)
 

@@ -39,7 +39,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     See the module docstring for when the fused kernel is used. Besides `call`,
     `normalize_with_batch_statistics(x)` normalises with the batch's statistics
     without moving the layer's moving statistics (a rematerialised unit's second
-    run of the same batch).
+    run of the same batch), and `batch_statistics(x)` also returns them for
+    `move_statistics` to apply outside a function that may not assign variables
+    (`keras.remat` on JAX).
     """
 
     def call(self, inputs, training=None, mask=None):
@@ -48,15 +50,26 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         if not (training and self.trainable):
             return self._fused(inputs, training=False)[0]
         outputs, mean, variance = self._fused(inputs, training=True)
+        self.move_statistics(mean, variance)
+        return outputs
+
+    def move_statistics(self, mean, variance):
+        """Moves the moving statistics towards a batch's `mean` and biased `variance`, as a
+        training call does (Keras' momentum convention)."""
         momentum = self.momentum
         self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
         self.moving_variance.assign(self.moving_variance * momentum + variance * (1.0 - momentum))
-        return outputs
 
     def normalize_with_batch_statistics(self, inputs):
         """`self(inputs, training=True)` without the update of the moving statistics."""
+        return self.batch_statistics(inputs)[0]
+
+    def batch_statistics(self, inputs):
+        """`(outputs, mean, variance)`: what `self(inputs, training=True)` returns, and the
+        batch statistics it moves the moving statistics towards (`move_statistics`); nothing
+        is assigned."""
         if self._fusable(inputs, None):
-            return self._fused(inputs, training=True)[0]
+            return self._fused(inputs, training=True)
         x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
         axes = [i for i in range(len(x.shape)) if i != self.axis % len(x.shape)]
         mean, variance = ops.moments(x, axes=axes, synchronized=self.synchronized)
@@ -69,7 +82,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             scale=ops.cast(self.gamma, x.dtype) if self.scale else None,
             epsilon=self.epsilon,
         )
-        return ops.cast(outputs, self.compute_dtype)
+        return ops.cast(outputs, self.compute_dtype), mean, variance
 
     def _fusable(self, inputs, mask):
         rank = len(inputs.shape)

@@ -93,28 +93,41 @@ def check_files_of_version_0_1(cases, expected):
     print("ok: files of keras-preact 0.1.0 load and give their outputs")
 
 
-def check_train_step(cases, expected):
-    """A compiled training step moves the weights and the BN statistics."""
-    depth = int(cases.get("train_depth", 18))
+def _trained_one_step(depth, remat):
+    """A ResNet{depth}V2 (seeded) after one compiled SGD step on 4 random images, and its
+    weights before it."""
+    keras.utils.set_random_seed(0)
     model = kp.ImageNetResNetV2(
-        depth, input_shape=(32, 32, 3), classes=4, classifier_activation=None
+        depth, input_shape=(32, 32, 3), classes=4, classifier_activation=None, remat=remat
     )
     model.compile(
         optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    kernel = model.get_layer("stage1_unit1").conv1.kernel
-    norm = model.get_layer("stage2_unit1").norm1
-    numpy = keras.ops.convert_to_numpy
-    before = numpy(kernel), numpy(norm.moving_mean)
+    before = [keras.ops.convert_to_numpy(w) for w in model.weights]
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (4, 32, 32, 3)).astype("float32")
-    y = np.arange(4) % 4
-    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    history = model.fit(x, np.arange(4) % 4, batch_size=4, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
-    assert not np.allclose(numpy(kernel), before[0]), "the step left the conv unchanged"
-    assert not np.allclose(numpy(norm.moving_mean), before[1]), "BN statistics did not move"
-    print(f"ok: a ResNet{depth}V2 training step ({keras.backend.backend()})")
+    return model, before
+
+
+def check_train_step(cases, expected):
+    """A compiled training step moves the weights and the BN statistics; with remat=True
+    (`keras.remat` here) it moves them the same."""
+    depth = int(cases.get("train_depth", 18))
+    model, before = _trained_one_step(depth, remat=False)
+    after = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    index = {id(w): i for i, w in enumerate(model.weights)}
+    kernel = index[id(model.get_layer("stage1_unit1").conv1.kernel)]
+    mean = index[id(model.get_layer("stage2_unit1").norm1.moving_mean)]
+    assert not np.allclose(after[kernel], before[kernel]), "the step left the conv unchanged"
+    assert not np.allclose(after[mean], before[mean]), "BN statistics did not move"
+    rematerialised, _ = _trained_one_step(depth, remat=True)
+    assert len(rematerialised.weights) == len(after)
+    for weight, plain in zip(rematerialised.weights, after):
+        _close(keras.ops.convert_to_numpy(weight), plain, rtol=1e-5, atol=1e-5)
+    print(f"ok: a ResNet{depth}V2 training step, and with remat=True ({keras.backend.backend()})")
 
 
 def check_preprocessing(cases, expected):
