@@ -429,7 +429,7 @@ def _fit_printing(trainer, stream):
         sys.stdout = previous
 
 
-def test_progress_is_plain_lines_in_a_file_and_a_bar_in_a_terminal(tmp_path):
+def test_progress_is_plain_lines_in_a_file_and_a_bar_in_a_terminal_or_notebook(tmp_path):
     log = io.StringIO()  # stdout redirected to a file: not a terminal
     _fit_printing(_digits_trainer(tmp_path / "file", "stop", verbose=1, log_every=2), log)
     text = log.getvalue()
@@ -459,6 +459,10 @@ def test_progress_is_plain_lines_in_a_file_and_a_bar_in_a_terminal(tmp_path):
     shown = b"".join(received).decode("utf-8", "replace")
     assert "━" in shown and re.search(r"\r.*3/3.* - loss: [\d.]+ - accuracy: [\d.]+", shown)
     assert "ended at step" not in shown
+
+    notebook = type("OutStream", (io.StringIO,), {"__module__": "ipykernel.iostream"})()
+    _fit_printing(_digits_trainer(tmp_path / "notebook", "stop", verbose=1), notebook)
+    assert "━" in notebook.getvalue() and "ended at step" not in notebook.getvalue()
 
 
 def _drain(fd, chunks):

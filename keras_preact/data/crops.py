@@ -104,7 +104,11 @@ def ten_crop(image, crop_size=224, resize_size=None, interpolation="bilinear", c
     crop (exactly `eval_crop`'s), top-left, top-right, bottom-left and
     bottom-right corner crops, then the same five mirrored left-right.
     (fb.resnet.torch crops the mirrored image instead: the same ten windows,
-    except that its centre offset rounds up where ours rounds down.)
+    except that its centre offset rounds up where ours rounds down.) Where
+    `resize_size` equals `crop_size` (a 320 crop from 320) the corner windows
+    span the whole shorter side, so top and bottom ones coincide: a landscape
+    photo gets three distinct windows (and their mirrors), the left and right
+    ones counted twice in the mean; a square one gets the crop alone.
 
     >>> import numpy as np
     >>> ten_crop(np.zeros((300, 400, 3), np.uint8), 224).shape

@@ -1,7 +1,7 @@
 """What a verbose chief prints while it trains: a progress bar in a terminal, plain lines elsewhere.
 
-In a terminal (stdout is a TTY) each epoch gets its "Epoch e/E" header and
-Keras' progress bar, redrawn in place. Anywhere else (stdout redirected to a
+In a terminal (stdout is a TTY) or a Jupyter notebook each epoch gets its
+"Epoch e/E" header and Keras' progress bar, redrawn in place. Anywhere else (stdout redirected to a
 file: nohup, Slurm, Kubernetes, a pipe) frames redrawn with carriage returns
 and ANSI codes would make the log unreadable, so the same header is followed
 by plain lines, as timm's train.py writes them: one every `log_every` steps
@@ -30,8 +30,12 @@ import keras
 
 
 def is_terminal(stream=None):
-    """Whether `stream` (default: stdout) is a terminal, where a progress bar can redraw itself."""
+    """Whether `stream` (default: stdout) redraws a line in place, so that a progress bar can:
+    a terminal, or a Jupyter notebook's output (an ipykernel stream, where Keras' own bar
+    draws too)."""
     stream = sys.stdout if stream is None else stream
+    if type(stream).__module__.startswith("ipykernel."):
+        return True
     isatty = getattr(stream, "isatty", None)
     try:
         return bool(isatty and isatty())
