@@ -167,25 +167,29 @@ class _OverflowAt(keras.optimizers.schedules.LearningRateSchedule):
         return keras.ops.where(iteration + 1 == self.step, float("inf"), 0.05)
 
 
-def test_weights_that_overflow_with_a_finite_loss_stop_or_roll_back_at_the_checkpoint(
-    tmp_path, capsys
+@pytest.mark.parametrize("overflow, kept", [(10, [5]), (12, [5, 10])])  # a checkpoint, the end
+def test_weights_that_overflow_with_a_finite_loss_stop_or_roll_back(
+    tmp_path, capsys, overflow, kept
 ):
     images, labels = data.digits_arrays("train")
     dataset = tf.data.Dataset.from_tensor_slices((images[:320], labels[:320].astype("int32")))
     for mode in ("stop", "rollback"):
-        trainer = _digits_trainer(tmp_path / mode, mode, learning_rate=_OverflowAt(10))
+        trainer = _digits_trainer(tmp_path / mode, mode, learning_rate=_OverflowAt(overflow))
         with pytest.raises(Diverged) as caught:
             trainer.fit(lambda ctx: dataset.batch(32).repeat(), total_steps=12, steps_per_epoch=6)
-        # Step 10's loss and gradients were finite; its update was not: no ckpt-10.
-        assert caught.value.step == 10, str(caught.value)
-        assert "the weights were not finite at a checkpoint" in str(caught.value)
-        assert _assert_finite_checkpoints(tmp_path / mode) == [5]
-    # Rolled back to ckpt-5 (the schedule overflows at step 10 every time), then gave up.
+        # The step's loss and gradients were finite; its update was not. Nothing was saved,
+        # evaluated or recorded from it.
+        assert caught.value.step == overflow, str(caught.value)
+        assert "the weights became non-finite (an update overflowed)" in str(caught.value)
+        assert _assert_finite_checkpoints(tmp_path / mode) == kept
+        assert [row["step"] for row in trainer.history] == [6]
+    # Rolled back to the checkpoint (the schedule overflows at that step every time), then
+    # gave up.
     assert f"after {MAX_ROLLBACKS} rollbacks in a row" in str(caught.value)
     err = capsys.readouterr().err
     rollbacks = re.findall(
-        r"At step 10 the weights were not finite at a checkpoint at learning rate inf: rolled "
-        r"back to step 5 \(ckpt-5\)",
+        rf"At step {overflow} the weights became non-finite \(an update overflowed\) at learning "
+        rf"rate inf: rolled back to step {kept[-1]} \(ckpt-{kept[-1]}\)",
         err,
     )
     assert len(rollbacks) == MAX_ROLLBACKS, err

@@ -85,7 +85,7 @@ from keras_preact.training.strategy import is_chief, task_info
 NONFINITE_ACTIONS = ("stop", "rollback")
 LOSSES = ("cross_entropy", "bce")
 MAX_ROLLBACKS = 3  # rollbacks in a row (no new checkpoint between them) before a run stops
-WEIGHTS_NOT_FINITE = "the weights were not finite at a checkpoint"  # checked before each save
+WEIGHTS_NOT_FINITE = "the weights became non-finite (an update overflowed)"  # seen at a save
 
 HISTORY_FIELDS = (
     "epoch",
@@ -725,12 +725,9 @@ class Trainer:
     def _fit(self, train_dataset_fn, epochs, stop, on_epoch_end):
         step = self.current_step
         iterator = iter(self.strategy.distribute_datasets_from_function(train_dataset_fn))
-        while True:
+        while step < epochs.total_steps:
+            epoch = epochs.at(step)[0]
             try:
-                if step >= epochs.total_steps:  # the last checkpoint, after the last eval
-                    self._checkpoint_in_fit(step, self.learning_rate())
-                    return self.history
-                epoch = epochs.at(step)[0]
                 row = self._train_epoch(iterator, epochs, step, stop)
             except _NonFinite as event:
                 step = self._roll_back(event)  # or raises Diverged
@@ -742,15 +739,19 @@ class Trainer:
             self._write_history()
             if on_epoch_end is not None:
                 on_epoch_end(row)
-
-    def _checkpoint_in_fit(self, step, learning_rate):
-        """`save_checkpoint` inside `fit`. With `on_nonfinite="rollback"`, weights that became
-        non-finite while the loss and gradients stayed finite (an update that overflowed) roll
-        back like a non-finite loss (`_NonFinite`), where `save_checkpoint` raises `Diverged`."""
-        rollback = self.on_nonfinite == "rollback" and self._manager is not None
-        if rollback and step != self._saved_step and not bool(self._finite_state()):
-            raise _NonFinite(step, None, learning_rate, what=WEIGHTS_NOT_FINITE)
         self.save_checkpoint()
+        return self.history
+
+    def _check_weights(self, step, learning_rate):
+        """Weights that became non-finite while the loss and gradients stayed finite (an
+        update that overflowed) stop the run (`Diverged`) or, with `on_nonfinite="rollback"`,
+        roll it back like a non-finite loss (raises `_NonFinite`). Checked before each
+        checkpoint and after the last step, before its evaluation."""
+        if step == self._saved_step or bool(self._finite_state()):
+            return
+        if self.on_nonfinite == "rollback":
+            raise _NonFinite(step, None, learning_rate, what=WEIGHTS_NOT_FINITE)
+        raise Diverged(self._diverged_message(step, WEIGHTS_NOT_FINITE, learning_rate), step)
 
     def _train_epoch(self, iterator, epochs, step, stop):
         """Trains from `step` to the end of its epoch (checkpoints, logs, progress); its row.
@@ -774,8 +775,11 @@ class Trainer:
                 self._log("train", step, **means, learning_rate=lr)
                 if progress is not None:
                     progress.update(step, totals, lr)
-                if step % self.checkpoint_every == 0 and step < epochs.total_steps:
-                    self._checkpoint_in_fit(step, lr)
+                last = step >= epochs.total_steps
+                if last or step % self.checkpoint_every == 0:
+                    self._check_weights(step, lr)
+                    if not last:  # the last checkpoint follows the last evaluation
+                        self.save_checkpoint()
                 if out[3] > 0 and step < epochs.total_steps:  # a stop signal, here or elsewhere
                     self._stop(step, stop.received, progress)
         except BaseException:
