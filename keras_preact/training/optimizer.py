@@ -57,21 +57,27 @@ def _replicas_in_sync():
 class _ClipSummedGradients:
     """Clips (`global_clipnorm`, `clipnorm`, `clipvalue`) the gradient of the global batch.
 
-    Keras clips in `apply`, before its TensorFlow optimizer sums the replicas'
-    gradients (`_all_reduce_sum_gradients`): under a multi-replica strategy it
-    clips each replica's share instead, which makes a global norm of 1.0 one of
-    up to 1.0 per replica. Here, with more than one replica, the clipping waits
-    for the sum, so that a run clips the same on 1 device or 8.
+    Keras clips (`_clip_gradients`) before its TensorFlow optimizer sums the
+    replicas' gradients (`_all_reduce_sum_gradients`): under a multi-replica
+    strategy it clips each replica's share instead, which makes a global norm
+    of 1.0 one of up to 1.0 per replica. Here, with more than one replica, the
+    clipping waits for the sum, so that a run clips the same on 1 device or 8.
+    (Should a Keras release no longer sum through `_all_reduce_sum_gradients`,
+    the clipping stays Keras' own rather than be skipped.)
     """
 
+    def _clips_the_sum(self):
+        summing = getattr(super(), "_all_reduce_sum_gradients", None) is not None
+        return summing and _replicas_in_sync() > 1
+
     def _clip_gradients(self, grads):
-        if _replicas_in_sync() > 1:
+        if self._clips_the_sum():
             return grads  # clipped once summed over the replicas, below
         return super()._clip_gradients(grads)
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
         summed = super()._all_reduce_sum_gradients(grads_and_vars)
-        if _replicas_in_sync() == 1:
+        if not self._clips_the_sum():
             return summed
         present = [i for i, (grad, _) in enumerate(summed) if grad is not None]
         clipped = dict(zip(present, super()._clip_gradients([summed[i][0] for i in present])))
