@@ -129,9 +129,9 @@ BENCHMARKS = [
         "serving_latency.py",
         {
             # ResNet-50 at 224, batch 1 and 16: the SavedModel (plain, jit_compile=True,
-            # frozen_weights=True, bfloat16 on a bf16 CPU, plain in a process with
-            # TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1), ONNX Runtime and TFLite float32, 5 rounds:
-            # about 2 minutes. The smoke run measures the plain one in both processes.
+            # frozen_weights=True, bfloat16 on a bf16 CPU, plain in a process of its own and
+            # in one with TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1), ONNX Runtime and TFLite float32,
+            # 5 rounds: about 2.5 minutes. The smoke run skips XLA, frozen and the control.
             "report": [],
             "smoke": [
                 "--model=ResNet20V2",
@@ -140,7 +140,7 @@ BENCHMARKS = [
                 "--runs=2",
                 "--batch_runs=1",
                 "--rounds=1",
-                "--saved_models=plain,onednn_frozen",
+                "--saved_models=plain,bfloat16,onednn_frozen",
             ],
         },
     ),

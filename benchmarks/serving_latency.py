@@ -11,11 +11,12 @@ process, the contenders alternating for `--rounds` rounds:
   model in the signature is one XLA cluster), `frozen_weights=True` (the
   weights as graph constants) and, where the CPU has bfloat16 instructions
   (`avx512_bf16` or `amx_bf16`), `precision="bfloat16"`;
-* the plain SavedModel served by a second process that TensorFlow starts with
-  `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1` (a setting of the serving process, not of
-  the export: oneDNN then keeps each weight in its own layout between calls,
-  which is safe where nothing trains); it times its own calls while this
-  process waits;
+* the plain SavedModel served by a process of its own (the control), and by
+  one that TensorFlow starts with `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1` (a
+  setting of the serving process, not of the export: oneDNN then keeps each
+  weight in its own layout between calls, which is safe where nothing trains);
+  each times its own calls while this process waits (which runs without the
+  setting, whatever its caller's environment);
 * ONNX Runtime (`CPUExecutionProvider`, `--threads` intra-op threads, its
   default graph optimisations) on the project's ONNX export
   (`keras_preact.export.onnx_export`), when tf2onnx and onnxruntime import;
@@ -41,6 +42,7 @@ Run from the repository root:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +50,10 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if not any(arg.startswith("--serve=") for arg in sys.argv[1:]):
+    # Read once, when TensorFlow starts: the contenders of this process run without it
+    # whatever the caller's environment (one of their own measures it).
+    os.environ.pop("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", None)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
@@ -68,11 +74,16 @@ SAVED_MODEL_OPTIONS = {
     "jit": ("SavedModel `pixels`, jit_compile=True", {"jit_compile": True}),
     "frozen": ("SavedModel `pixels`, frozen_weights=True", {"frozen_weights": True}),
     "bfloat16": ("SavedModel `pixels`, precision=bfloat16", {"precision": "bfloat16"}),
+    "own_process": ("SavedModel `pixels`, a process of its own", {}),
     "onednn_frozen": ("SavedModel `pixels`, TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1", {}),
 }
 # The contenders served by a process of their own, with these environment variables (read
 # once, when TensorFlow starts).
-SERVING_ENVIRONMENTS = {"onednn_frozen": {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"}}
+# own_process is the control: the same process, without the setting.
+SERVING_ENVIRONMENTS = {
+    "own_process": {},
+    "onednn_frozen": {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"},
+}
 
 flags.DEFINE_string("model", "ResNet50V2", "keras-preact builder name")
 flags.DEFINE_integer("crop_size", 224, "input size (the eval crop)")
@@ -131,7 +142,7 @@ class _ServingProcess:
     in `tmp`, that also times its own calls (`median_ms`) while this process waits."""
 
     def __init__(self, directory, env, tmp):
-        self._tmp = tmp
+        self._tmp, self._requests = tmp, 0
         command = [sys.executable, os.path.abspath(__file__), f"--serve={directory}"]
         command.append(f"--threads={FLAGS.threads}")
         self._process = subprocess.Popen(
@@ -142,51 +153,65 @@ class _ServingProcess:
             env={**os.environ, **env},
         )
 
-    def _ask(self, *words):
-        self._process.stdin.write(" ".join(words) + "\n")
+    def _ask(self, **request):
+        """Sends one request (a JSON line); returns the reply's value. Lines that are not
+        replies (anything the process printed on stdout) go to stderr."""
+        self._process.stdin.write(json.dumps(request) + "\n")
         self._process.stdin.flush()
-        reply = self._process.stdout.readline()
-        if not reply:
-            code = self._process.wait()
-            raise RuntimeError(
-                f"the serving process ended with exit code {code} (its log is above)"
-            )
-        return reply.strip()
+        for line in self._process.stdout:
+            if line.startswith(_REPLY):
+                return json.loads(line[len(_REPLY) :])
+            sys.stderr.write(line)
+        code = self._process.wait()
+        raise RuntimeError(f"the serving process ended with exit code {code} (its log is above)")
+
+    def _path(self, what):
+        self._requests += 1
+        return os.path.join(self._tmp, f"serving_{what}_{self._requests}.npy")
 
     def _input(self, images):
-        path = os.path.join(self._tmp, "serving_input.npy")
+        path = self._path("input")
         np.save(path, images)
         return path
 
     def __call__(self, images):
-        path = os.path.join(self._tmp, "serving_output.npy")
-        self._ask("call", self._input(images), path)
-        return np.load(path)
+        output = self._path("output")
+        self._ask(request="call", input=self._input(images), output=output)
+        return np.load(output)
 
     def median_ms(self, images, runs):
-        return float(self._ask("time", self._input(images), str(runs)))
+        return float(self._ask(request="time", input=self._input(images), runs=runs))
 
     def close(self):
         self._process.stdin.close()
-        self._process.wait()
+        try:
+            self._process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+_REPLY = "serving reply: "  # what starts each reply line of the serving process
 
 
 def _serve(directory):
-    """The serving process of `_ServingProcess`: answers one request per line of stdin,
-    `call IN OUT` (the probabilities of the pixels in IN.npy, written to OUT.npy) or `time IN
-    RUNS` (the median ms of RUNS calls on them), with one line on stdout."""
+    """The serving process of `_ServingProcess`: answers each request, a JSON line on stdin:
+    `call` (the probabilities of the pixels in the `input` .npy file, written to `output`)
+    or `time` (the median ms of `runs` calls on them), with one reply line on stdout."""
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything TensorFlow prints goes to stderr, not into the replies
     tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
     call = _pixels_call(directory)
     for line in sys.stdin:
-        request, path, argument = line.split()
-        images = np.load(path)
-        if request == "call":
-            np.save(argument, call(images))
-            print("done", file=replies, flush=True)
+        request = json.loads(line)
+        images = np.load(request["input"])
+        os.remove(request["input"])
+        if request["request"] == "call":
+            np.save(request["output"], call(images))
+            value = "done"
         else:
-            print(repr(_median_ms(call, images, int(argument))), file=replies, flush=True)
+            value = _median_ms(call, images, request["runs"])
+        print(_REPLY + json.dumps(value), file=replies, flush=True)
 
 
 def _onnx_runtime(model, path):
@@ -342,16 +367,17 @@ def _report(best, checks, runtimes, batches):
         "## CPU serving: SavedModel vs ONNX Runtime and TFLite",
         "",
         f"{FLAGS.model} at {FLAGS.crop_size}x{FLAGS.crop_size}, random weights (seeded) with "
-        "BN statistics measured on the sample photos' eval crops. One process, float32 pixels "
-        "in memory, each call one batch: the project's SavedModel through its `pixels` "
+        "BN statistics measured on the sample photos' eval crops. Float32 pixels in memory, "
+        "each call one batch, the contenders in one process but two: the project's SavedModel "
+        "through its `pixels` "
         "signature (`tf.saved_model.load`, in-process, as TF Serving runs it; TensorFlow with "
         f"{FLAGS.threads} intra-op threads), the same written with each of `build_archive`'s "
         "speed options, off by default (`jit_compile=True`: the model one XLA cluster; "
         '`frozen_weights=True`: the weights as graph constants; `precision="bfloat16"`, '
-        f"frozen too, {_bf16_words()}), the plain one served by a second process started "
-        "with `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1` (a setting of the serving process: oneDNN "
-        "keeps each weight in its own layout between calls; that process times its own "
-        "calls while this one waits), ONNX Runtime "
+        f"frozen too, {_bf16_words()}), the plain one again in a process of its own (the "
+        "control) and in one started with `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1` (a setting of "
+        "the serving process: oneDNN keeps each weight in its own layout between calls; each "
+        "of those processes times its own calls while the benchmark's waits), ONNX Runtime "
         f"(`CPUExecutionProvider`, {FLAGS.threads} intra-op threads, default graph "
         "optimisations) on the project's ONNX export, and TFLite float32 (`ai_edge_litert`, "
         f"{FLAGS.threads} threads, XNNPACK). The contenders alternate for {FLAGS.rounds} rounds "
