@@ -75,6 +75,21 @@ def test_fb_layout_parameter_counts():
     assert expected == 64_672_808
 
 
+def test_fb_layout_takes_units_without_a_pre_activation(tmp_path, rng):
+    """fb's stage-1 units skip their pre-activation after its BN-ReLU stem; an 'original'
+    (post-activation) unit has none to skip, and builds, saves and reloads as it is."""
+    model = kp.ImageNetResNetV2(
+        18, layout="fb", unit_variant="original", input_shape=(32, 32, 3), classes=4
+    )
+    images = rng.uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    model.save(tmp_path / "fb_original.keras")
+    loaded = keras.models.load_model(tmp_path / "fb_original.keras")
+    np.testing.assert_array_equal(
+        loaded.predict(images, verbose=0), model.predict(images, verbose=0)
+    )
+    assert loaded.get_layer("stage1_unit1").unit_variant == "original"
+
+
 @pytest.mark.parametrize("builder,expected", KERAS_APPLICATIONS_SIZES)
 def test_keras_layout_sizes_equal_keras_applications(builder, expected):
     # keras.applications normalises outside the model, so compare without the in-model step.

@@ -56,6 +56,12 @@ def check_foreign(cases, expected):
         model = builder(weights=path, classifier_activation=None)
         images = expected["images224" if name == "torch7" else "images"]
         _close(model.predict(images, verbose=0), expected[name])
+        if name == "timm":  # a feature extractor on the pyramid, as the docstring shows
+            extractor = keras.Model(model.inputs, [model.output, model.pyramid_outputs])
+            logits, taps = extractor.predict(images, verbose=0)
+            _close(logits, expected[name])
+            sizes = {level: tap.shape[1] for level, tap in taps.items()}
+            assert sizes == {f"P{k}": 64 >> k for k in range(1, 6)}, sizes
         print(f"ok: {name} weights give the reference outputs ({model.layout.name} layout)")
 
 

@@ -216,6 +216,8 @@ def add_stages(x, unit, stage_widths, places, options, *, first_stage_preact=Tru
     unit_args = options.as_config()
     rate, seed = unit_args.pop("drop_path_rate"), unit_args.pop("seed")
     unit_args = {k: v for k, v in unit_args.items() if v is not None}
+    # A unit without a pre-activation (unit_variant "original" and the like) has none to skip.
+    has_preact = preact_layers.UNIT_VARIANT_FACTS[options.unit_variant].preact_relu
     taps = {}
     for position, place in enumerate(places):
         x = unit_class(
@@ -226,7 +228,7 @@ def add_stages(x, unit, stage_widths, places, options, *, first_stage_preact=Tru
             first_dilation=place.first_dilation,
             drop_path_rate=rate * position / max(len(places) - 1, 1),
             seed=None if seed is None else seed + position,
-            preactivate=first_stage_preact or place.stage > 0,
+            preactivate=first_stage_preact or place.stage > 0 or not has_preact,
             name=f"stage{place.stage + 1}_unit{place.index + 1}",
             **extra,
             **unit_args,

@@ -381,7 +381,13 @@ class ImageNetResNetV2(ResNetV2):
         }
         name = name or body.default_name()
         self._init_functional(inputs, outputs, name, config, weights, resolved, trainable=trainable)
-        self.pyramid_outputs = taps
+        self._pyramid_taps = taps  # Keras tracks it as a TrackedDict
+
+    @property
+    def pyramid_outputs(self):
+        """`{"P1": ..., "P5": ...}` (see the class docstring), a plain dict: a `keras.Model`
+        whose outputs are Keras' TrackedDict does not run on JAX."""
+        return dict(self._pyramid_taps)
 
     @property
     def layout(self):
