@@ -1,14 +1,14 @@
 """What a verbose chief prints while it trains: a progress bar in a terminal, plain lines elsewhere.
 
 In a terminal (stdout is a TTY) or a Jupyter notebook each epoch gets its
-"Epoch e/E" header and Keras' progress bar, redrawn in place. Anywhere else (stdout redirected to a
-file: nohup, Slurm, Kubernetes, a pipe) frames redrawn with carriage returns
-and ANSI codes would make the log unreadable, so the same header is followed
-by plain lines, as timm's train.py writes them: one every `log_every` steps
-and one per epoch, each with the step, the epoch's running loss and accuracy
-(the figures history.csv records at the epoch's end), the learning rate and
-the images per second since the previous line. Lines are flushed at once, so
-a log file is up to date while the run goes on.
+"Epoch e/E" header and Keras' progress bar, redrawn in place. Anywhere else
+(stdout redirected to a file: nohup, Slurm, Kubernetes, a pipe) frames redrawn
+with carriage returns and ANSI codes would make the log unreadable, so the
+same header is followed by plain lines, as timm's train.py writes them: one
+every `log_every` steps and one per epoch, each with the step, the epoch's
+running loss and accuracy (the figures history.csv records at the epoch's
+end), the learning rate and the images per second since the previous line.
+Lines are flushed at once, so a log file is up to date while the run goes on.
 
 >>> import io
 >>> out = io.StringIO()
