@@ -49,7 +49,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from contract import target_line  # noqa: E402
-from input_pipeline import log, measure, training_steps, write_photos  # noqa: E402
+from input_pipeline import log, measure, train_net, training_steps, write_photos  # noqa: E402
 
 from keras_preact.data import Augmentation, make_dataset  # noqa: E402
 
@@ -217,7 +217,7 @@ def _describe(peer, workers):
         f"{peer_text}The pipelines alternate for {f.rounds} round(s) of {f.num_images} images "
         "(each a new iterator after 2 warm-up batches); the best round counts. Targets: ours / "
         f"timm >= {TARGET_PEER}x (issue 20: the tf.data pipeline should beat the PyTorch "
-        "workers on the same cores), and ours / the ResNet-50 v2 training step "
+        f"workers on the same cores), and ours / the {train_net()} training step "
         f"(`input_pipeline.training_steps`: batch {f.train_batch} of {train_size}x{train_size}, "
         f"best of {f.train_steps} steps) >= {TARGET_TRAINING:.0f}x, so training on these "
         f"{cores} cores never waits on the augmented data. TensorFlow {tf.__version__}, "
@@ -243,7 +243,7 @@ def section(results, train, peer, workers):
     train_size = FLAGS.train_image_size or FLAGS.image_size
     steps = ", ".join(f"{r:.2f}" for r, _ in train)
     lines.append(
-        f"| ResNet-50 v2 training step (batch {FLAGS.train_batch}, {train_size}x{train_size}) "
+        f"| {train_net()} training step (batch {FLAGS.train_batch}, {train_size}x{train_size}) "
         f"| {train_rate:.2f} | {steps} |"
     )
     feed = rate["ours"] / train_rate
@@ -262,7 +262,7 @@ def section(results, train, peer, workers):
     lines.append(f"| ours / training step | {feed:.1f}x | |")
     targets.append(
         target_line(
-            "augmented pipeline / ResNet-50 training step, images/s",
+            f"augmented pipeline / {train_net()} training step, images/s",
             f"{feed:.1f}x",
             f">= {TARGET_TRAINING:.0f}x",
             feed >= TARGET_TRAINING,

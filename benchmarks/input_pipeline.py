@@ -67,6 +67,9 @@ flags.DEFINE_integer("rounds", 5, "alternating timed rounds per pipeline")
 flags.DEFINE_integer("train_batch", 16, "images per ResNet-50 training step")
 flags.DEFINE_integer("train_steps", 3, "timed training steps (after one warm-up step)")
 flags.DEFINE_integer("train_image_size", 0, "training step input size (0: --image_size)")
+flags.DEFINE_string(
+    "train_model", "ResNet50V2", "keras-preact builder of the training step (the target's net)"
+)
 FLAGS = flags.FLAGS
 FLAG_NAMES = (
     "num_images",
@@ -77,6 +80,7 @@ FLAG_NAMES = (
     "train_batch",
     "train_steps",
     "train_image_size",
+    "train_model",
 )
 
 # Issue 11's target for ours / keras-cv (whole pipelines, flip included); training
@@ -202,10 +206,17 @@ def measure(ds, num_images, batch_size):
     return n / (end_wall - wall), 1e3 * (end_cpu - cpu) / n
 
 
+def train_net():
+    """The training step's net in words: "ResNet-50 v2" (`--train_model`'s default, the
+    targets' net) or the builder `--train_model` names (a smoke run's smaller one)."""
+    return "ResNet-50 v2" if FLAGS.train_model == "ResNet50V2" else FLAGS.train_model
+
+
 def training_steps(batch, size, steps):
-    """[(images/s, CPU ms per image)] of `steps` ResNet-50 v2 training steps after a warm-up step."""
+    """[(images/s, CPU ms per image)] of `steps` training steps of `--train_model` after a
+    warm-up step."""
     keras.utils.set_random_seed(0)
-    model = keras_preact.ResNet50V2(
+    model = getattr(keras_preact, FLAGS.train_model)(
         weights=None, input_shape=(size, size, 3), classifier_activation=None
     )
     optimizer = training.CoupledSGD(0.1)
@@ -222,7 +233,7 @@ def training_steps(batch, size, steps):
         optimizer.apply(tape.gradient(loss, variables), variables)
         return loss
 
-    log(f"ResNet-50 v2 training step, batch {batch} at {size}x{size}: warm-up (tracing)")
+    log(f"{train_net()} training step, batch {batch} at {size}x{size}: warm-up (tracing)")
     step(images, labels).numpy()
     results = []
     for i in range(steps):
@@ -287,7 +298,8 @@ def section(results, train, peer_label, peer_how):
         "whole pipelines as their users build them, flip included; with keras-cv, the "
         "breakdown row (its pipeline without `RandomFlip`) shows how much of the ratio is "
         "the fused decode itself. The last rows are the "
-        f"ResNet-50 v2 training step (`keras_preact.ResNet50V2`, batch {FLAGS.train_batch} "
+        f"{train_net()} training step (`keras_preact.{FLAGS.train_model}`, batch "
+        f"{FLAGS.train_batch} "
         f"of in-memory {train_size}x{train_size} images, `tf.function` with a "
         "`GradientTape` and `CoupledSGD`, no XLA; best of "
         f"{_n(FLAGS.train_steps, 'step')} after a warm-up step): pipeline / training > "
@@ -319,7 +331,7 @@ def section(results, train, peer_label, peer_how):
         )
     steps = ", ".join(f"{r:.2f}" for r, _ in train)
     lines.append(
-        f"| ResNet-50 v2 training step (batch {FLAGS.train_batch}, {train_size}x{train_size}) "
+        f"| {train_net()} training step (batch {FLAGS.train_batch}, {train_size}x{train_size}) "
         f"| {train_rate:.2f} | {train_cpu:.1f} | {steps} |"
     )
     lines.append(f"| pipeline (ours) / training step | {feed:.0f}x | | |")
@@ -329,7 +341,7 @@ def section(results, train, peer_label, peer_how):
             f"{peer_target}, images/s", f"{ratio:.2f}x", f">= {TARGET_PEER}x", ratio >= TARGET_PEER
         ),
         target_line(
-            "pipeline / ResNet-50 training step, images/s",
+            f"pipeline / {train_net()} training step, images/s",
             f"{feed:.0f}x",
             f"> {TARGET_TRAINING:.0f}x",
             feed > TARGET_TRAINING,
