@@ -6,10 +6,14 @@ In one process, on one device, with the same batch, it measures
 * keras.applications: `keras.applications.ResNet50V2(weights=None)` on the same
   Keras backend (whichever `KERAS_BACKEND` names: `jax` or `torch`), and
 * timm (the PyTorch peer, where torch and timm import): `resnetv2_50` in plain
-  PyTorch, bf16 autocast, `channels_last`, `torch.compile` on the model.
+  PyTorch, bf16 autocast, `channels_last`, `torch.compile` on the model,
+  `cudnn.benchmark` on (as timm's train.py).
 
-The Keras models (1000 classes, logits, no preprocessing layer: all three nets
-do the same work) run under the `mixed_bfloat16` policy (`--precision=bf16`)
+The Keras models (1000 classes, logits, no preprocessing layer, which
+keras.applications keeps outside the model; keras-preact's default layout and
+timm do 4.089 G multiply-adds per 224x224 image, keras.applications 3.482 G, so
+the ratios to it are also given per multiply-add at 224) run under the
+`mixed_bfloat16` policy (`--precision=bf16`)
 and are compiled with `model.compile(jit_compile=True)`: XLA under JAX, and
 `torch.compile` of Keras' train and predict steps under PyTorch
 (keras/src/backend/torch/trainer.py). Training: SGD with momentum 0.9, sparse
@@ -34,8 +38,10 @@ benchmarks/README.md) to stdout, progress to stderr. From the repository root:
     KERAS_BACKEND=jax python benchmarks/gpu_keras_backends.py --smoke   # a CPU: ~30 s
 
 (On a 2-core CPU, `--smoke` under `KERAS_BACKEND=torch` takes minutes: torch.compile of
-three ResNet-50s; `--smoke --no-compile` takes seconds.) benchmarks/README.md, "On a
-borrowed GPU without TensorFlow", says how to bring Keras to a GPU machine that lacks it.
+three ResNet-50s; `--smoke --no-compile` takes seconds.) Without a GPU only `--smoke`
+runs. A model that fails is left out with its reason, and `--json` is rewritten after
+each phase. benchmarks/README.md, "On a borrowed GPU without TensorFlow", says how to
+bring Keras to a GPU machine that lacks it, in one prepared call.
 """
 
 from __future__ import annotations
@@ -71,6 +77,11 @@ TARGET_VS_KERAS = 1.0
 TARGET_VS_TIMM = 0.9
 TARGET_H100 = 2600
 LEARNING_RATE = 0.01  # its value does not change the speed
+# Multiply-adds of one 224x224 image (`python -m keras_preact.analysis cost --models=ResNet50V2
+# --sizes=224`): keras-preact's default (paper) layout and its timm layout, which is timm's
+# resnetv2_50, do the same work; keras.applications strides each stage's last unit instead of
+# the next stage's first, and does 15% less.
+MULTIPLY_ADDS_224 = {"preact": 4.089e9, "keras": 3.482e9, "timm": 4.089e9}
 
 
 def log(message):
@@ -109,6 +120,9 @@ def parse_args(argv=None):
     for name, default in DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, SMOKE[name] if args.smoke else default)
+    small = [name for name in DEFAULTS if getattr(args, name) < 1]
+    if small:
+        parser.error(f"--{small[0]}={getattr(args, small[0])}: give a positive integer")
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(args.models) - set(MODELS))
     if unknown:
@@ -163,6 +177,10 @@ def versions():
         if module is not None:
             found[name] = getattr(module, "__version__", "?")
     found["numpy"] = np.__version__
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        found["CUDA (torch)"] = torch.version.cuda
+        found["cuDNN (torch)"] = torch.backends.cudnn.version()
     return found
 
 
@@ -273,12 +291,14 @@ def import_timm():
 
 
 class TimmRunner:
-    """timm's resnetv2_50: bf16 autocast, channels_last, torch.compile (the usual timm recipe)."""
+    """timm's resnetv2_50: bf16 autocast, channels_last, torch.compile, cuDNN's autotuning
+    (`torch.backends.cudnn.benchmark`, as timm's train.py sets it)."""
 
     name = "timm"
 
     def __init__(self, torch, timm, args, images, labels):
         self.torch = torch
+        torch.backends.cudnn.benchmark = True  # timm's train.py sets it: cuDNN autotunes
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = timm.create_model("resnetv2_50", pretrained=False, num_classes=1000)
         model = model.to(self.device, memory_format=torch.channels_last)
@@ -291,7 +311,9 @@ class TimmRunner:
         self.y = torch.from_numpy(labels.astype("int64")).to(self.device)
         autocast = "bf16 autocast" if self.bf16 else "float32"
         compiled = "`torch.compile`" if args.compile else "eager"
-        self.runs_as = f"PyTorch {torch.__version__}, {autocast}, channels_last, {compiled}"
+        self.runs_as = (
+            f"PyTorch {torch.__version__}, {autocast}, channels_last, {compiled}, `cudnn.benchmark`"
+        )
         self.label = "timm `resnetv2_50`"
 
     def _autocast(self):
@@ -334,8 +356,26 @@ def synthetic_batch(args):
     return images, labels
 
 
+def _raise_dynamo_limits():
+    """Under PyTorch, room for every graph of both Keras models: Keras' layers share Python
+    functions (`Operation.__call__`, the train step), and at dynamo's default limit of 8
+    compiled versions per function the model built second, and the inference phase, would
+    fall back to eager where the first model did not: the comparison would favour whichever
+    model came first."""
+    import torch
+
+    for name in ("recompile_limit", "cache_size_limit"):  # the newer name, the older
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 256)
+    for name in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 4096)
+
+
 def build_runners(args, skipped):
     images, labels = synthetic_batch(args)
+    if backend() == "torch" and args.compile:
+        _raise_dynamo_limits()
     runners = []
     keras.utils.set_random_seed(0)
     policy = keras.mixed_precision.global_policy()
@@ -359,22 +399,43 @@ def build_runners(args, skipped):
     return runners
 
 
-def measure(runners, args, phase):
-    """{name: [images/s of each round]} of one phase (train or infer), the models interleaved."""
-    for runner in runners:
+def measure(runners, args, phase, skipped):
+    """{name: [images/s of each round]} of one phase (train or infer), the models interleaved.
+
+    A model whose warm-up or step raises (out of memory, a compile error) is left out of
+    this phase and the next, with the reason in `skipped`; the others go on."""
+    warm_up = "warm_up_training" if phase == "train" else "warm_up_inference"
+    for runner in list(runners):
         start = time.perf_counter()
-        getattr(runner, f"warm_up_{'training' if phase == 'train' else 'inference'}")(args.warmup)
-        log(f"{phase}: {LABELS[runner.name]} warmed up in {time.perf_counter() - start:.1f} s")
+        if _attempt(runner, warm_up, args.warmup, runners, skipped, phase) is not None:
+            log(f"{phase}: {LABELS[runner.name]} warmed up in {time.perf_counter() - start:.1f} s")
     rates = {runner.name: [] for runner in runners}
     for r in range(args.rounds):
-        for runner in runners:
-            seconds = getattr(runner, phase)(args.steps)
+        for runner in list(runners):
+            seconds = _attempt(runner, phase, args.steps, runners, skipped, phase)
+            if seconds is None:
+                del rates[runner.name]
+                continue
             rates[runner.name].append(args.steps * args.batch_size / seconds)
             log(
                 f"{phase} round {r + 1}/{args.rounds}: {LABELS[runner.name]} "
                 f"{rates[runner.name][-1]:.1f} images/s"
             )
     return rates
+
+
+def _attempt(runner, method, steps, runners, skipped, phase):
+    """`runner.<method>(steps)`'s result (True for a warm-up); None if it raised, and then
+    `runner` is dropped from `runners`, with the reason in `skipped`."""
+    try:
+        result = getattr(runner, method)(steps)
+    except Exception as error:  # any failure of one model spares the others
+        first_line = (str(error).splitlines() or [""])[0][:200]
+        skipped[runner.name] = f"{phase} failed: {type(error).__name__}: {first_line}"
+        log(f"{LABELS[runner.name]}: {skipped[runner.name]}")
+        runners.remove(runner)
+        return None
+    return True if result is None else result
 
 
 def results(rates_by_phase):
@@ -389,32 +450,53 @@ def results(rates_by_phase):
 
 
 def ratios(figures):
-    """{"keras": {"train": x, "infer": y}, "timm": {...}}: keras-preact's images/s over each peer's."""
+    """{"keras": {"train": x, "infer": y}, "timm": {...}}: keras-preact's images/s over each
+    peer's, in the phases both were measured in."""
     if "preact" not in figures:
         return {}
     ours = figures["preact"]
-    return {
-        peer: {p: ours[f"{p}_median"] / figures[peer][f"{p}_median"] for p in ("train", "infer")}
-        for peer in ("keras", "timm")
-        if peer in figures
-    }
+    found = {}
+    for peer in ("keras", "timm"):
+        both = [p for p in ("train", "infer") if f"{p}_median" in ours]
+        both = [p for p in both if f"{p}_median" in figures.get(peer, {})]
+        if both:
+            found[peer] = {p: ours[f"{p}_median"] / figures[peer][f"{p}_median"] for p in both}
+    return found
 
 
-def target_lines(figures, by_peer, device_name):
+def work_ratio(peer, args):
+    """keras-preact's multiply-adds per image over `peer`'s, at 224 (None at other sizes)."""
+    if args.image_size != 224:
+        return None
+    return MULTIPLY_ADDS_224["preact"] / MULTIPLY_ADDS_224[peer]
+
+
+def target_lines(figures, by_peer, device_name, args):
     lines = []
     for peer, target in (("keras", TARGET_VS_KERAS), ("timm", TARGET_VS_TIMM)):
         for phase, what in (("train", "training"), ("infer", "inference")):
-            if peer in by_peer:
-                value = by_peer[peer][phase]
+            value = by_peer.get(peer, {}).get(phase)
+            if value is None:
+                continue
+            lines.append(
+                target_line(
+                    f"keras-preact / {LABELS[peer]}, {what} images/s",
+                    f"{value:.2f}x",
+                    f">= {target:.1f}x",
+                    value >= target,
+                )
+            )
+            work = work_ratio(peer, args)
+            if peer == "keras" and work is not None:  # the same work rate (CPU: model_throughput)
                 lines.append(
                     target_line(
-                        f"keras-preact / {LABELS[peer]}, {what} images/s",
-                        f"{value:.2f}x",
+                        f"keras-preact / {LABELS[peer]}, {what} multiply-adds per second",
+                        f"{value * work:.2f}x",
                         f">= {target:.1f}x",
-                        value >= target,
+                        value * work >= target,
                     )
                 )
-    if "H100" in device_name and "preact" in figures:
+    if "H100" in device_name and "train_median" in figures.get("preact", {}):
         rate = figures["preact"]["train_median"]
         lines.append(
             target_line(
@@ -431,38 +513,16 @@ def target_lines(figures, by_peer, device_name):
 
 
 def section(args, figures, by_peer, skipped, device_name, on_gpu):
-    found = versions()
-    names = ", ".join(f"{k} {v}" for k, v in found.items())
-    lines = [
-        f"## ResNet-50 v2 on Keras' {backend()} backend: keras-preact, keras.applications, timm",
-        "",
-    ]
+    measured = ", ".join(LABELS[name] for name in MODELS if name in figures)
+    lines = [f"## ResNet-50 v2 on Keras' {backend()} backend: {measured}", ""]
     if not on_gpu:
         lines += [
             f"**No GPU ({device_name}): a smoke run; these figures are not GPU figures and the "
             "targets below apply to GPUs.**",
             "",
         ]
-    peers = "; ".join(f"{LABELS[k]}: {v}" for k, v in skipped.items())
     lines += [
-        f"Training and inference images/s of ResNet-50 v2 (1000 classes, logits, "
-        f"{args.image_size}x{args.image_size}, batch {args.batch_size}) on one device, "
-        f"**{device_name}**, Keras backend `{backend()}`, {names}. "
-        "The Keras models' compiled step (`model.train_function`, SGD momentum 0.9, sparse "
-        "categorical crossentropy; `model.predict_function`) runs in a loop on one synthetic "
-        "batch already on the device, timm's the usual PyTorch loop (autocast, backward, "
-        "`SGD.step`; a compiled forward under `inference_mode`): the model is measured, not an "
-        "input path. keras-preact is built without its preprocessing layer so that the three "
-        f"nets do the same work. {args.warmup} warm-up step(s) (compilation) untimed, then "
-        f"{args.rounds} round(s) of {args.steps} steps, the models interleaved; the median "
-        "round counts. "
-        + (f"Not measured: {peers}. " if peers else "")
-        + f"Targets: keras-preact at least as fast as keras.applications "
-        f"(>= {TARGET_VS_KERAS:.1f}x: the same architecture on the same backend), within a "
-        f"tenth of timm (>= {TARGET_VS_TIMM:.1f}x: Keras' own overhead on top of the "
-        f"framework's), and >= {TARGET_H100:,} training images/s on one H100 (bf16, batch 256; "
-        "checked only on an H100). "
-        f"Command: `{command(args)}`.",
+        _describe(args, skipped, device_name),
         "",
         "| Model | Runs as | Training images/s | Inference images/s | Training rounds | "
         "Inference rounds |",
@@ -471,38 +531,91 @@ def section(args, figures, by_peer, skipped, device_name, on_gpu):
     for name in MODELS:
         if name in figures:
             f = figures[name]
-            train_rounds = ", ".join(f"{v:.1f}" for v in f["train"])
-            infer_rounds = ", ".join(f"{v:.1f}" for v in f["infer"])
-            lines.append(
-                f"| {f['label']} | {f['runs_as']} | {f['train_median']:.1f} | {f['infer_median']:.1f} | "
-                f"{train_rounds} | {infer_rounds} |"
-            )
+            cells = [f"{f[p + '_median']:.1f}" if p in f else "-" for p in ("train", "infer")]
+            cells += [", ".join(f"{v:.1f}" for v in f.get(p, [])) for p in ("train", "infer")]
+            lines.append(f"| {f['label']} | {f['runs_as']} | " + " | ".join(cells) + " |")
     for peer, r in by_peer.items():
-        lines.append(
-            f"| keras-preact / {LABELS[peer]} | | {r['train']:.2f}x | {r['infer']:.2f}x | | |"
-        )
-    targets = target_lines(figures, by_peer, device_name)
+        cells = [f"{r[p]:.2f}x" if p in r else "-" for p in ("train", "infer")]
+        lines.append(f"| keras-preact / {LABELS[peer]} | | {cells[0]} | {cells[1]} | | |")
+        work = work_ratio(peer, args)
+        if work is not None and work != 1.0:
+            cells = [f"{r[p] * work:.2f}x" if p in r else "-" for p in ("train", "infer")]
+            lines.append(
+                f"| ... per multiply-add ({work:.3f}x the work) | | {cells[0]} | {cells[1]} | | |"
+            )
+    targets = target_lines(figures, by_peer, device_name, args)
     if targets:
         lines += ["", *targets]
     return "\n".join(lines), targets
 
 
+def _describe(args, skipped, device_name):
+    names = ", ".join(f"{k} {v}" for k, v in versions().items())
+    peers = "; ".join(f"{LABELS[k]}: {v}" for k, v in skipped.items())
+    return (
+        f"Training and inference images/s of ResNet-50 v2 (1000 classes, logits, "
+        f"{args.image_size}x{args.image_size}, batch {args.batch_size}) on one device, "
+        f"**{device_name}**, Keras backend `{backend()}`, {names}. "
+        "The Keras models' compiled step (`model.train_function`, SGD momentum 0.9, sparse "
+        "categorical crossentropy; `model.predict_function`) runs in a loop on one synthetic "
+        "batch already on the device, timm's the usual PyTorch loop (autocast, backward, "
+        "`SGD.step`; a compiled forward under `inference_mode`): the model is measured, not an "
+        "input path. keras-preact is built without its preprocessing layer (keras.applications "
+        "normalises outside the model). Its default layout and timm's `resnetv2_50` do "
+        f"{MULTIPLY_ADDS_224['preact'] / 1e9:.3f} G multiply-adds per 224x224 image, "
+        f"keras.applications {MULTIPLY_ADDS_224['keras'] / 1e9:.3f} G (its strides sit in each "
+        "stage's last unit), so at 224 the ratios to it are also given per multiply-add. "
+        f"{args.warmup} warm-up step(s) (compilation) untimed, then "
+        f"{args.rounds} round(s) of {args.steps} steps, the models interleaved; the median "
+        "round counts. "
+        + (f"Not measured: {peers}. " if peers else "")
+        + f"Targets: keras-preact at least as fast as keras.applications "
+        f"(>= {TARGET_VS_KERAS:.1f}x), within a tenth of timm (>= {TARGET_VS_TIMM:.1f}x; "
+        "under JAX that compares XLA with PyTorch), and "
+        f">= {TARGET_H100:,} training images/s on one H100 (bf16, batch 256; "
+        "checked only on an H100). "
+        f"Command: `{command(args)}`."
+    )
+
+
 def main(argv=None):
-    """Runs the benchmark, prints its section; returns the figures (what --json writes)."""
+    """Runs the benchmark, prints its section; returns the figures (what --json writes, after
+    each phase, so that a run cut short keeps what it measured)."""
     args = parse_args(argv)
     device_name, on_gpu = device()
     log(f"{backend()} on {device_name}: {command(args)}")
+    if not on_gpu and not args.smoke:
+        raise SystemExit(
+            f"No GPU: {backend()} computes on {device_name}. The full settings take hours on a "
+            "CPU: check the GPU's install (under JAX, JAX_PLATFORMS=cuda makes a missing CUDA "
+            "plugin an error instead of a fall-back), or pass --smoke."
+        )
     skipped = {}
     runners = build_runners(args, skipped)
-    if not runners:
-        raise SystemExit("no model to measure (--models)")
-    rates = {phase: measure(runners, args, phase) for phase in ("train", "infer")}
+    built = list(runners)  # measure() drops a model that fails; its figures so far stay
+    rates = {}
+    for phase in ("train", "infer"):
+        if not runners:
+            raise SystemExit(
+                f"no model left to measure ({'; '.join(skipped.values()) or '--models'})"
+            )
+        rates[phase] = measure(runners, args, phase, skipped)
+        report, text = _report(args, rates, built, skipped, device_name, on_gpu)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=2)
+    print(text, flush=True)
+    return report
+
+
+def _report(args, rates, built, skipped, device_name, on_gpu):
+    """(the --json figures, the section) from the phases measured so far."""
     figures = results(rates)
-    for runner in runners:
-        figures[runner.name].update(label=runner.label, runs_as=runner.runs_as)
+    labels = {runner.name: runner for runner in built}
+    for name, entry in figures.items():
+        entry.update(label=labels[name].label, runs_as=labels[name].runs_as)
     by_peer = ratios(figures)
     text, targets = section(args, figures, by_peer, skipped, device_name, on_gpu)
-    print(text, flush=True)
     report = {
         "backend": backend(),
         "device": device_name,
@@ -515,10 +628,7 @@ def main(argv=None):
         "not_measured": skipped,
         "targets": targets,
     }
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-    return report
+    return report, text
 
 
 if __name__ == "__main__":
