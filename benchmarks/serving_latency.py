@@ -49,11 +49,12 @@ import sys
 import tempfile
 import time
 
+FROZEN_WEIGHTS_SETTING = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"  # read once, when TensorFlow starts
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 if not any(arg.startswith("--serve=") for arg in sys.argv[1:]):
-    # Read once, when TensorFlow starts: the contenders of this process run without it
-    # whatever the caller's environment (one of their own measures it).
-    os.environ.pop("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", None)
+    # The contenders of this process run without it whatever the caller's environment (a
+    # contender of its own measures it).
+    os.environ.pop(FROZEN_WEIGHTS_SETTING, None)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
@@ -75,15 +76,11 @@ SAVED_MODEL_OPTIONS = {
     "frozen": ("SavedModel `pixels`, frozen_weights=True", {"frozen_weights": True}),
     "bfloat16": ("SavedModel `pixels`, precision=bfloat16", {"precision": "bfloat16"}),
     "own_process": ("SavedModel `pixels`, a process of its own", {}),
-    "onednn_frozen": ("SavedModel `pixels`, TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1", {}),
+    "onednn_frozen": (f"SavedModel `pixels`, {FROZEN_WEIGHTS_SETTING}=1", {}),
 }
-# The contenders served by a process of their own, with these environment variables (read
-# once, when TensorFlow starts).
-# own_process is the control: the same process, without the setting.
-SERVING_ENVIRONMENTS = {
-    "own_process": {},
-    "onednn_frozen": {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"},
-}
+# The contenders served by a process of their own, with these environment variables added;
+# own_process is the control: such a process without the setting.
+SERVING_ENVIRONMENTS = {"own_process": {}, "onednn_frozen": {FROZEN_WEIGHTS_SETTING: "1"}}
 
 flags.DEFINE_string("model", "ResNet50V2", "keras-preact builder name")
 flags.DEFINE_integer("crop_size", 224, "input size (the eval crop)")
